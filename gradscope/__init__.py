@@ -1,0 +1,37 @@
+"""gradscope: see why a network trains badly.
+
+``gradscope.watch(model)`` hooks any ``torch.nn`` model and records, per layer and
+per step, activation saturation, dead units, activation moments, gradient norms
+(parameters and the back-propagated signal), update/weight ratios and non-finite
+values, computed on the device and moved to the host in one transfer per flush.
+
+Example:
+    >>> import torch, torch.nn as nn, gradscope
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    >>> with gradscope.watch(model) as mon:
+    ...     model(torch.randn(32, 4)).mean().backward()
+    >>> "dead_units" in mon.history.metrics("1")
+    True
+"""
+
+from gradscope.activations import ActivationFamily, family_of, register_family
+from gradscope.history import History, LayerInfo
+from gradscope.monitor import Monitor, Record, Sink, watch
+from gradscope.schedules import every, log_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationFamily",
+    "History",
+    "LayerInfo",
+    "Monitor",
+    "Record",
+    "Sink",
+    "__version__",
+    "every",
+    "family_of",
+    "log_schedule",
+    "register_family",
+    "watch",
+]

@@ -1,0 +1,715 @@
+"""The monitor: hooks on any ``torch.nn`` model, device-side statistics, one flush.
+
+:func:`watch` attaches a :class:`Monitor` to a model. On sampled steps its hooks
+compute small statistic vectors on the tensors' own device and queue them; every
+``flush_every`` steps the queue crosses to the host in one transfer per device and
+lands in :attr:`Monitor.history` and the sinks (TensorBoard, ...). Off-steps cost
+one attribute check per hook.
+
+What is a step:
+
+* with ``optimizer=``, one ``optimizer.step()``. Parameter gradients are read in the
+  optimizer's step pre-hook, when they are final: after gradient accumulation, and
+  unscaled under ``torch.amp.GradScaler`` (``scaler.step`` unscales before it calls
+  ``optimizer.step``). Update ratios compare the weights across the step.
+  Activations are read from the first training forward of each step.
+* without, one training forward of the model (and its backward). Parameter
+  gradients are read when that backward finishes.
+
+Example:
+    >>> import torch, torch.nn as nn, gradscope
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with gradscope.watch(model, optimizer=opt) as mon:
+    ...     for _ in range(3):
+    ...         opt.zero_grad()
+    ...         model(torch.randn(16, 4)).pow(2).mean().backward()
+    ...         opt.step()
+    >>> mon.history.layers("activation")
+    ['1']
+    >>> len(mon.history.series("0", "grad_norm")[0])
+    3
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gradscope import stats
+from gradscope.activations import (
+    ActivationFamily,
+    family_of,
+    metric_names,
+    summarize_activation,
+    window_metric,
+)
+from gradscope.history import History, LayerInfo
+from gradscope.schedules import Schedule, as_schedule
+
+__all__ = ["Monitor", "Record", "Sink", "watch"]
+
+#: One flushed value: ``(step, layer, metric, value)``.
+Record = tuple[int, str, str, float]
+
+#: Metrics of the gradient flowing back through an activation call-site's output.
+BACKPROP_METRICS = ("grad_out_norm", "grad_out_nonfinite")
+
+_NEVER = -(2**62)  # "last active step" of a unit never seen active
+
+
+class Sink(Protocol):
+    """Receives flushed records. Writers (TensorBoard, memory) implement this."""
+
+    def write(self, records: Sequence[Record], history: History) -> None:
+        """Called once per flush with the new records (the history already holds them)."""
+
+    def close(self) -> None:
+        """Release files; called by :meth:`Monitor.close`."""
+
+
+@dataclass
+class _ActSite:
+    """One activation call-site: module name + call index."""
+
+    name: str
+    module_name: str
+    call: int
+    family: ActivationFamily
+    names: tuple[str, ...]
+    window_name: Optional[str]
+    last_active: Optional[Tensor] = None
+    fwd_step: int = -1
+    bwd_step: int = -1
+    failed: bool = False
+
+
+@dataclass
+class _Entry:
+    """A queued device tensor and how to turn its values into records."""
+
+    step: int
+    tensor: Tensor
+    decode: Callable[[int, list[float]], Iterable[tuple[str, str, float]]]
+
+
+@dataclass
+class _ParamRef:
+    layer: str
+    name: str
+    ref: Callable[[], Optional[Tensor]]
+
+
+class Monitor:
+    """Hooks on a model that record activation and gradient statistics.
+
+    Use :func:`watch` to create and attach one. The monitor owns every hook handle
+    it makes and removes them all in :meth:`detach` (also when leaving a ``with``
+    block through an exception). It keeps no strong reference to the model or its
+    parameters, and no activation or gradient tensor outlives the hook that read it.
+
+    Args:
+        model: any ``nn.Module``; its code and outputs are left unchanged.
+        optimizer: when given, a step is one ``optimizer.step()``; gradients are read
+            in its step pre-hook and update ratios across the step.
+        every: sample one step in ``every`` (an int) or a schedule ``step -> bool``.
+        flush_every: steps between host transfers (one per device per flush).
+        eps: saturation tolerance (an output within ``eps`` of a family's limit).
+        delta: a local derivative ``f'(x) < delta`` counts as "small" (``small_deriv``).
+        dead_window: a ReLU unit is dead over the window when it was not positive on
+            any sampled step of the last ``dead_window`` steps.
+        unit_dim: which dimension indexes units for dead-unit statistics; ``None``
+            is the default of :func:`gradscope.stats.resolve_unit_dim`.
+        activations: record forward statistics of activation call-sites.
+        backprop: record the norm of the gradient flowing back through each
+            activation call-site's output.
+        gradients: record parameter gradient and weight norms.
+        update_ratio: with ``optimizer``, record ``‖Δw‖/‖w‖`` across each sampled
+            step (keeps a copy of the weights between the step's pre- and post-hook).
+        record_eval: also record forwards made in eval mode (they are steps too
+            without ``optimizer``).
+        include: only monitor modules whose name matches one of these
+            ``fnmatch`` patterns, or for which this callable ``(name, module)`` is true.
+        sinks: writers that receive records at each flush.
+        strict: raise errors from inside hooks instead of warning once and
+            disabling the call-site that failed.
+
+    Example:
+        >>> import torch.nn as nn, gradscope
+        >>> mon = gradscope.watch(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), every=10)
+        >>> mon.detach()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        every: Union[int, Schedule] = 1,
+        flush_every: int = 50,
+        eps: float = 0.01,
+        delta: float = 0.01,
+        dead_window: int = 100,
+        unit_dim: Optional[int] = None,
+        activations: bool = True,
+        backprop: bool = True,
+        gradients: bool = True,
+        update_ratio: bool = True,
+        record_eval: bool = False,
+        include: Union[None, Sequence[str], Callable[[str, nn.Module], bool]] = None,
+        sinks: Sequence[Sink] = (),
+        strict: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"watch(model=...) needs a torch.nn.Module, got {type(model).__name__}"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"watch(optimizer=...) needs a torch.optim.Optimizer, got "
+                f"{type(optimizer).__name__}; pass the optimizer whose step() ends a step"
+            )
+        self._schedule = as_schedule(every, name="every")
+        _check_int("flush_every", flush_every, 1)
+        _check_int("dead_window", dead_window, 1)
+        _check_open_unit("eps", eps)
+        _check_open_unit("delta", delta)
+        if unit_dim is not None and not isinstance(unit_dim, int):
+            raise TypeError(f"watch(unit_dim={unit_dim!r}) must be an int or None")
+        for sink in sinks:
+            if not (hasattr(sink, "write") and hasattr(sink, "close")):
+                raise TypeError(f"watch(sinks=...): {sink!r} has no write()/close() methods")
+        self.flush_every = flush_every
+        self.eps = float(eps)
+        self.delta = float(delta)
+        self.dead_window = dead_window
+        self.unit_dim = unit_dim
+        self.record_activations = activations
+        self.record_backprop = backprop
+        self.record_gradients = gradients
+        self.record_update_ratio = update_ratio and optimizer is not None
+        self.record_eval = record_eval
+        self.strict = strict
+        self.sinks: list[Sink] = list(sinks)
+        self.history = History()
+
+        self._include = _make_filter(include)
+        self._model_ref = weakref.ref(model)
+        self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
+        self._handles: list[RemovableHandle] = []
+        self._attached = False
+        self._closed = False
+
+        self._step = 0
+        self._sampled = self._schedule(0)
+        self._recording = False
+        self._step_has_forward = False
+        self._last_flush_step = 0
+        self._calls: dict[str, int] = {}
+        self._sites: dict[tuple[str, int], _ActSite] = {}
+        self._order = 0
+        self._layer_order: dict[str, int] = {}
+        self._params: list[_ParamRef] = []
+        self._pending: list[_Entry] = []
+        self._param_entry: Optional[list[_Entry]] = None
+        self._weights_before: Optional[tuple[list[_ParamRef], list[Tensor], Tensor]] = None
+        self._stash: dict[int, Tensor] = {}
+        self._bw_queued = False
+
+    # ------------------------------------------------------------------ api
+    @property
+    def step(self) -> int:
+        """The current step index (0-based)."""
+        return self._step
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are on the model."""
+        return self._attached
+
+    @property
+    def model(self) -> Optional[nn.Module]:
+        """The watched model, or ``None`` if it has been garbage-collected."""
+        return self._model_ref()
+
+    def attach(self) -> Monitor:
+        """Register the hooks (no-op when attached). Returns ``self``."""
+        if self._closed:
+            raise RuntimeError("this Monitor is closed; create a new one with gradscope.watch()")
+        if self._attached:
+            return self
+        model = self._model_ref()
+        if model is None:
+            raise RuntimeError("the watched model no longer exists")
+        try:
+            self._register(model)
+        except BaseException:
+            self._remove_handles()
+            raise
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        """Flush what is queued and remove every hook. Safe to call twice."""
+        if not self._attached:
+            return
+        try:
+            self._commit_param_entry()
+            self.flush()
+        finally:
+            self._remove_handles()
+            self._attached = False
+            self._stash.clear()
+            self._weights_before = None
+
+    def close(self) -> None:
+        """:meth:`detach`, then close the sinks. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            self.detach()
+        finally:
+            self._closed = True
+            for sink in self.sinks:
+                sink.close()
+
+    def __enter__(self) -> Monitor:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self) -> list[Record]:
+        """Move queued statistics to the host (one transfer per device) and write them.
+
+        Returns the new records. Called automatically every ``flush_every`` steps and
+        on :meth:`detach`.
+        """
+        entries, self._pending = self._pending, []
+        self._last_flush_step = self._step
+        if not entries:
+            return []
+        records = _decode(entries)
+        records = _add_layer_aggregates(records)
+        for step, layer, metric, value in records:
+            self.history.add(step, layer, metric, value)
+        for sink in self.sinks:
+            sink.write(records, self.history)
+        return records
+
+    # -------------------------------------------------------------- hooks
+    def _register(self, model: nn.Module) -> None:
+        self._handles.append(model.register_forward_pre_hook(self._root_pre_hook))
+        self._handles.append(model.register_forward_hook(self._root_hook))
+        seen: set[int] = set()
+        for name, module in model.named_modules():
+            if not self._include(name, module):
+                continue
+            fam = family_of(module)
+            if fam is not None and self.record_activations:
+                if fam.needs_input and getattr(module, "inplace", False):
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._make_stash_hook())
+                    )
+                self._handles.append(module.register_forward_hook(self._make_act_hook(name, fam)))
+            own = [(n, p) for n, p in module.named_parameters(recurse=False)
+                   if p.requires_grad and id(p) not in seen]
+            if own and self.record_gradients:
+                layer = name or "(root)"
+                self._layer_order.setdefault(layer, len(self._layer_order))
+                self.history.add_layer(LayerInfo(
+                    layer, kind="layer", order=self._layer_order[layer],
+                    type=type(module).__name__, module=name))
+                for pname, p in own:
+                    seen.add(id(p))
+                    full = f"{name}.{pname}" if name else pname
+                    self._params.append(_ParamRef(layer, full, weakref.ref(p)))
+                    self.history.add_layer(LayerInfo(
+                        full, kind="parameter", order=len(self._params) - 1,
+                        type="Parameter", module=name, shape=tuple(p.shape)))
+        opt = self._optimizer_ref() if self._optimizer_ref is not None else None
+        if opt is not None:
+            self._handles.append(opt.register_step_pre_hook(self._opt_pre_hook))
+            self._handles.append(opt.register_step_post_hook(self._opt_post_hook))
+
+    def _remove_handles(self) -> None:
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+
+    def _counts_as_forward(self, module: nn.Module) -> bool:
+        return module.training or self.record_eval
+
+    def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
+        counted = self._counts_as_forward(module)
+        if self._optimizer_ref is None and counted:
+            if self._step_has_forward:
+                self._end_step()
+            self._step_has_forward = True
+        self._calls.clear()
+        self._recording = counted and self._sampled
+
+    def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not (self._recording and self.record_gradients and self._optimizer_ref is None):
+            return
+        if not torch.is_grad_enabled():
+            return
+        # Read parameter gradients when this forward's backward finishes.
+        for t in _tensors(output):
+            if t.requires_grad:
+                t.register_hook(self._backward_started)
+
+    def _backward_started(self, grad: Tensor) -> None:
+        if not self._bw_queued and self._attached:
+            self._bw_queued = True
+            step = self._step
+            torch.autograd.Variable._execution_engine.queue_callback(
+                lambda: self._backward_finished(step)
+            )
+
+    def _backward_finished(self, step: int) -> None:
+        self._bw_queued = False
+        if self._attached and step == self._step:
+            # Accumulated gradients: the last backward of the step wins.
+            self._param_entry = self._param_stats(step)
+
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not (self._sampled and self.record_gradients):
+            return
+        step = self._step
+        self._pending.extend(self._param_stats(step))
+        if self.record_update_ratio:
+            refs, params = self._live_params(with_grad=True)
+            if params:
+                with torch.no_grad():
+                    before = torch._foreach_mul(params, 1.0)
+                    wnorm = stats.foreach_norms(before)
+                self._weights_before = (refs, before, wnorm)
+
+    def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        snap, self._weights_before = self._weights_before, None
+        if snap is not None:
+            refs, before, wnorm = snap
+            params = [r.ref() for r in refs]
+            if all(p is not None for p in params):
+                with torch.no_grad():
+                    torch._foreach_sub_(before, [p.detach() for p in params])  # type: ignore[union-attr]
+                    unorm = stats.foreach_norms(before)
+                    vec = torch.cat([unorm, unorm / wnorm])
+                names = [r.name for r in refs]
+                self._pending.append(_Entry(self._step, vec, _param_update_decoder(names)))
+            del before
+        self._end_step()
+
+    def _end_step(self) -> None:
+        self._commit_param_entry()
+        self._step += 1
+        self._sampled = self._schedule(self._step)
+        self._recording = False
+        self._step_has_forward = False
+        if self._step - self._last_flush_step >= self.flush_every:
+            self.flush()
+
+    def _commit_param_entry(self) -> None:
+        if self._param_entry is not None:
+            self._pending.extend(self._param_entry)
+            self._param_entry = None
+
+    def _live_params(self, *, with_grad: bool) -> tuple[list[_ParamRef], list[Tensor]]:
+        refs, params = [], []
+        for r in self._params:
+            p = r.ref()
+            if p is None or (with_grad and (p.grad is None or p.grad.is_sparse)):
+                continue
+            refs.append(r)
+            params.append(p.detach())
+        return refs, params
+
+    def _param_stats(self, step: int) -> list[_Entry]:
+        refs, params = self._live_params(with_grad=True)
+        if not params:
+            return []
+        groups: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(p.device, []).append(i)
+        entries = []
+        with torch.no_grad():
+            for idx in groups.values():
+                grads = [refs[i].ref().grad for i in idx]  # type: ignore[union-attr]
+                ws = [params[i] for i in idx]
+                vec = torch.cat([
+                    stats.foreach_norms(grads),  # type: ignore[arg-type]
+                    stats.foreach_norms(ws),
+                    stats.foreach_nonfinite_counts(grads),  # type: ignore[arg-type]
+                ])
+                names = [refs[i].name for i in idx]
+                entries.append(_Entry(step, vec, _param_grad_decoder(names)))
+        return entries
+
+    def _make_stash_hook(self) -> Callable[[nn.Module, Any], None]:
+        def stash_input(module: nn.Module, args: Any) -> None:
+            if self._recording and args and isinstance(args[0], Tensor):
+                self._stash[id(module)] = args[0].detach().clone()
+
+        return stash_input
+
+    def _make_act_hook(
+        self, module_name: str, family: ActivationFamily
+    ) -> Callable[[nn.Module, Any, Any], None]:
+        def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self._recording:
+                return
+            x = self._stash.pop(id(module), None)
+            call = self._calls.get(module_name, 0)
+            self._calls[module_name] = call + 1
+            if not isinstance(output, Tensor) or not output.is_floating_point():
+                return
+            site = self._site(module_name, call, family, module, output)
+            if site.failed or site.fwd_step == self._step:
+                return
+            site.fwd_step = self._step
+            if family.needs_input and x is None and args and isinstance(args[0], Tensor):
+                x = args[0]
+            try:
+                self._record_activation(site, module, x, output)
+            except Exception as err:
+                self._site_failed(site, err)
+
+        return activation_hook
+
+    def _site(
+        self, module_name: str, call: int, family: ActivationFamily, module: nn.Module, y: Tensor
+    ) -> _ActSite:
+        site = self._sites.get((module_name, call))
+        if site is None:
+            base = module_name or "(root)"
+            if any(True for _ in module.parameters(recurse=False)):
+                base += ".out"  # the module is also a parameterised layer (PReLU)
+            name = base if call == 0 else f"{base}[{call}]"
+            site = _ActSite(name, module_name, call, family, metric_names(family),
+                            window_metric(family))
+            self._sites[(module_name, call)] = site
+            self.history.add_layer(LayerInfo(
+                name, kind="activation", order=len(self._sites) - 1,
+                type=type(module).__name__, family=family.name, module=module_name,
+                call=call, shape=tuple(y.shape)))
+        return site
+
+    def _record_activation(
+        self, site: _ActSite, module: nn.Module, x: Optional[Tensor], y: Tensor
+    ) -> None:
+        step = self._step
+        with torch.no_grad():
+            vec, active = summarize_activation(
+                site.family, module, x, y.detach(), eps=self.eps, delta=self.delta,
+                unit_dim=self.unit_dim)
+            names = site.names
+            if active is not None and site.window_name is not None:
+                if site.last_active is None or site.last_active.shape != active.shape \
+                        or site.last_active.device != active.device:
+                    site.last_active = torch.full(active.shape, _NEVER, dtype=torch.long,
+                                                  device=active.device)
+                site.last_active.masked_fill_(active, step)
+                idle = stats.fraction(site.last_active <= step - self.dead_window)
+                vec = torch.cat([vec, idle.reshape(1)])
+                names = (*names, site.window_name)
+        self._pending.append(_Entry(step, vec, _fixed_decoder(site.name, names)))
+        if self.record_backprop and y.requires_grad and torch.is_grad_enabled():
+            y.register_hook(self._make_grad_hook(site, step, y.numel()))
+
+    def _make_grad_hook(self, site: _ActSite, step: int, numel: int) -> Callable[[Tensor], None]:
+        def backprop_hook(grad: Tensor) -> None:
+            if not self._attached or site.failed or site.bwd_step == step:
+                return
+            site.bwd_step = step
+            try:
+                with torch.no_grad():
+                    vec = torch.stack([stats.l2_norm(grad), stats.nonfinite_count(grad)])
+                self._pending.append(_Entry(step, vec, _backprop_decoder(site.name, numel)))
+            except Exception as err:
+                self._site_failed(site, err)
+
+        return backprop_hook
+
+    def _site_failed(self, site: _ActSite, err: Exception) -> None:
+        if self.strict:
+            raise err
+        site.failed = True
+        warnings.warn(
+            f"gradscope: stopped monitoring {site.name!r} after an error in its hook: "
+            f"{type(err).__name__}: {err}. Training goes on; pass strict=True to raise.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def __repr__(self) -> str:
+        state = "attached" if self._attached else "detached"
+        return (f"Monitor({state}, step={self._step}, activation_sites={len(self._sites)}, "
+                f"parameters={len(self._params)})")
+
+
+def watch(model: nn.Module, **options: Any) -> Monitor:
+    """Attach a :class:`Monitor` to ``model`` and return it.
+
+    Takes the keyword options of :class:`Monitor`. Use it as a context manager, or
+    call :meth:`Monitor.close` (or :meth:`Monitor.detach`) when done.
+
+    Example:
+        >>> import torch, torch.nn as nn, gradscope
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
+        >>> with gradscope.watch(model) as mon:
+        ...     _ = model(torch.randn(8, 4)).sum().backward()
+        >>> sorted(mon.history.metrics("1"))[:3]
+        ['grad_out_nonfinite', 'grad_out_norm', 'grad_out_rms']
+    """
+    return Monitor(model, **options).attach()
+
+
+# ---------------------------------------------------------------- helpers
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"watch({name}={value!r}): must be an int >= {low}")
+
+
+def _check_open_unit(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"watch({name}={value!r}): must be a number in (0, 1), e.g. 0.01")
+
+
+def _make_filter(
+    include: Union[None, Sequence[str], Callable[[str, nn.Module], bool]]
+) -> Callable[[str, nn.Module], bool]:
+    if include is None:
+        return lambda name, module: True
+    if callable(include):
+        return include
+    if isinstance(include, str):
+        include = [include]
+    patterns = list(include)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"watch(include={include!r}): pass fnmatch patterns (strings) or a callable "
+            "(name, module) -> bool"
+        )
+    return lambda name, module: name == "" or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _tensors(obj: Any) -> Iterable[Tensor]:
+    """Every tensor in a nested output (tensor, tuple, list, dict)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+def _fixed_decoder(layer: str, names: tuple[str, ...]) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        return [(layer, n, v) for n, v in zip(names, values)]
+
+    return decode
+
+
+def _backprop_decoder(layer: str, numel: int) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        norm, nonfinite = values
+        rms = norm / math.sqrt(numel) if numel else float("nan")
+        return [(layer, "grad_out_norm", norm), (layer, "grad_out_rms", rms),
+                (layer, "grad_out_nonfinite", nonfinite)]
+
+    return decode
+
+
+def _param_grad_decoder(names: list[str]) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        n = len(names)
+        out = []
+        for i, name in enumerate(names):
+            g, w, nf = values[i], values[n + i], values[2 * n + i]
+            out += [(name, "grad_norm", g), (name, "weight_norm", w),
+                    (name, "grad_nonfinite", nf), (name, "grad_weight_ratio", _ratio(g, w))]
+        return out
+
+    return decode
+
+
+def _param_update_decoder(names: list[str]) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        n = len(names)
+        out = []
+        for i, name in enumerate(names):
+            out += [(name, "update_norm", values[i]), (name, "update_ratio", values[n + i])]
+        return out
+
+    return decode
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return float("inf") if a else float("nan")
+    return a / b
+
+
+def _decode(entries: list[_Entry]) -> list[Record]:
+    """One host transfer per device, then each entry's values back into records."""
+    by_device: dict[torch.device, list[_Entry]] = {}
+    for e in entries:
+        by_device.setdefault(e.tensor.device, []).append(e)
+    records: list[Record] = []
+    for group in by_device.values():
+        flat = torch.cat([e.tensor.reshape(-1) for e in group]).tolist()  # ok-sync: the flush
+        pos = 0
+        for e in group:
+            n = e.tensor.numel()
+            for layer, metric, value in e.decode(e.step, flat[pos:pos + n]):
+                records.append((e.step, layer, metric, value))
+            pos += n
+    records.sort(key=lambda r: r[0])
+    return records
+
+
+_PARAM_SUMS = ("grad_norm", "weight_norm", "update_norm")
+
+
+def _add_layer_aggregates(records: list[Record]) -> list[Record]:
+    """Per-layer values from per-parameter ones: norms combine as sqrt(sum of squares)."""
+    acc: dict[tuple[int, str], dict[str, float]] = {}
+    for step, name, metric, value in records:
+        if metric in _PARAM_SUMS or metric == "grad_nonfinite":
+            layer = _param_layer(name)
+            d = acc.setdefault((step, layer), {})
+            if metric == "grad_nonfinite":
+                d[metric] = d.get(metric, 0.0) + value
+            else:
+                d[metric] = d.get(metric, 0.0) + value * value
+    out = list(records)
+    for (step, layer), d in acc.items():
+        vals = {m: math.sqrt(v) if m in _PARAM_SUMS else v for m, v in d.items()}
+        for m, v in vals.items():
+            out.append((step, layer, m, v))
+        if "grad_norm" in vals and "weight_norm" in vals:
+            out.append((step, layer, "grad_weight_ratio", _ratio(vals["grad_norm"], vals["weight_norm"])))
+        if "update_norm" in vals:
+            # weight_norm of the same step was measured before the update
+            w = vals.get("weight_norm")
+            if w is not None:
+                out.append((step, layer, "update_ratio", _ratio(vals["update_norm"], w)))
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def _param_layer(param_name: str) -> str:
+    layer, _, _ = param_name.rpartition(".")
+    return layer or "(root)"

@@ -1,0 +1,68 @@
+"""Sampling schedules: a schedule is a function ``step -> bool``.
+
+An ``int`` ``k`` is shorthand for :func:`every` ``(k)``.
+
+Example:
+    >>> from gradscope.schedules import every, log_schedule
+    >>> [s for s in range(12) if every(5)(s)]
+    [0, 5, 10]
+    >>> [s for s in range(40) if log_schedule(base=2)(s)]
+    [0, 1, 2, 4, 8, 16, 32]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+__all__ = ["Schedule", "as_schedule", "every", "log_schedule"]
+
+Schedule = Callable[[int], bool]
+
+
+def every(n: int, *, offset: int = 0) -> Schedule:
+    """Sample step ``s`` when ``(s - offset) % n == 0`` and ``s >= offset``."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"every(n={n!r}): n must be an int >= 1 (1 samples every step)")
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"every(offset={offset!r}): offset must be an int >= 0")
+
+    def schedule(step: int) -> bool:
+        return step >= offset and (step - offset) % n == 0
+
+    schedule.__qualname__ = f"every({n})"
+    return schedule
+
+
+def log_schedule(*, base: float = 2.0, dense_until: int = 1) -> Schedule:
+    """Sample steps ``0 .. dense_until-1`` and then each integer power of ``base``.
+
+    Useful for long runs where early training changes fastest.
+    """
+    if not base > 1:
+        raise ValueError(f"log_schedule(base={base!r}): base must be > 1")
+    if dense_until < 0:
+        raise ValueError(f"log_schedule(dense_until={dense_until!r}) must be >= 0")
+
+    def schedule(step: int) -> bool:
+        if step < dense_until:
+            return True
+        if step < 1:
+            return False
+        k = round(math.log(step, base))
+        return any(round(base ** j) == step for j in (k - 1, k, k + 1) if j >= 0)
+
+    return schedule
+
+
+def as_schedule(value: Union[int, Schedule], *, name: str = "every") -> Schedule:
+    """Turn an ``int`` or a callable into a schedule, with an error naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: pass an int >= 1 or a callable step -> bool")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{name}={value!r}: must be >= 1 (1 samples every step)")
+        return every(value)
+    if callable(value):
+        return value
+    raise TypeError(f"{name}={value!r}: pass an int >= 1 or a callable step -> bool")
