@@ -254,7 +254,9 @@ def _d_silu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
 
 def _d_prelu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
     x = _need_x(x, "PReLU")
-    w = m.weight.detach().to(torch.float32)  # type: ignore[union-attr]
+    weight = m.weight
+    assert isinstance(weight, Tensor)
+    w = weight.detach().to(torch.float32)
     if w.numel() > 1 and x.ndim >= 2:
         shape = [1] * x.ndim
         shape[1] = w.numel()
@@ -300,7 +302,7 @@ def register_family(module_type: type[nn.Module], family: ActivationFamily) -> N
 def family_of(module: nn.Module) -> Optional[ActivationFamily]:
     """The family of ``module`` by its type or nearest registered base class, else ``None``."""
     for cls in type(module).__mro__:
-        fam = FAMILIES.get(cls)  # type: ignore[arg-type]
+        fam = FAMILIES.get(cls)
         if fam is not None:
             return fam
     return None

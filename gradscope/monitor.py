@@ -165,7 +165,7 @@ class Monitor:
         gradients: bool = True,
         update_ratio: bool = True,
         record_eval: bool = False,
-        include: Union[None, Sequence[str], Callable[[str, nn.Module], bool]] = None,
+        include: Union[Sequence[str], Callable[[str, nn.Module], bool], None] = None,
         sinks: Sequence[Sink] = (),
         strict: bool = False,
     ) -> None:
@@ -391,7 +391,7 @@ class Monitor:
             refs, params = self._live_params(with_grad=True)
             if params:
                 with torch.no_grad():
-                    before = torch._foreach_mul(params, 1.0)
+                    before = list(torch._foreach_mul(params, 1.0))
                     wnorm = stats.foreach_norms(before)
                 self._weights_before = (refs, before, wnorm)
 
@@ -399,10 +399,10 @@ class Monitor:
         snap, self._weights_before = self._weights_before, None
         if snap is not None:
             refs, before, wnorm = snap
-            params = [r.ref() for r in refs]
-            if all(p is not None for p in params):
+            params = [p for p in (r.ref() for r in refs) if p is not None]
+            if len(params) == len(refs):
                 with torch.no_grad():
-                    torch._foreach_sub_(before, [p.detach() for p in params])  # type: ignore[union-attr]
+                    torch._foreach_sub_(before, [p.detach() for p in params])
                     unorm = stats.foreach_norms(before)
                     vec = torch.cat([unorm, unorm / wnorm])
                 names = [r.name for r in refs]
@@ -586,7 +586,7 @@ def _check_open_unit(name: str, value: Any) -> None:
 
 
 def _make_filter(
-    include: Union[None, Sequence[str], Callable[[str, nn.Module], bool]]
+    include: Union[Sequence[str], Callable[[str, nn.Module], bool], None]
 ) -> Callable[[str, nn.Module], bool]:
     if include is None:
         return lambda name, module: True

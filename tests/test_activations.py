@@ -1,0 +1,142 @@
+"""Activation families: derivative formulas against autograd, rules, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradscope.activations import (
+    FAMILIES,
+    ActivationFamily,
+    family_of,
+    metric_names,
+    register_family,
+    summarize_activation,
+)
+
+ELEMENTWISE = [
+    nn.Sigmoid(), nn.Tanh(), nn.Softsign(), nn.Hardtanh(-0.5, 1.5), nn.ReLU(), nn.ReLU6(),
+    nn.LeakyReLU(0.2), nn.PReLU(3, init=0.3), nn.ELU(alpha=0.7), nn.GELU(),
+    nn.GELU(approximate="tanh"), nn.SiLU(),
+]
+IDS = [
+    "sigmoid", "tanh", "softsign", "hardtanh", "relu", "relu6", "leaky_relu", "prelu", "elu",
+    "gelu", "gelu_tanh", "silu",
+]
+
+
+@pytest.mark.parametrize("module", ELEMENTWISE, ids=IDS)
+def test_derivative_matches_autograd(module: nn.Module) -> None:
+    torch.manual_seed(0)
+    # Keep clear of kinks (0, hardtanh limits) where one-sided conventions differ.
+    x = torch.randn(64, 3) * 4
+    x = x[(x.abs() > 1e-3).all(1)]
+    for k in (-0.5, 1.5, 6.0):
+        x = x[((x - k).abs() > 1e-3).all(1)]
+    x.requires_grad_(True)
+    y = module(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    fam = family_of(module)
+    assert fam is not None and fam.derivative is not None
+    d = fam.derivative(x.detach() if fam.needs_input else None, y.detach(), module)
+    torch.testing.assert_close(d.expand_as(g), g, rtol=1e-4, atol=1e-5)
+
+
+def stats_dict(module: nn.Module, x: torch.Tensor, **kw: float) -> dict[str, float]:
+    fam = family_of(module)
+    assert fam is not None
+    y = module(x)
+    vec, _ = summarize_activation(fam, module, x if fam.needs_input else None, y.detach(),
+                                  eps=kw.get("eps", 0.01), delta=kw.get("delta", 0.01),
+                                  unit_dim=None)
+    return dict(zip(metric_names(fam), vec.tolist()))
+
+
+def test_sigmoid_summary_definitions() -> None:
+    x = torch.tensor([[-10.0, 0.0, 10.0, 2.0]])
+    s = stats_dict(nn.Sigmoid(), x)
+    y = torch.sigmoid(x)
+    assert s["saturation"] == pytest.approx(0.5)  # -10 and 10
+    d = y * (1 - y)
+    assert s["mean_deriv"] == pytest.approx(d.mean().item())
+    assert s["small_deriv"] == pytest.approx(0.5)
+    assert s["mean"] == pytest.approx(y.mean().item())
+    assert "dead_units" not in s
+
+
+def test_relu_summary_zero_and_dead() -> None:
+    x = torch.tensor([[1.0, -1.0, -2.0], [2.0, -1.0, 3.0]])
+    s = stats_dict(nn.ReLU(), x)
+    assert s["zero_frac"] == pytest.approx(3 / 6)
+    assert s["dead_units"] == pytest.approx(1 / 3)  # unit 1 never positive
+    assert s["mean_deriv"] == pytest.approx(3 / 6)
+
+
+def test_negative_regime_is_labelled_for_leaky_and_gelu() -> None:
+    x = torch.tensor([[1.0, -1.0], [-2.0, -3.0]])
+    for mod in (nn.LeakyReLU(), nn.GELU(), nn.ELU()):
+        s = stats_dict(mod, x)
+        assert "dead_units" not in s and "zero_frac" not in s
+        assert s["neg_frac"] == pytest.approx(3 / 4)
+        assert s["neg_units"] == pytest.approx(1 / 2)  # unit 1 negative for every sample
+
+
+def test_softmax_has_saturation_but_no_derivative() -> None:
+    x = torch.tensor([[10.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    s = stats_dict(nn.Softmax(dim=1), x)
+    assert s["saturation"] == pytest.approx(0.5)
+    assert "mean_deriv" not in s
+
+
+def test_relu6_saturates_at_six() -> None:
+    s = stats_dict(nn.ReLU6(), torch.tensor([[7.0, 3.0, -1.0, 5.995]]))
+    assert s["saturation"] == pytest.approx(2 / 4)
+    assert s["zero_frac"] == pytest.approx(1 / 4)
+
+
+def test_half_precision_inputs_are_summarised_in_fp32() -> None:
+    x = torch.randn(32, 8)
+    s32 = stats_dict(nn.Tanh(), x)
+    s16 = stats_dict(nn.Tanh(), x.bfloat16())
+    for k in s32:
+        assert s16[k] == pytest.approx(s32[k], abs=2e-2)
+
+
+def test_empty_batch_gives_nan_not_an_error() -> None:
+    s = stats_dict(nn.ReLU(), torch.empty(0, 4))
+    assert all(v != v for k, v in s.items() if k != "nonfinite")  # nan
+    assert s["nonfinite"] == 0
+
+
+def test_family_lookup_exact_subclass_and_unknown() -> None:
+    assert family_of(nn.ReLU6()).name == "relu6"  # ReLU6 subclasses Hardtanh
+    assert family_of(nn.Hardtanh()).name == "hardtanh"
+
+    class MyReLU(nn.ReLU):
+        pass
+
+    assert family_of(MyReLU()).name == "relu"
+    assert family_of(nn.Linear(2, 2)) is None
+    assert family_of(nn.Softplus()) is None  # not guessed at
+    assert {f.name for f in FAMILIES.values()} >= {
+        "sigmoid", "tanh", "relu", "relu6", "leaky_relu", "prelu", "elu", "gelu", "silu",
+        "softsign", "hardtanh", "softmax"}
+
+
+def test_register_family_validates_and_registers() -> None:
+    class Swish(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(x)
+
+    with pytest.raises(TypeError, match=r"nn\.Module subclass"):
+        register_family(int, FAMILIES[nn.SiLU])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ActivationFamily"):
+        register_family(Swish, "silu")  # type: ignore[arg-type]
+    register_family(Swish, FAMILIES[nn.SiLU])
+    try:
+        assert family_of(Swish()).name == "silu"
+    finally:
+        del FAMILIES[Swish]
+    with pytest.raises(ValueError, match="regime"):
+        ActivationFamily("x", "bogus")

@@ -1,0 +1,155 @@
+"""Each statistic against a plain NumPy / loop computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradscope import stats
+
+torch.manual_seed(0)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+
+
+def ref_moments(a: np.ndarray) -> list[float]:
+    a = a.astype(np.float64).ravel()
+    return [a.mean(), a.std(), a.min(), a.max()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_moments_match_numpy(dtype: torch.dtype) -> None:
+    x = (torch.randn(37, 11) * 3 + 1).to(dtype)
+    got = stats.moments(x)
+    assert got.dtype == torch.float32
+    ref = ref_moments(x.float().numpy())
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_moments_fp16_large_values_do_not_overflow() -> None:
+    # Sum of squares of 60000 * 4000**2 overflows fp16 but not the fp32 computation.
+    x = torch.full((100, 100), 4000.0, dtype=torch.float16)
+    x[0, 0] = -4000.0
+    got = stats.moments(x)
+    assert torch.isfinite(got).all()
+    np.testing.assert_allclose(got.numpy(), ref_moments(x.float().numpy()), rtol=1e-3)
+
+
+def test_moments_empty_is_nan_and_all_zero_is_zero() -> None:
+    assert torch.isnan(stats.moments(torch.empty(0, 5))).all()
+    np.testing.assert_array_equal(stats.moments(torch.zeros(3, 4)).numpy(), [0, 0, 0, 0])
+
+
+def test_nonfinite_count_counts_nan_and_both_infs() -> None:
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
+    assert stats.nonfinite_count(x).item() == 3
+    assert stats.nonfinite_count(torch.empty(0)).item() == 0
+    assert stats.nonfinite_count(torch.arange(4)).item() == 0  # integers are always finite
+    assert stats.nonfinite_count(x.half()).item() == 3
+
+
+def test_moments_propagate_nan() -> None:
+    x = torch.tensor([1.0, float("nan")])
+    assert torch.isnan(stats.moments(x)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_l2_norm_matches_numpy(dtype: torch.dtype) -> None:
+    x = torch.randn(300).to(dtype) * 100
+    ref = np.sqrt((x.float().numpy().astype(np.float64) ** 2).sum())
+    assert stats.l2_norm(x).item() == pytest.approx(ref, rel=1e-4)
+    assert stats.l2_norm(torch.empty(0)).item() == 0.0
+
+
+def test_fraction_and_small_fraction() -> None:
+    x = torch.tensor([0.001, 0.5, -1.0, float("nan")])
+    assert stats.small_fraction(x, 0.01).item() == pytest.approx(2 / 4)  # nan is not small
+    assert math.isnan(stats.fraction(torch.empty(0, dtype=torch.bool)).item())
+
+
+def test_sigmoid_saturation_matches_loop() -> None:
+    y = torch.sigmoid(torch.randn(50, 20) * 6)
+    eps = 0.01
+    flat = y.flatten().tolist()
+    ref = sum(1 for v in flat if v < eps or v > 1 - eps) / len(flat)
+    assert stats.sigmoid_saturation(y, eps).item() == pytest.approx(ref)
+
+
+def test_symmetric_and_interval_saturation_match_loop() -> None:
+    y = torch.tanh(torch.randn(40, 10) * 3)
+    flat = y.flatten().tolist()
+    ref = sum(1 for v in flat if abs(v) > 1 - 0.05) / len(flat)
+    assert stats.symmetric_saturation(y, 1.0, 0.05).item() == pytest.approx(ref)
+    h = torch.clamp(torch.randn(100) * 2, -1.5, 2.0)
+    ref2 = sum(1 for v in h.tolist() if v <= -1.5 + 0.01 or v >= 2.0 - 0.01) / 100
+    assert stats.interval_saturation(h, -1.5, 2.0, 0.01).item() == pytest.approx(ref2)
+    ref3 = sum(1 for v in h.tolist() if v >= 2.0 - 0.01) / 100
+    assert stats.interval_saturation(h, None, 2.0, 0.01).item() == pytest.approx(ref3)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1], ids=["dim0", "dim1", "dimlast"])
+def test_softmax_saturation_counts_rows(dim: int) -> None:
+    logits = torch.randn(6, 5, 4) * torch.tensor([0.1, 20.0, 1.0, 50.0]).view(1, 1, 4)
+    p = torch.softmax(logits, dim=dim)
+    a = np.moveaxis(p.numpy(), dim, -1).reshape(-1, p.shape[dim])
+    ref = float(np.mean(a.max(axis=1) >= 1 - 0.01))
+    assert stats.softmax_saturation(p, dim, 0.01).item() == pytest.approx(ref)
+
+
+def test_resolve_unit_dim_defaults_and_errors() -> None:
+    assert stats.resolve_unit_dim(2, None) == 1
+    assert stats.resolve_unit_dim(3, None) == 2  # (batch, seq, features)
+    assert stats.resolve_unit_dim(4, None) == 1  # (batch, channels, H, W)
+    assert stats.resolve_unit_dim(3, 1) == 1
+    assert stats.resolve_unit_dim(3, -2) == 1
+    with pytest.raises(ValueError, match="unit_dim=5"):
+        stats.resolve_unit_dim(2, 5)
+
+
+def loop_dead_fraction(y: np.ndarray, unit_dim: int) -> float:
+    moved = np.moveaxis(y, unit_dim, 0).reshape(y.shape[unit_dim], -1)
+    dead = 0
+    for unit in moved:
+        if all(v <= 0 for v in unit):
+            dead += 1
+    return dead / moved.shape[0]
+
+
+@pytest.mark.parametrize(
+    "shape,unit_dim",
+    [((32, 10), None), ((8, 5, 3, 3), None), ((4, 7, 6), None), ((4, 7, 6), 1)],
+    ids=["linear", "conv", "sequence", "conv1d"],
+)
+def test_dead_fraction_matches_loop(shape: tuple[int, ...], unit_dim: int | None) -> None:
+    y = torch.relu(torch.randn(*shape) - 1.2)
+    ud = stats.resolve_unit_dim(len(shape), unit_dim)
+    assert stats.dead_fraction(y, unit_dim).item() == pytest.approx(
+        loop_dead_fraction(y.numpy(), ud))
+
+
+def test_dead_fraction_edge_cases() -> None:
+    assert stats.dead_fraction(torch.zeros(5, 4)).item() == 1.0
+    assert stats.dead_fraction(torch.ones(5, 4)).item() == 0.0
+    assert math.isnan(stats.dead_fraction(torch.empty(0, 4)).item())
+    # One positive sample keeps a unit alive.
+    y = torch.zeros(100, 3)
+    y[57, 1] = 1e-6
+    assert stats.dead_fraction(y).item() == pytest.approx(2 / 3)
+
+
+def test_unit_all_and_any() -> None:
+    m = torch.tensor([[True, False, True], [True, False, False]])
+    assert stats.unit_all(m, 1).tolist() == [True, False, False]
+    assert stats.unit_any(m, 1).tolist() == [True, False, True]
+
+
+def test_foreach_norms_and_nonfinite_counts_match_per_tensor() -> None:
+    ts = [torch.randn(3, 4), torch.randn(7).half(), torch.tensor([1.0, float("nan"), float("inf")])]
+    norms = stats.foreach_norms(ts)
+    for t, n in zip(ts[:2], norms[:2]):
+        assert n.item() == pytest.approx(np.linalg.norm(t.float().numpy()), rel=1e-3)
+    assert math.isnan(norms[2].item())
+    assert stats.foreach_nonfinite_counts(ts).tolist() == [0.0, 0.0, 2.0]
