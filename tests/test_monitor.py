@@ -446,3 +446,17 @@ def test_public_api() -> None:
                                       "register_family"}
     for name in gradscope.__all__:
         assert hasattr(gradscope, name), name
+
+
+def test_torchvision_resnet_reused_relu_has_two_call_sites_per_block() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, optimizer=opt) as mon:
+        train(model, opt, 1, torch.randn(2, 3, 32, 32))
+    acts = mon.history.layers("activation")
+    assert len(acts) == 1 + 8 * 2  # the stem's relu, then two calls of each block's relu
+    assert acts[:3] == ["relu", "layer1.0.relu", "layer1.0.relu[1]"]
+    assert all(mon.history.value(a, "grad_out_norm") > 0 for a in acts)
+    assert len(mon.history.layers("layer")) == 1 + 1 + 8 * 4 + 3 * 2 + 1  # conv/bn/fc, downsample
