@@ -36,6 +36,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Iterable, Sequence
@@ -54,6 +55,7 @@ from gradscope.activations import (
     summarize_activation,
     window_metric,
 )
+from gradscope.findings import Finding, Thresholds, analyze, format_findings
 from gradscope.histograms import Histogram, decode_histogram, histogram_vector
 from gradscope.history import History, LayerInfo
 from gradscope.schedules import Schedule, as_schedule
@@ -159,6 +161,11 @@ class Monitor:
             counted on the device; only the counts cross to the host, at the flush.
             Histograms are only taken when a sink writes them (``write_histograms``).
         histogram_bins: number of equal-width bins per histogram.
+        findings: run the rules of :mod:`gradscope.findings` at each flush for the
+            sinks that write findings (TensorBoard text) and for the summary at
+            :meth:`close`: ``True`` (default thresholds), a
+            :class:`gradscope.findings.Thresholds`, or ``False``.
+        summary: print a short summary of the findings to stderr at :meth:`close`.
 
     Example:
         >>> import torch.nn as nn, gradscope
@@ -188,6 +195,8 @@ class Monitor:
         logdir: Union[str, os.PathLike, None] = None,
         histogram_every: Union[int, Schedule, None] = 500,
         histogram_bins: int = 64,
+        findings: Union[bool, Thresholds] = True,
+        summary: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -211,6 +220,16 @@ class Monitor:
         self._hist_schedule = (None if histogram_every is None
                                else as_schedule(histogram_every, name="histogram_every"))
         _check_int("histogram_bins", histogram_bins, 1)
+        if isinstance(findings, Thresholds):
+            self._thresholds: Optional[Thresholds] = findings
+        elif findings is True or findings is False:
+            self._thresholds = Thresholds() if findings else None
+        else:
+            raise TypeError(f"watch(findings={findings!r}): pass True, False or a "
+                            "gradscope.findings.Thresholds(...)")
+        if not isinstance(summary, bool):
+            raise TypeError(f"watch(summary={summary!r}): pass True or False")
+        self.summary = summary
         if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={logdir!r}): pass a directory path (str or Path)")
         self.flush_every = flush_every
@@ -319,10 +338,31 @@ class Monitor:
             return
         try:
             self.detach()
+            if self.summary and self._thresholds is not None:
+                self._print_summary()
         finally:
             self._closed = True
             for sink in self.sinks:
                 sink.close()
+
+    def _print_summary(self) -> None:
+        """A few lines of findings on stderr; never raises."""
+        try:
+            steps = self.history.steps()
+            if not steps:
+                return
+            found = analyze(self.history, self._thresholds)
+            span = f"steps {steps[0]}..{steps[-1]}"
+            where = f"; dashboard: tensorboard --logdir {self.writer.logdir}" \
+                if self.writer is not None and hasattr(self.writer, "logdir") else ""
+            if not found:
+                print(f"gradscope: no findings over {span}{where}", file=sys.stderr)
+            else:
+                print(f"gradscope: {len(found)} finding(s) over {span}{where}\n"
+                      f"{format_findings(found, limit=8)}", file=sys.stderr)
+        except Exception as err:  # a summary must never break the user's program
+            warnings.warn(f"gradscope: could not print the findings summary: {err}",
+                          RuntimeWarning, stacklevel=3)
 
     def __enter__(self) -> Monitor:
         return self.attach()
@@ -345,11 +385,33 @@ class Monitor:
         for step, layer, metric, value in records:
             self.history.add(step, layer, metric, value)
         hists, self._hist_ready = self._hist_ready, []
+        found = None
+        if self._thresholds is not None and any(hasattr(s, "write_findings") for s in self.sinks):
+            found = analyze(self.history, self._thresholds)
         for sink in self.sinks:
             sink.write(records, self.history)
             if hists and hasattr(sink, "write_histograms"):
                 sink.write_histograms(hists)
+            if found is not None and hasattr(sink, "write_findings"):
+                sink.write_findings(found, records[-1][0])
         return records
+
+    def findings(self, thresholds: Optional[Thresholds] = None) -> list[Finding]:
+        """Apply the rules of :mod:`gradscope.findings` to the history so far.
+
+        Args:
+            thresholds: override the monitor's thresholds (its ``findings=``
+                argument, or the defaults).
+
+        Example:
+            >>> import torch, torch.nn as nn, gradscope
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+            >>> with gradscope.watch(model, summary=False) as mon:
+            ...     model(torch.randn(16, 4)).mean().backward()
+            >>> mon.findings()
+            []
+        """
+        return analyze(self.history, thresholds or self._thresholds or Thresholds())
 
     # -------------------------------------------------------------- hooks
     def _register(self, model: nn.Module) -> None:

@@ -31,7 +31,7 @@ def _model() -> nn.Sequential:
 def _train(model: nn.Module, steps: int, **options: object) -> gradscope.Monitor:
     torch.manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.watch(model, optimizer=opt, **options) as mon:
+    with gradscope.watch(model, optimizer=opt, summary=False, **options) as mon:
         for _ in range(steps):
             opt.zero_grad()
             model(torch.randn(BATCH, 6)).pow(2).mean().backward()
@@ -106,6 +106,12 @@ def test_histograms_images_layout_and_layer_index(
     img = ea.Images("gradscope/gradient_flow")[-1]
     assert img.step == 7 and img.width > 100 and img.height > 100
     assert "custom_scalars__config__" in tags["tensors"]
+    # Findings text: written at the first flush, rewritten only when they change.
+    notes = ea.Tensors("gradscope/findings/text_summary")
+    assert 1 <= len(notes) <= 2 and notes[0].step == 3
+    expected = mon.findings()
+    last = notes[-1].tensor_proto.string_val[0].decode()
+    assert all(f.rule in last for f in expected) if expected else "No findings" in last
     text = ea.Tensors("gradscope/layers/text_summary")[0].tensor_proto.string_val[0].decode()
     infos = parse_layers_text(text)
     assert [i.name for i in infos] == mon.history.layers()
@@ -154,7 +160,7 @@ def test_histograms_follow_their_schedule_and_need_a_sink() -> None:
     assert ("gradients", "2.weight") in groups and ("weights", "2.weight") in groups
     assert mem.closed and mem.writes == 3 and mon.writer is None
     # Without a histogram sink, no histogram is computed at all.
-    plain = gradscope.watch(_model())
+    plain = gradscope.watch(_model(), summary=False)
     assert plain._hist_schedule is None
     plain.close()
     off = _train(_model(), 3, sinks=[mem2 := MemoryWriter()], histogram_every=None)
@@ -163,7 +169,7 @@ def test_histograms_follow_their_schedule_and_need_a_sink() -> None:
 
 def test_writer_exposes_summary_writer_for_own_scalars(tmp_path: Path) -> None:
     model = _model()
-    mon = gradscope.watch(model, logdir=tmp_path)
+    mon = gradscope.watch(model, logdir=tmp_path, summary=False)
     assert isinstance(mon.writer, TensorBoardWriter)
     assert isinstance(mon.writer.summary_writer, SummaryWriter)
     model(torch.randn(4, 6)).sum().backward()
@@ -189,7 +195,8 @@ def test_unwritable_logdir_fails_at_watch(tmp_path: Path, make_bad: object) -> N
 def test_write_errors_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     mon_model = _model()
     opt = torch.optim.SGD(mon_model.parameters(), lr=0.1)
-    mon = gradscope.watch(mon_model, optimizer=opt, logdir=tmp_path, flush_every=1)
+    mon = gradscope.watch(mon_model, optimizer=opt, logdir=tmp_path, flush_every=1,
+                          summary=False)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")

@@ -13,7 +13,7 @@ Example:
     >>> from gradscope.writers import MemoryWriter
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     >>> mem = MemoryWriter()
-    >>> with gradscope.watch(model, sinks=[mem]):
+    >>> with gradscope.watch(model, sinks=[mem], summary=False):
     ...     model(torch.randn(16, 4)).mean().backward()
     >>> ("1", "dead_units") in {(r[1], r[2]) for r in mem.records}
     True
