@@ -18,6 +18,8 @@ __all__ = ["COMMANDS", "main"]
 #: command name -> (module, one-line help)
 COMMANDS = {
     "demo": ("gradscope.demo", "train a small model under the monitor and write a TensorBoard run"),
+    "report": ("gradscope.report", "per-layer tables and findings from TensorBoard runs written "
+               "by gradscope"),
 }
 
 

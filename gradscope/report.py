@@ -1,0 +1,332 @@
+"""``gradscope report LOGDIR``: per-layer tables and findings from TensorBoard runs.
+
+Reads every run under ``LOGDIR`` (a directory holding ``events.out.tfevents.*``
+files) with TensorBoard's own ``EventAccumulator``, keeps the runs that contain
+gradscope tags (``<metric>/<layer>``, ``param/<metric>/<name>``), rebuilds their
+:class:`gradscope.History` and prints, per run, a table of activation call-sites
+and one of parameterised layers at the last step (or the one given by
+``--step``), then the findings of :mod:`gradscope.findings`. With several runs,
+comparison tables put the runs side by side, one per key metric.
+
+Runs written by earlier versions work as long as the tags are ours: the layer
+index (``gradscope/layers`` text) gives kinds and network order when present;
+without it, kinds come from the metric names and order from the layer names.
+
+Exit codes: 0 on success, 2 when ``LOGDIR`` does not exist or holds no gradscope run.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); configure(p)
+    >>> args = p.parse_args(["/nonexistent/runs"])
+    >>> run(args)
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from gradscope.findings import Finding, analyze
+from gradscope.history import History, LayerInfo
+
+__all__ = ["RunReport", "configure", "find_runs", "load_run", "render", "run"]
+
+#: Metrics of activation call-sites and of parameterised layers/parameters, as the
+#: monitor names them; used to recognise our tags in runs without a layer index.
+ACTIVATION_METRICS = frozenset({
+    "mean", "std", "min", "max", "nonfinite", "saturation", "small_deriv", "mean_deriv",
+    "zero_frac", "dead_units", "dead_units_window", "neg_frac", "neg_units",
+    "neg_units_window", "grad_out_norm", "grad_out_rms", "grad_out_nonfinite"})
+LAYER_METRICS = frozenset({
+    "grad_norm", "weight_norm", "grad_weight_ratio", "grad_nonfinite", "update_norm",
+    "update_ratio"})
+
+#: Table columns: (header, metric candidates: the first one a layer has is shown).
+ACTIVATION_COLUMNS = (
+    ("saturation", ("saturation",)),
+    ("dead_units", ("dead_units_window", "dead_units")),
+    ("neg_units", ("neg_units_window", "neg_units")),
+    ("std", ("std",)),
+    ("grad_out_rms", ("grad_out_rms",)),
+    ("nonfinite", ("nonfinite",)),
+)
+LAYER_COLUMNS = (
+    ("grad_norm", ("grad_norm",)),
+    ("weight_norm", ("weight_norm",)),
+    ("grad/weight", ("grad_weight_ratio",)),
+    ("update_ratio", ("update_ratio",)),
+    ("grad_nonfinite", ("grad_nonfinite",)),
+)
+#: Metrics compared side by side when there are several runs.
+COMPARE = (("activation", "saturation"), ("activation", "dead_units"),
+           ("activation", "grad_out_rms"), ("layer", "grad_norm"), ("layer", "update_ratio"))
+
+_SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1,
+                  "compressedHistograms": 1, "audio": 1}
+
+
+@dataclass
+class RunReport:
+    """One run read back: its name, history (up to ``step``) and findings."""
+
+    name: str
+    path: Path
+    history: History
+    step: int
+    findings: list[Finding]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gradscope report``."""
+    parser.add_argument("logdir", help="a TensorBoard run directory, or a directory of runs")
+    parser.add_argument("--step", type=int, default=None,
+                        help="report the values at this step (the latest recorded at or "
+                             "before it) instead of the last step")
+    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                        help="output format (default: text)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``gradscope report``; returns the exit code."""
+    return report(Path(args.logdir), step=args.step, fmt=args.format)
+
+
+def report(logdir: Path, *, step: Optional[int] = None, fmt: str = "text",
+           out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """Read the runs under ``logdir`` and print their report; returns the exit code.
+
+    ``out`` and ``err`` default to ``sys.stdout`` and ``sys.stderr``.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    if not logdir.exists():
+        print(f"gradscope report: {str(logdir)!r} does not exist; pass the directory you gave "
+              "watch(logdir=...) or its parent", file=err)
+        return 2
+    if step is not None and step < 0:
+        print(f"gradscope report: --step {step} must be >= 0", file=err)
+        return 2
+    runs = [r for r in (load_run(p, logdir, step) for p in find_runs(logdir)) if r is not None]
+    if not runs:
+        print(f"gradscope report: no gradscope runs under {str(logdir)!r} (no TensorBoard event "
+              "files with gradscope tags such as 'grad_norm/<layer>'); write one with "
+              "gradscope.watch(model, logdir=...)", file=err)
+        return 2
+    out.write(render(runs, fmt))
+    return 0
+
+
+def find_runs(logdir: Path) -> list[Path]:
+    """Directories under ``logdir`` (itself included) that hold event files, sorted."""
+    if logdir.is_file():
+        return [logdir.parent] if ".tfevents." in logdir.name else []
+    dirs = {p.parent for p in logdir.rglob("*.tfevents.*") if p.is_file()}
+    return sorted(dirs)
+
+
+def load_run(path: Path, root: Path, step: Optional[int] = None) -> Optional[RunReport]:
+    """Read one run directory; ``None`` when it has no gradscope tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(path), size_guidance=_SIZE_GUIDANCE)
+    try:
+        ea.Reload()
+    except Exception:  # a corrupt or foreign file is not one of our runs
+        return None
+    tags = ea.Tags()
+    infos: list[LayerInfo] = []
+    if "gradscope/layers/text_summary" in tags.get("tensors", []):
+        from gradscope.writers.tensorboard import parse_layers_text
+
+        events = ea.Tensors("gradscope/layers/text_summary")
+        infos = parse_layers_text(events[-1].tensor_proto.string_val[0].decode("utf-8"))
+    known = {i.name: i for i in infos}
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    kinds: dict[str, str] = {}
+    for tag in tags.get("scalars", []):
+        parsed = _parse_tag(tag, known)
+        if parsed is None:
+            continue
+        layer, metric, kind = parsed
+        kinds.setdefault(layer, kind)
+        series[(layer, metric)] = [(e.step, e.value) for e in ea.Scalars(tag)
+                                   if step is None or e.step <= step]
+    if not series:
+        return None
+    h = History()
+    for info in infos:
+        h.add_layer(info)
+    by_kind: dict[str, list[str]] = {}
+    for layer in sorted(kinds, key=_natural):
+        if layer not in known:
+            by_kind.setdefault(kinds[layer], []).append(layer)
+    for kind, names in by_kind.items():
+        base = sum(1 for i in infos if i.kind == kind)
+        for j, name in enumerate(names):
+            h.add_layer(LayerInfo(name, kind=kind, order=base + j, type="?"))
+    for (layer, metric), points in series.items():
+        last = None
+        for s, v in sorted(points):
+            if s != last:
+                h.add(s, layer, metric, v)
+                last = s
+    steps = h.steps()
+    name = "." if path == root else str(path.relative_to(root))
+    at = steps[-1] if steps else (step or 0)
+    return RunReport(name, path, h, at, analyze(h))
+
+
+def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str, str]]:
+    """``(layer, metric, kind)`` of one of our scalar tags, ``None`` for any other tag."""
+    if tag.startswith("param/"):
+        metric, _, name = tag[len("param/"):].partition("/")
+        if name and (metric in LAYER_METRICS or name in known):
+            return name, metric, "parameter"
+        return None
+    metric, _, layer = tag.partition("/")
+    if not layer:
+        return None
+    if layer in known and known[layer].kind != "parameter":
+        return layer, metric, known[layer].kind
+    if metric in ACTIVATION_METRICS:
+        return layer, metric, "activation"
+    if metric in LAYER_METRICS:
+        return layer, metric, "layer"
+    return None
+
+
+def _natural(name: str) -> list[Any]:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# ------------------------------------------------------------------ tables
+def _value(h: History, layer: str, candidates: tuple[str, ...]) -> float:
+    for m in candidates:
+        if m in h.metrics(layer):
+            _, values = h.series(layer, m)
+            if values:
+                return values[-1]
+    return math.nan
+
+
+def _table(r: RunReport, kind: str) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows (layer, type, values...) of one kind at the report step."""
+    h = r.history
+    cols = ACTIVATION_COLUMNS if kind == "activation" else LAYER_COLUMNS
+    layers = h.layers(kind)
+    rows = []
+    for layer in layers:
+        info = h.info(layer)
+        what = info.family or info.type
+        rows.append([layer, what] + [_value(h, layer, c) for _, c in cols])
+    keep = [j for j in range(len(cols)) if any(not math.isnan(row[2 + j]) for row in rows)]
+    header = ["call-site" if kind == "activation" else "layer", "type"] + [cols[j][0] for j in keep]
+    return header, [row[:2] + [row[2 + j] for j in keep] for row in rows]
+
+
+def _compare(runs: list[RunReport], kind: str, metric: str) -> tuple[list[str], list[list[Any]]]:
+    cands = dict(ACTIVATION_COLUMNS + LAYER_COLUMNS).get(metric, (metric,))
+    layers: list[str] = []
+    for r in runs:
+        layers += [n for n in r.history.layers(kind) if n not in layers]
+    rows = []
+    for layer in layers:
+        vals = [_value(r.history, layer, cands) if layer in r.history.layers(kind) else math.nan
+                for r in runs]
+        if any(not math.isnan(v) for v in vals):
+            rows.append([layer, *vals])
+    return ["layer", *[r.name for r in runs]], rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _text_table(header: list[str], rows: list[list[Any]], markdown: bool) -> str:
+    cells = [header] + [[_fmt(v) for v in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells[1:]]
+        return "\n".join(lines)
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for k, c in enumerate(cells):
+        lines.append("  ".join(s.ljust(w) if i < 1 else s.rjust(w)
+                               for i, (s, w) in enumerate(zip(c, widths))).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join("  " + line for line in lines)
+
+
+def render(runs: list[RunReport], fmt: str) -> str:
+    """The report of ``runs`` in ``fmt`` (``text``, ``markdown`` or ``json``)."""
+    if fmt == "json":
+        return json.dumps({"runs": [_run_json(r) for r in runs]}, indent=2) + "\n"
+    md = fmt == "markdown"
+    parts = []
+    for r in runs:
+        steps = r.history.steps()
+        span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
+        parts.append(f"## run `{r.name}` at step {r.step} ({span})" if md
+                     else f"== run {r.name} at step {r.step} ({span}, {r.path})")
+        for kind, title in (("activation", "activation call-sites"),
+                            ("layer", "parameterised layers")):
+            header, rows = _table(r, kind)
+            if rows:
+                parts.append(f"**{title}**" if md else f"{title}:")
+                parts.append(_text_table(header, rows, md))
+        parts.append("**findings**" if md else "findings:")
+        if not r.findings:
+            parts.append("no findings" if md else "  no findings")
+        lines = [f"- **{f.severity}** `{f.rule}`: {f.message}" if md
+                 else f"  {f.severity:<7} {f.rule:<20} {f.message}" for f in r.findings]
+        if lines:
+            parts.append("\n".join(lines))
+        parts.append("")
+    if len(runs) > 1:
+        parts.append("## runs side by side" if md else "== runs side by side (values at each run's report step)")
+        for kind, metric in COMPARE:
+            header, rows = _compare(runs, kind, metric)
+            if rows:
+                parts.append(f"**{metric}**" if md else f"{metric}:")
+                parts.append(_text_table(header, rows, md))
+        parts.append("")
+    return ("\n\n" if md else "\n").join(parts).rstrip("\n") + "\n"
+
+
+def _num(v: float) -> Optional[float]:
+    return v if math.isfinite(v) else None
+
+
+def _run_json(r: RunReport) -> dict[str, Any]:
+    h = r.history
+
+    def entries(kind: str) -> list[dict[str, Any]]:
+        out = []
+        for layer in h.layers(kind):
+            info = h.info(layer)
+            metrics = {m: _num(h.series(layer, m)[1][-1]) for m in h.metrics(layer)
+                       if h.series(layer, m)[1]}
+            out.append({"name": layer, "type": info.type, "family": info.family,
+                        "order": info.order, "metrics": metrics})
+        return out
+
+    return {
+        "name": r.name, "path": str(r.path), "step": r.step,
+        "activations": entries("activation"), "layers": entries("layer"),
+        "findings": [{k: (_num(v) if isinstance(v, float) else v)
+                      for k, v in asdict(f).items()} for f in r.findings],
+    }
