@@ -78,19 +78,21 @@ def gradient_flow_image(history: History, step: Optional[int] = None) -> Optiona
     ax1, ax2 = fig.subplots(1, 2)
     shown = "last step" if step is None else f"step {step}"
     _depth_plot(ax1, layers, grads, "gradient norm ‖∇W‖ per layer", "C3")
-    _depth_plot(ax2, acts, stds, "activation std per call-site", "C0")
+    _depth_plot(ax2, acts, stds, "activations and the gradient reaching them", "C0",
+                label="activation std")
     if any(math.isfinite(v) and v > 0 for v in backs):
         xs = list(range(len(acts)))
         ax2.plot(xs, [v if v > 0 else math.nan for v in backs], "s--", color="C1",
                  label="backprop RMS ‖∂L/∂y‖/√n")
+    if acts:
         ax2.legend(loc="best", fontsize=8)
     fig.suptitle(f"gradient flow ({shown}): input → output, log scale", fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.27, wspace=0.18)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.2, wspace=0.2)
     return _render(fig)
 
 
 def _depth_plot(ax: object, names: list[str], values: list[float], title: str,
-                color: str) -> None:
+                color: str, label: Optional[str] = None) -> None:
     """One log-scale line of ``values`` against depth, labelled by layer name."""
     xs = list(range(len(names)))
     ys = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
@@ -99,7 +101,7 @@ def _depth_plot(ax: object, names: list[str], values: list[float], title: str,
         ax.text(0.5, 0.5, "not recorded", ha="center", va="center",  # type: ignore[attr-defined]
                 transform=ax.transAxes)  # type: ignore[attr-defined]
         return
-    ax.plot(xs, ys, "o-", color=color)  # type: ignore[attr-defined]
+    ax.plot(xs, ys, "o-", color=color, label=label)  # type: ignore[attr-defined]
     if any(math.isfinite(y) for y in ys):
         ax.set_yscale("log")  # type: ignore[attr-defined]
     for x, v in zip(xs, values):
@@ -127,8 +129,9 @@ def dead_metric(history: History, site: str) -> Optional[str]:
 def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.ndarray]:
     """Layers × steps heat maps of dead units and saturated outputs.
 
-    Rows are call-sites in network order, columns the latest ``max_steps``
-    recorded steps; colour is the fraction (0 to 1). Dead units use
+    Rows are call-sites in network order, columns the recorded steps (at most
+    ``max_steps`` of them, evenly spread over the whole run); colour is the
+    fraction (0 to 1). Dead units use
     ``dead_units_window`` (dead over the monitor's window) when recorded.
 
     Returns:
@@ -149,9 +152,12 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
     if not panels:
         return None
     all_steps = sorted({st for _, rows in panels for s, m in rows
-                        for st in history.series(s, m)[0]})[-max_steps:]
+                        for st in history.series(s, m)[0]})
     if not all_steps:
         return None
+    if len(all_steps) > max_steps:
+        keep = np.unique(np.linspace(0, len(all_steps) - 1, max_steps).round().astype(int))
+        all_steps = [all_steps[i] for i in keep]
     col = {st: j for j, st in enumerate(all_steps)}
     heights = [max(len(rows), 1) for _, rows in panels]
     fig = Figure(figsize=(10, 1.2 + 0.28 * sum(heights) + 0.9 * len(panels)), dpi=80)
@@ -175,4 +181,6 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="fraction of units")
     fig.suptitle("unit health: layers × steps (bright = dead / saturated)", fontsize=11)
+    fig.subplots_adjust(left=0.1, right=0.86, top=1 - 0.75 / fig.get_figheight(),
+                        bottom=0.55 / fig.get_figheight(), hspace=0.6)
     return _render(fig)

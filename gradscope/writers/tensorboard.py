@@ -8,8 +8,11 @@ tag                             content
 ``<metric>/<layer>``            scalars of activation call-sites and parameterised layers,
                                 one group per metric (``saturation/3``, ``grad_norm/fc1``)
 ``param/<metric>/<parameter>``  the same per parameter (``param/grad_norm/fc1.weight``)
-custom scalars                  one chart per metric with every layer as a line, in three
-                                sections (forward, backward, updates); written once
+custom scalars                  one chart per metric with every layer as a line: a health
+                                section (saturation, dead units, activation std, backprop
+                                RMS, gradient norm, update ratio), then forward, backward
+                                and update sections; written once (again only if a new
+                                metric appears)
 ``activations/<site>``          histogram of a call-site's output (device-side bins)
 ``backprop/<site>``             histogram of the gradient flowing back through it
 ``gradients/<parameter>``       histogram of a parameter's gradient
@@ -53,17 +56,22 @@ from gradscope.history import History, LayerInfo
 
 __all__ = ["LAYOUT", "TensorBoardWriter", "layers_text", "parse_layers_text", "scalar_tag"]
 
-#: Sections of the custom-scalars layout: each metric becomes one multi-line chart.
+#: The first custom-scalars section: the key health metrics, always all present
+#: (a chart is empty when a run has no such layer), so that TensorBoard, which
+#: merges the layouts of the runs it shows, keeps this order for every run.
+HEALTH: tuple[str, ...] = ("saturation", "dead_units_window", "std", "grad_out_rms",
+                           "grad_norm", "update_ratio")
+
+#: Further sections of the custom-scalars layout, with the metrics a run has.
 LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gradscope: forward (activations)", (
-        "saturation", "dead_units", "dead_units_window", "zero_frac", "neg_units",
-        "neg_units_window", "neg_frac", "small_deriv", "mean_deriv", "std", "mean",
-        "min", "max", "nonfinite")),
+        "dead_units", "zero_frac", "neg_units", "neg_units_window", "neg_frac",
+        "small_deriv", "mean_deriv", "mean", "min", "max", "nonfinite")),
     ("gradscope: backward (gradients)", (
-        "grad_out_rms", "grad_out_norm", "grad_out_nonfinite", "grad_norm",
-        "grad_weight_ratio", "grad_nonfinite")),
-    ("gradscope: updates and weights", ("update_ratio", "update_norm", "weight_norm")),
+        "grad_out_norm", "grad_out_nonfinite", "grad_weight_ratio", "grad_nonfinite")),
+    ("gradscope: updates and weights", ("update_norm", "weight_norm")),
 )
+HEALTH_SECTION = "gradscope: health (key metrics by layer)"
 
 #: Text tag holding the layer index.
 LAYERS_TAG = "gradscope/layers"
@@ -154,7 +162,8 @@ class TensorBoardWriter:
         flush_secs: how often the event file is flushed in the background (seconds);
             the writer also flushes after each monitor flush.
         max_queue: events buffered before the background thread writes them.
-        image_steps: at most this many of the latest steps in the unit-health image.
+        image_steps: at most this many steps (columns) in the unit-health image,
+            evenly spread over the run.
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -331,15 +340,20 @@ def custom_scalars_layout(metrics: Sequence[str]) -> dict[str, dict[str, list[An
     """The custom-scalars layout: per section, one ``Multiline`` chart per metric.
 
     Each chart matches ``^<metric>/`` so every layer of that metric is a line,
-    including layers that appear later in the run.
+    including layers that appear later in the run. The health section lists
+    :data:`HEALTH` whatever the run has; the other sections only present metrics.
 
     Example:
-        >>> custom_scalars_layout(["saturation", "grad_norm"])["gradscope: backward (gradients)"]
-        {'grad_norm': ['Multiline', ['^grad_norm/']]}
+        >>> layout = custom_scalars_layout(["saturation", "grad_out_norm"])
+        >>> list(layout)
+        ['gradscope: health (key metrics by layer)', 'gradscope: backward (gradients)']
+        >>> layout["gradscope: backward (gradients)"]
+        {'grad_out_norm': ['Multiline', ['^grad_out_norm/']]}
     """
     present = set(metrics)
-    layout: dict[str, dict[str, list[Any]]] = {}
-    known = set()
+    layout: dict[str, dict[str, list[Any]]] = {
+        HEALTH_SECTION: {m: ["Multiline", [f"^{re.escape(m)}/"]] for m in HEALTH}}
+    known = set(HEALTH)
     for section, names in LAYOUT:
         known.update(names)
         charts = {m: ["Multiline", [f"^{re.escape(m)}/"]] for m in names if m in present}
