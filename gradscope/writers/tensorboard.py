@@ -369,9 +369,5 @@ def findings_markdown(findings: Sequence[Any]) -> str:
     """The findings as a markdown list (the ``gradscope/findings`` text)."""
     if not findings:
         return "No findings: no rule of `gradscope.findings` fires on this run so far."
-    lines = []
-    for f in findings:
-        where = f" · layer `{f.layer}`" if f.layer else ""
-        lines.append(f"- **{f.severity}** · `{f.rule}`{where} · since step {f.first_step}: "
-                     f"{f.message}")
-    return "\n".join(lines)
+    # The message already names the layer and the first step.
+    return "\n".join(f"- **{f.severity}** · `{f.rule}`: {f.message}" for f in findings)
