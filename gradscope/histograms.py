@@ -81,7 +81,7 @@ def histogram_vector(x: Tensor, bins: int) -> Tensor:
     if xf.dtype not in (torch.float32, torch.float64):
         xf = xf.float()
     finite = torch.isfinite(xf)
-    inf = torch.tensor(float("inf"), dtype=xf.dtype, device=xf.device)
+    inf = torch.full((), float("inf"), dtype=xf.dtype, device=xf.device)  # a fill, no copy
     lo = torch.where(finite, xf, inf).amin() if xf.numel() else inf
     hi = torch.where(finite, xf, -inf).amax() if xf.numel() else -inf
     z = torch.where(finite, xf, torch.zeros((), dtype=xf.dtype, device=xf.device))

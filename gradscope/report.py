@@ -222,14 +222,11 @@ def _table(r: RunReport, kind: str) -> tuple[list[str], list[list[Any]]]:
     h = r.history
     cols = ACTIVATION_COLUMNS if kind == "activation" else LAYER_COLUMNS
     layers = h.layers(kind)
-    rows = []
-    for layer in layers:
-        info = h.info(layer)
-        what = info.family or info.type
-        rows.append([layer, what] + [_value(h, layer, c) for _, c in cols])
-    keep = [j for j in range(len(cols)) if any(not math.isnan(row[2 + j]) for row in rows)]
+    names = [(layer, h.info(layer).family or h.info(layer).type) for layer in layers]
+    values = [[_value(h, layer, c) for _, c in cols] for layer in layers]
+    keep = [j for j in range(len(cols)) if any(not math.isnan(v[j]) for v in values)]
     header = ["call-site" if kind == "activation" else "layer", "type"] + [cols[j][0] for j in keep]
-    return header, [row[:2] + [row[2 + j] for j in keep] for row in rows]
+    return header, [[*n, *(v[j] for j in keep)] for n, v in zip(names, values)]
 
 
 def _compare(runs: list[RunReport], kind: str, metric: str) -> tuple[list[str], list[list[Any]]]:

@@ -230,3 +230,32 @@ def test_figures_are_images_and_none_without_data() -> None:
         assert img is not None and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
         assert img.std() > 10  # something was drawn
     assert not math.isnan(float(flow.mean()))  # type: ignore[union-attr]
+
+
+def test_histograms_and_writer_add_no_host_sync_outside_flush(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With histograms on every step and a TensorBoard writer, hooks never read a value back."""
+    torch.manual_seed(0)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mem = MemoryWriter()
+    mon = gradscope.watch(model, optimizer=opt, flush_every=1000, histogram_every=1,
+                          logdir=tmp_path, sinks=[mem], summary=False)
+    calls: list[str] = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self: torch.Tensor, *a: object, _n: str = name, _o: object = orig,
+                **k: object) -> object:
+            calls.append(_n)
+            return _o(self, *a, **k)  # type: ignore[operator]
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(BATCH, 6)).pow(2).mean().backward()
+        opt.step()
+    assert calls == []
+    monkeypatch.undo()
+    mon.close()
+    assert {h.step for h in mem.histograms} == {0, 1, 2}

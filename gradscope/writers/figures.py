@@ -140,10 +140,9 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
     """
     from matplotlib.figure import Figure
 
-    panels = []
+    panels: list[tuple[str, list[tuple[str, str]]]] = []
     acts = history.layers("activation")
-    dead = [(s, dead_metric(history, s)) for s in acts]
-    dead = [(s, m) for s, m in dead if m is not None]
+    dead = [(s, m) for s in acts if (m := dead_metric(history, s)) is not None]
     if dead:
         panels.append((f"dead units ({dead[0][1]})", dead))
     sat = [(s, "saturation") for s in acts if "saturation" in history.metrics(s)]
