@@ -56,7 +56,9 @@ def tb_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[gradscope.Monitor,
     orig = SummaryWriter.add_scalars
     SummaryWriter.add_scalars = lambda *a, **k: (_ for _ in ()).throw(AssertionError("add_scalars"))  # type: ignore[method-assign]
     try:
-        mon = _train(model, 8, logdir=logdir, flush_every=4, histogram_every=4)
+        writer = TensorBoardWriter(logdir, parameters=True, image_interval=0)
+        mon = _train(model, 8, sinks=[writer], flush_every=4, histogram_every=4)
+        assert mon.writer is writer
     finally:
         SummaryWriter.add_scalars = orig  # type: ignore[method-assign]
     return mon, _events(logdir)
@@ -177,7 +179,18 @@ def test_writer_exposes_summary_writer_for_own_scalars(tmp_path: Path) -> None:
     mon.close()
     ea = _events(tmp_path)
     assert ea.Scalars("loss/train")[0].value == 1.5
-    assert "dead_units/1" in ea.Tags()["scalars"]
+    tags = ea.Tags()["scalars"]
+    assert "dead_units/1" in tags and "grad_norm/0" in tags
+    assert not any(t.startswith("param/") for t in tags)  # parameters=False by default
+
+
+def test_foreground_writer_writes_the_same(tmp_path: Path) -> None:
+    mons = {}
+    for bg in (True, False):
+        writer = TensorBoardWriter(tmp_path / str(bg), background=bg, images=False)
+        mons[bg] = _train(_model(), 3, sinks=[writer], flush_every=2)
+    tags = {bg: set(_events(tmp_path / str(bg)).Tags()["scalars"]) for bg in mons}
+    assert tags[True] == tags[False] and "saturation/3" in tags[True]
 
 
 @pytest.mark.parametrize("make_bad", [

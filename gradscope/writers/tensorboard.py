@@ -7,7 +7,8 @@ tag                             content
 ==============================  ==========================================================
 ``<metric>/<layer>``            scalars of activation call-sites and parameterised layers,
                                 one group per metric (``saturation/3``, ``grad_norm/fc1``)
-``param/<metric>/<parameter>``  the same per parameter (``param/grad_norm/fc1.weight``)
+``param/<metric>/<parameter>``  the same per parameter (``param/grad_norm/fc1.weight``);
+                                only with ``TensorBoardWriter(parameters=True)``
 custom scalars                  one chart per metric with every layer as a line: a health
                                 section (saturation, dead units, activation std, backprop
                                 RMS, gradient norm, update ratio), then forward, backward
@@ -26,6 +27,11 @@ custom scalars                  one chart per metric with every layer as a line:
 
 Scalars use ``add_scalar`` only: ``add_scalars`` would create one run per key.
 
+``add_scalar`` costs tens of microseconds per value, and a flush of a ResNet
+carries tens of thousands of values, so by default the writer hands each flush
+to one background thread and returns at once; only the images are drawn on the
+caller's thread (at most once per ``image_interval`` seconds).
+
 Example:
     >>> import tempfile, torch, torch.nn as nn, gradscope
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -41,8 +47,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -150,7 +158,8 @@ class TensorBoardWriter:
     The directory is created and checked at construction, so an unwritable
     ``logdir`` fails at once with a message naming the path. Afterwards a write
     error never reaches the training loop: it is reported with one warning and the
-    next flush tries again.
+    next flush tries again. Writes run on a background thread (``background=True``);
+    :meth:`flush` and :meth:`close` wait for it.
 
     Args:
         logdir: the run directory (one run per directory, as TensorBoard expects).
@@ -158,7 +167,11 @@ class TensorBoardWriter:
         image_interval: seconds of wall time between two image flushes at least
             (drawing costs ~0.1-0.3 s on a CPU); the last state is always drawn at
             :meth:`close`. ``0`` draws at every flush.
-        parameters: also write per-parameter scalars (``param/<metric>/<name>``).
+        parameters: also write per-parameter scalars (``param/<metric>/<name>``);
+            off by default: layers already aggregate their parameters, and this
+            about doubles the number of values written.
+        background: write on a background thread so that a flush never waits
+            for ``add_scalar``; ``False`` writes on the caller's thread.
         flush_secs: how often the event file is flushed in the background (seconds);
             the writer also flushes after each monitor flush.
         max_queue: events buffered before the background thread writes them.
@@ -185,7 +198,8 @@ class TensorBoardWriter:
         *,
         images: bool = True,
         image_interval: float = 30.0,
-        parameters: bool = True,
+        parameters: bool = False,
+        background: bool = True,
         flush_secs: int = 30,
         max_queue: int = 1000,
         image_steps: int = 200,
@@ -213,26 +227,36 @@ class TensorBoardWriter:
         self._findings_key: Optional[tuple[Any, ...]] = None
         self._warned = False
         self._closed = False
+        self._queue: Optional[queue.Queue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]]] = None
+        self._thread: Optional[threading.Thread] = None
+        if background:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._work, name="gradscope-tensorboard",
+                                            daemon=True)
+            self._thread.start()
 
     # ------------------------------------------------------------ sink api
     def write(self, records: Sequence[tuple[int, str, str, float]], history: History) -> None:
         """Write one flush: scalars in network order, layout and layer index when new, images."""
         if self._closed or not records:
             return
-        self._guard(self._write_scalars, records, history)
+        # Snapshot what the worker needs: the history changes at the next flush.
+        names = history.layers()
+        infos = {n: history.info(n) for n in names if _has_info(history, n)}
+        self._submit(self._write_scalars, list(records), names, infos)
         if self.images:
             step = max(r[0] for r in records)
             if time.monotonic() - self._last_image_time >= self.image_interval:
                 self._guard(self._write_images, history, step)
             else:
                 self._image_pending = (history, step)
-        self._guard(self.summary_writer.flush)
+        self._submit(self.summary_writer.flush)
 
     def write_histograms(self, histograms: Sequence[Histogram]) -> None:
         """Write device-computed histograms with ``add_histogram_raw``."""
         if self._closed:
             return
-        self._guard(self._write_histograms, histograms)
+        self._submit(self._write_histograms, list(histograms))
 
     def write_findings(self, findings: Sequence[Any], step: int) -> None:
         """Write the findings as markdown text when they differ from the last ones written."""
@@ -242,20 +266,26 @@ class TensorBoardWriter:
         if key == self._findings_key:
             return
         self._findings_key = key
-        self._guard(self.summary_writer.add_text, FINDINGS_TAG, findings_markdown(findings), step)
+        self._submit(self.summary_writer.add_text, FINDINGS_TAG, findings_markdown(findings), step)
 
     def flush(self) -> None:
-        """Push buffered events to disk."""
-        if not self._closed:
-            self._guard(self.summary_writer.flush)
+        """Wait for the background writes, then push buffered events to disk."""
+        if self._closed:
+            return
+        if self._queue is not None:
+            self._queue.join()
+        self._guard(self.summary_writer.flush)
 
     def close(self) -> None:
-        """Flush and close the event file. Safe to call twice."""
+        """Draw the pending images, finish the background writes, close the file. Safe twice."""
         if self._closed:
             return
         if self._image_pending is not None:
             self._guard(self._write_images, *self._image_pending)
         self._closed = True
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
         self._guard(self.summary_writer.close)
 
     def __enter__(self) -> TensorBoardWriter:
@@ -268,6 +298,25 @@ class TensorBoardWriter:
         return f"TensorBoardWriter({str(self.logdir)!r})"
 
     # ------------------------------------------------------------ internals
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run a write on the background thread (or here without one)."""
+        if self._queue is not None:
+            self._queue.put((fn, args))
+        else:
+            self._guard(fn, *args)
+
+    def _work(self) -> None:
+        """The background thread: run queued writes until the ``None`` sentinel."""
+        assert self._queue is not None
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                self._guard(job[0], *job[1])
+            finally:
+                self._queue.task_done()
+
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run one write; a failure warns once and never reaches the training loop."""
         try:
@@ -281,20 +330,13 @@ class TensorBoardWriter:
                     "and further errors are not reported",
                     RuntimeWarning, stacklevel=3)
 
-    def _kind(self, history: History, layer: str) -> Optional[str]:
-        try:
-            return history.info(layer).kind
-        except KeyError:
-            return None
-
     def _write_scalars(self, records: Sequence[tuple[int, str, str, float]],
-                       history: History) -> None:
-        names = history.layers()
+                       names: Sequence[str], infos: dict[str, LayerInfo]) -> None:
         if tuple(names) != self._layers_written:
             self._layers_written = tuple(names)
-            infos = [history.info(n) for n in names if _has_info(history, n)]
             step = min(r[0] for r in records)
-            self.summary_writer.add_text(LAYERS_TAG, layers_text(infos), step)
+            self.summary_writer.add_text(
+                LAYERS_TAG, layers_text([infos[n] for n in names if n in infos]), step)
         metrics = tuple(sorted({r[2] for r in records} | set(self._layout_metrics)))
         if metrics != self._layout_metrics:
             self._layout_metrics = metrics
@@ -303,7 +345,8 @@ class TensorBoardWriter:
         add = self.summary_writer.add_scalar
         for step, layer, metric, value in sorted(
                 records, key=lambda r: (r[0], r[2], rank.get(r[1], len(rank)))):
-            kind = self._kind(history, layer)
+            info = infos.get(layer)
+            kind = info.kind if info is not None else None
             if kind == "parameter" and not self.parameters:
                 continue
             add(scalar_tag(layer, metric, kind), value, step)
@@ -322,10 +365,10 @@ class TensorBoardWriter:
         self._last_image_time = time.monotonic()
         flow = figures.gradient_flow_image(history, step)
         if flow is not None:
-            self.summary_writer.add_image(GRADIENT_FLOW_TAG, flow, step, dataformats="HWC")
+            self._submit(self.summary_writer.add_image, GRADIENT_FLOW_TAG, flow, step, None, "HWC")
         health = figures.unit_health_image(history, max_steps=self.image_steps)
         if health is not None:
-            self.summary_writer.add_image(UNIT_HEALTH_TAG, health, step, dataformats="HWC")
+            self._submit(self.summary_writer.add_image, UNIT_HEALTH_TAG, health, step, None, "HWC")
 
 
 def _has_info(history: History, name: str) -> bool:
