@@ -739,7 +739,13 @@ def watch(model: nn.Module, **options: Any) -> Monitor:
         >>> sorted(mon.history.metrics("1"))[:3]
         ['grad_out_nonfinite', 'grad_out_norm', 'grad_out_rms']
     """
-    return Monitor(model, **options).attach()
+    monitor = Monitor(model, **options)
+    try:
+        return monitor.attach()
+    except BaseException:
+        if monitor.writer is not None and options.get("logdir") is not None:
+            monitor.writer.close()  # the writer made here; user sinks stay theirs
+        raise
 
 
 # ---------------------------------------------------------------- helpers
