@@ -48,7 +48,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from functools import partial
+from typing import Any, Callable, Optional, TypeVar
 
 from gradscope.history import History
 
@@ -159,17 +160,47 @@ class Thresholds:
 
 
 # ------------------------------------------------------------------ helpers
-def _since(steps: Sequence[int], flags: Sequence[bool], window: int) -> Optional[int]:
-    """Start of the trailing run of true flags, if it covers the last ``window`` records."""
-    n = len(flags)
-    if n == 0 or not flags[-1]:
+_T = TypeVar("_T")
+
+
+class _Lazy(Sequence[_T]):
+    """A derived series computed on demand: rules walk back from the end, not the whole run."""
+
+    def __init__(self, n: int, fn: Callable[[int], _T]) -> None:
+        self._n, self._fn = n, fn
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._fn(j) for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._fn(i)
+
+
+def _since(steps: Sequence[int], values: Sequence[Any], bad: Callable[[Any], bool],
+           window: int) -> Optional[int]:
+    """Start of the trailing run of bad values, if it covers the last ``window`` records.
+
+    Walks back from the last record, so its cost is the length of that run, not of the run.
+    """
+    n = len(values)
+    if n == 0 or not bad(values[-1]):
         return None
     i = n - 1
-    while i > 0 and flags[i - 1]:
+    while i > 0 and bad(values[i - 1]):
         i -= 1
     if n - i < min(window, n):
         return None
     return steps[i]
+
+
+def _grew(v: float, *, start: float, by: float) -> bool:
+    return v - start >= by
 
 
 def _pct(v: float) -> str:
@@ -188,13 +219,19 @@ def _layer_numel(history: History) -> dict[str, int]:
     return out
 
 
-def _aligned(history: History, layers: Sequence[str], metric: str) -> tuple[list[int], list[list[float]]]:
+def _aligned(history: History, layers: Sequence[str], metric: str
+             ) -> tuple[list[int], Sequence[list[float]]]:
     """Steps at which every layer has ``metric``, and the values (one row per step)."""
-    series = [dict(zip(*history.series(n, metric))) for n in layers]
-    if not series:
+    if not layers:
         return [], []
-    steps = [s for s in history.series(layers[0], metric)[0] if all(s in d for d in series)]
-    return steps, [[d[s] for d in series] for s in steps]
+    series = [history.series(n, metric) for n in layers]
+    steps = series[0][0]
+    if all(st == steps for st, _ in series):  # the usual case: recorded at the same steps
+        cols = [vs for _, vs in series]
+        return steps, _Lazy(len(steps), lambda i: [c[i] for c in cols])
+    maps = [dict(zip(st, vs)) for st, vs in series]
+    steps = [s for s in steps if all(s in d for d in maps)]
+    return steps, [[d[s] for d in maps] for s in steps]
 
 
 def _has(history: History, layer: str, metric: str) -> bool:
@@ -224,6 +261,11 @@ def _nonfinite(history: History, t: Thresholds) -> list[Finding]:
             if not _has(history, layer, metric):
                 continue
             steps, values = history.series(layer, metric)
+            total = sum(values)  # NaN/Inf or a positive count shows in the sum
+            if metric == "weight_norm" and math.isfinite(total):
+                continue
+            if metric != "weight_norm" and not (total > 0 or math.isnan(total)):
+                continue
             for s, v in zip(steps, values):
                 bad = (not math.isfinite(v)) if metric == "weight_norm" else (v > 0 or math.isnan(v))
                 if bad:
@@ -261,13 +303,16 @@ def _gradient_depth(history: History, t: Thresholds) -> list[Finding]:
     numel = _layer_numel(history)
     if len(layers) >= 2 and steps:
         scale = [math.sqrt(numel.get(n, 1)) for n in layers]
-        ratios = []
-        for row in rows:
+
+        def ratio(i: int) -> float:
+            row = rows[i]
             first, last = row[0] / scale[0], row[-1] / scale[-1]
             ok = math.isfinite(first) and math.isfinite(last) and last > 0
-            ratios.append(first / last if ok else math.nan)
+            return first / last if ok else math.nan
+
+        ratios = _Lazy(len(steps), ratio)
         first_l, last_l = layers[0], layers[-1]
-        since = _since(steps, [r < t.vanishing_ratio for r in ratios], t.window)
+        since = _since(steps, ratios, lambda r: r < t.vanishing_ratio, t.window)
         if since is not None:
             r = ratios[-1]
             remedy = ("use ReLU/LeakyReLU instead of sigmoid/tanh, Xavier/He initialisation, "
@@ -277,7 +322,7 @@ def _gradient_depth(history: History, t: Thresholds) -> list[Finding]:
                 f"gradient RMS at the first layer {first_l} is {r:.1e}× the last layer's "
                 f"({last_l}) since step {since}: the early layers barely learn; {remedy}",
                 remedy, r, steps[-1]))
-        since = _since(steps, [r > t.exploding_ratio for r in ratios], t.window)
+        since = _since(steps, ratios, lambda r: r > t.exploding_ratio, t.window)
         if since is not None:
             r = ratios[-1]
             remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), use a smaller "
@@ -288,11 +333,11 @@ def _gradient_depth(history: History, t: Thresholds) -> list[Finding]:
                 f"({last_l}) since step {since}: gradients grow towards the input; {remedy}",
                 remedy, r, steps[-1]))
     if steps and len(steps) > t.window:
-        total = [math.sqrt(sum(v * v for v in row)) for row in rows]
+        total = _Lazy(len(steps), lambda i: math.sqrt(sum(v * v for v in rows[i])))
         base = statistics.median(total[:t.window])
         if base > 0 and math.isfinite(base):
-            growth = [v / base for v in total]
-            since = _since(steps, [g > t.exploding_growth for g in growth], t.window)
+            growth = _Lazy(len(steps), lambda i: total[i] / base)
+            since = _since(steps, growth, lambda g: g > t.exploding_growth, t.window)
             if since is not None:
                 remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), or use "
                           "Adam/RMSProp")
@@ -312,7 +357,7 @@ def _saturation(history: History, t: Thresholds) -> list[Finding]:
         if fam == "softmax" or not _has(history, site, "saturation"):
             continue
         steps, values = history.series(site, "saturation")
-        since = _since(steps, [v > t.saturation for v in values], t.window)
+        since = _since(steps, values, lambda v: v > t.saturation, t.window)
         if since is None:
             continue
         remedy = ("use ReLU/LeakyReLU instead, Xavier/Glorot initialisation, BatchNorm before "
@@ -334,27 +379,27 @@ def _dead(history: History, t: Thresholds) -> list[Finding]:
         if metric is None:
             continue
         steps, values = history.series(site, metric)
-        finite = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
-        if not finite:
+        i0 = next((i for i, v in enumerate(values) if math.isfinite(v)), None)
+        if i0 is None:
             continue
-        steps, values = [s for s, _ in finite], [v for _, v in finite]
+        s0, v0 = steps[i0], values[i0]
         remedy = ("lower the learning rate, use He initialisation, LeakyReLU/ELU, or BatchNorm "
                   "before the ReLU")
-        since = _since(steps, [v > t.dead_units for v in values], t.window)
+        since = _since(steps, values, lambda v: v > t.dead_units, t.window)
         if since is not None:
-            start = f" ({_pct(values[0])} at step {steps[0]})" if steps[0] < since else ""
+            start = f" ({_pct(v0)} at step {s0})" if s0 < since else ""
             out.append(Finding(
                 "warning", "dead_units", site, since,
                 f"layer {site}: {_pct(values[-1])} of ReLU units dead since step {since}{start}; "
                 + remedy, remedy, values[-1], steps[-1]))
             continue
-        since = _since(steps, [v - values[0] >= t.dead_growth for v in values], t.window)
+        since = _since(steps, values, partial(_grew, start=v0, by=t.dead_growth), t.window)
         if since is not None:
             out.append(Finding(
                 "info", "dead_units_growing", site, since,
-                f"layer {site}: dead ReLU units grew from {_pct(values[0])} at step {steps[0]} "
+                f"layer {site}: dead ReLU units grew from {_pct(v0)} at step {s0} "
                 f"to {_pct(values[-1])} at step {steps[-1]}; if it keeps growing, " + remedy,
-                remedy, values[-1] - values[0], steps[-1]))
+                remedy, values[-1] - v0, steps[-1]))
     return out
 
 
@@ -366,17 +411,22 @@ def _activation_scale(history: History, t: Thresholds) -> list[Finding]:
         return []
     first, last = sites[0], sites[-1]
     steps, rows = _aligned(history, [first, last], "std")
-    ratios = [b / a if a > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
-              for a, b in rows]
+
+    def ratio(i: int) -> float:
+        a, b = rows[i]
+        return b / a if a > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
+
+    ratios = _Lazy(len(steps), ratio)
     out = []
-    for rule, flags, verb, remedy in (
-        ("activation_collapse", [r < t.scale_collapse for r in ratios], "shrinks",
+    bad: Callable[[float], bool]
+    for rule, bad, verb, remedy in (
+        ("activation_collapse", lambda r: r < t.scale_collapse, "shrinks",
          "use an initialisation matched to the activation (He for ReLU, Xavier for tanh), "
          "BatchNorm/LayerNorm, or residual connections"),
-        ("activation_blowup", [r > t.scale_blowup for r in ratios], "grows",
+        ("activation_blowup", lambda r: r > t.scale_blowup, "grows",
          "use a smaller initialisation (He/Xavier), BatchNorm/LayerNorm, or a lower learning rate"),
     ):
-        since = _since(steps, flags, t.window)
+        since = _since(steps, ratios, bad, t.window)
         if since is None:
             continue
         a, b = rows[-1]
@@ -400,7 +450,7 @@ def _update_ratio(history: History, t: Thresholds) -> list[Finding]:
         hits = []
         for layer in layers:
             steps, values = history.series(layer, "update_ratio")
-            since = _since(steps, [test(v) for v in values], t.window)
+            since = _since(steps, values, test, t.window)
             if since is not None:
                 hits.append((layer, since, values[-1], steps[-1]))
         if not hits:

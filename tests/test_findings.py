@@ -244,3 +244,13 @@ def test_monitor_findings_and_summary_opt_out(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == ""
     with pytest.raises(TypeError, match=r"watch\(findings="):
         gradscope.watch(nn.Linear(2, 2), findings="yes")
+
+
+def test_vanishing_with_layers_recorded_at_different_steps() -> None:
+    """Layers sampled at different steps are compared at the steps they share."""
+    h = healthy()
+    for i, g in enumerate([1e-6, 1e-4, 1e-2, 1.0]):
+        h = set_series(h, f"fc{i}", "grad_norm", lambda s, g=g: g)
+    h.add(950, "fc3", "grad_norm", 1.0)  # only the last layer has step 950
+    assert rules(analyze(h)) == [("vanishing_gradients", "fc0", 0)]
+    assert analyze(h)[0].last_step == 900
