@@ -498,14 +498,11 @@ class Monitor:
             for idx in groups.values():
                 grads = [refs[i].ref().grad for i in idx]  # type: ignore[union-attr]
                 ws = [params[i] for i in idx]
-                gnorm = stats.foreach_norms(grads)  # type: ignore[arg-type]
-                if gnorm.device.type == "cpu" and bool(torch.isfinite(gnorm).all()):
-                    # A finite norm means every element is finite; on the CPU reading
-                    # that is no device sync, and it skips a full-size temporary.
-                    counts = torch.zeros_like(gnorm)
-                else:
-                    counts = stats.foreach_nonfinite_counts(grads)  # type: ignore[arg-type]
-                vec = torch.cat([gnorm, stats.foreach_norms(ws), counts])
+                vec = torch.cat([
+                    stats.foreach_norms(grads),  # type: ignore[arg-type]
+                    stats.foreach_norms(ws),
+                    stats.foreach_nonfinite_counts(grads),  # type: ignore[arg-type]
+                ])
                 names = [refs[i].name for i in idx]
                 entries.append(_Entry(step, vec, _param_grad_decoder(names)))
         return entries
