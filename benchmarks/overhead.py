@@ -502,7 +502,11 @@ def main(argv: Optional[list[str]] = None) -> list[Result]:
     p.add_argument("--workloads", nargs="*", default=None, help="names (default: all)")
     p.add_argument("--settings", nargs="*", default=None, help="names (default: all)")
     p.add_argument("--no-cuda", action="store_true", help="CPU only")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's own choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     steps, warmup = args.steps, args.warmup
     if args.quick:
         steps, warmup = QUICK_STEPS, QUICK_WARMUP
