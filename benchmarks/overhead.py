@@ -18,8 +18,10 @@ every 10 steps; and the conventional approaches written here for comparison:
 Memory: on CUDA, the extra peak ``torch.cuda.max_memory_allocated`` of a ``B``
 step over an ``A`` step. On CPU there is no allocator counter, so the script
 reports the bytes the monitor itself holds: the largest total size of its queued
-statistic tensors (reached just before a flush) plus the weight snapshot kept
-between the optimizer's pre- and post-hook when update ratios are on.
+statistic tensors (reached just before a flush) plus the weight snapshot used
+for update ratios when they are on (one copy of every parameter: O(parameters),
+not O(layers); without update ratios the figure is the queue alone).
+RSS is not used: its high-water mark is process-wide and both models share it.
 
 Syncs (CUDA only): host-device synchronisations counted per ``B`` step with
 ``torch.cuda.set_sync_debug_mode("warn")``, separately for flush and non-flush
