@@ -266,6 +266,7 @@ class Monitor:
         self._pending: list[_Entry] = []
         self._param_entry: Optional[list[_Entry]] = None
         self._weights_before: Optional[tuple[list[_ParamRef], list[Tensor], Tensor]] = None
+        self._snapshot: list[Tensor] = []  # reused weight-copy buffers (update ratios)
         self._stash: dict[int, Tensor] = {}
         self._bw_queued = False
         self.histogram_bins = histogram_bins
@@ -331,6 +332,7 @@ class Monitor:
             self._attached = False
             self._stash.clear()
             self._weights_before = None
+            self._snapshot = []
 
     def close(self) -> None:
         """:meth:`detach`, then close the sinks. Safe to call twice."""
@@ -502,7 +504,8 @@ class Monitor:
             refs, params = self._live_params(with_grad=True)
             if params:
                 with torch.no_grad():
-                    before = list(torch._foreach_mul(params, 1.0))
+                    before = self._snapshot_buffers(params)
+                    torch._foreach_copy_(before, params)
                     wnorm = stats.foreach_norms(before)
                 self._weights_before = (refs, before, wnorm)
 
@@ -520,6 +523,15 @@ class Monitor:
                 self._pending.append(_Entry(self._step, vec, _param_update_decoder(names)))
             del before
         self._end_step()
+
+    def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """Buffers shaped like ``params``, kept across steps (no per-step allocation)."""
+        bufs = self._snapshot
+        if len(bufs) != len(params) or any(
+                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
+                for b, p in zip(bufs, params)):
+            bufs = self._snapshot = [torch.empty_like(p) for p in params]
+        return bufs
 
     def _end_step(self) -> None:
         self._commit_param_entry()

