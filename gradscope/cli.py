@@ -18,6 +18,10 @@ __all__ = ["COMMANDS", "main"]
 #: command name -> (module, one-line help)
 COMMANDS = {
     "demo": ("gradscope.demo", "train a small model under the monitor and write a TensorBoard run"),
+    "compare": ("gradscope.experiments.compare",
+                "MNIST: activations × init × BatchNorm under the monitor; table, plots, TensorBoard"),
+    "preset": ("gradscope.experiments.preset_cmd",
+               "MNIST: re-run a classic result (glorot2010, he2015, ioffe2015, dying_relu) with a verdict"),
 }
 
 
