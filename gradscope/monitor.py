@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import warnings
 import weakref
 from collections.abc import Iterable, Sequence
@@ -53,6 +54,7 @@ from gradscope.activations import (
     summarize_activation,
     window_metric,
 )
+from gradscope.histograms import Histogram, decode_histogram, histogram_vector
 from gradscope.history import History, LayerInfo
 from gradscope.schedules import Schedule, as_schedule
 
@@ -75,6 +77,11 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release files; called by :meth:`Monitor.close`."""
+
+
+# Optional sink methods, called when a sink defines them:
+#   write_histograms(histograms: Sequence[Histogram]) -> None   (histogram steps only)
+#   write_findings(findings: Sequence[Finding], step: int) -> None   (each flush)
 
 
 @dataclass
@@ -142,6 +149,16 @@ class Monitor:
         sinks: writers that receive records at each flush.
         strict: raise errors from inside hooks instead of warning once and
             disabling the call-site that failed.
+        logdir: write a TensorBoard run (a :class:`gradscope.writers.TensorBoardWriter`)
+            into this directory; it is created and checked for write access here, so
+            a bad path fails now rather than at the first flush. The writer is
+            :attr:`writer`, its ``SummaryWriter`` ``writer.summary_writer``.
+        histogram_every: take activation, back-propagated gradient, parameter
+            gradient and weight histograms on these steps (an int or a schedule;
+            ``None`` for never). A step must also be sampled by ``every``. Bins are
+            counted on the device; only the counts cross to the host, at the flush.
+            Histograms are only taken when a sink writes them (``write_histograms``).
+        histogram_bins: number of equal-width bins per histogram.
 
     Example:
         >>> import torch.nn as nn, gradscope
@@ -168,6 +185,9 @@ class Monitor:
         include: Union[Sequence[str], Callable[[str, nn.Module], bool], None] = None,
         sinks: Sequence[Sink] = (),
         strict: bool = False,
+        logdir: Union[str, os.PathLike, None] = None,
+        histogram_every: Union[int, Schedule, None] = 500,
+        histogram_bins: int = 64,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -188,6 +208,11 @@ class Monitor:
         for sink in sinks:
             if not (hasattr(sink, "write") and hasattr(sink, "close")):
                 raise TypeError(f"watch(sinks=...): {sink!r} has no write()/close() methods")
+        self._hist_schedule = (None if histogram_every is None
+                               else as_schedule(histogram_every, name="histogram_every"))
+        _check_int("histogram_bins", histogram_bins, 1)
+        if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
+            raise TypeError(f"watch(logdir={logdir!r}): pass a directory path (str or Path)")
         self.flush_every = flush_every
         self.eps = float(eps)
         self.delta = float(delta)
@@ -224,6 +249,23 @@ class Monitor:
         self._weights_before: Optional[tuple[list[_ParamRef], list[Tensor], Tensor]] = None
         self._stash: dict[int, Tensor] = {}
         self._bw_queued = False
+        self.histogram_bins = histogram_bins
+        self._hist_due_step = -1
+        self._hist_due = False
+        self._param_hists: list[_Entry] = []
+        self._hist_ready: list[Histogram] = []
+
+        #: The TensorBoard writer made from ``logdir`` (else the first one in ``sinks``).
+        self.writer: Optional[Any] = None
+        if logdir is not None:
+            from gradscope.writers import TensorBoardWriter
+
+            self.writer = TensorBoardWriter(logdir)  # raises here on a bad logdir
+            self.sinks.append(self.writer)
+        else:
+            self.writer = next((s for s in self.sinks if hasattr(s, "summary_writer")), None)
+        if not any(hasattr(s, "write_histograms") for s in self.sinks):
+            self._hist_schedule = None
 
     # ------------------------------------------------------------------ api
     @property
@@ -302,8 +344,11 @@ class Monitor:
         records = _add_layer_aggregates(records)
         for step, layer, metric, value in records:
             self.history.add(step, layer, metric, value)
+        hists, self._hist_ready = self._hist_ready, []
         for sink in self.sinks:
             sink.write(records, self.history)
+            if hists and hasattr(sink, "write_histograms"):
+                sink.write_histograms(hists)
         return records
 
     # -------------------------------------------------------------- hooks
@@ -381,12 +426,16 @@ class Monitor:
         if self._attached and step == self._step:
             # Accumulated gradients: the last backward of the step wins.
             self._param_entry = self._param_stats(step)
+            if self._histogram_step():
+                self._param_hists = self._param_histograms(step)
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not (self._sampled and self.record_gradients):
             return
         step = self._step
         self._pending.extend(self._param_stats(step))
+        if self._histogram_step():
+            self._pending.extend(self._param_histograms(step))
         if self.record_update_ratio:
             refs, params = self._live_params(with_grad=True)
             if params:
@@ -423,6 +472,9 @@ class Monitor:
         if self._param_entry is not None:
             self._pending.extend(self._param_entry)
             self._param_entry = None
+        if self._param_hists:
+            self._pending.extend(self._param_hists)
+            self._param_hists = []
 
     def _live_params(self, *, with_grad: bool) -> tuple[list[_ParamRef], list[Tensor]]:
         refs, params = [], []
@@ -481,6 +533,8 @@ class Monitor:
                 x = args[0]
             try:
                 self._record_activation(site, module, x, output)
+                if self._histogram_step():
+                    self._activation_histograms(site, output)
             except Exception as err:
                 self._site_failed(site, err)
 
@@ -539,6 +593,58 @@ class Monitor:
                 self._site_failed(site, err)
 
         return backprop_hook
+
+    # ---------------------------------------------------------- histograms
+    def _histogram_step(self) -> bool:
+        """Whether the current step is a histogram step (cached per step)."""
+        if self._hist_schedule is None:
+            return False
+        if self._hist_due_step != self._step:
+            self._hist_due_step = self._step
+            self._hist_due = bool(self._hist_schedule(self._step))
+        return self._hist_due
+
+    def _hist_entry(self, step: int, group: str, name: str, x: Tensor) -> _Entry:
+        """Queue the device-side histogram of ``x``; it is decoded at the flush."""
+        with torch.no_grad():
+            vec = histogram_vector(x, self.histogram_bins)
+        numel = x.numel()
+
+        def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+            h = decode_histogram(step, group, name, values, numel)
+            if h is not None:
+                self._hist_ready.append(h)  # handed to the sinks by flush()
+            return ()
+
+        return _Entry(step, vec, decode)
+
+    def _activation_histograms(self, site: _ActSite, y: Tensor) -> None:
+        """Histogram of a call-site's output, and of the gradient flowing back through it."""
+        step = self._step
+        self._pending.append(self._hist_entry(step, "activations", site.name, y.detach()))
+        if self.record_backprop and y.requires_grad and torch.is_grad_enabled():
+            done = [False]
+
+            def backprop_histogram(grad: Tensor) -> None:
+                if done[0] or not self._attached or site.failed:
+                    return
+                done[0] = True
+                try:
+                    self._pending.append(self._hist_entry(step, "backprop", site.name, grad))
+                except Exception as err:
+                    self._site_failed(site, err)
+
+            y.register_hook(backprop_histogram)
+
+    def _param_histograms(self, step: int) -> list[_Entry]:
+        """Histograms of each parameter's gradient and of the parameter itself."""
+        refs, params = self._live_params(with_grad=True)
+        entries = []
+        for r, p in zip(refs, params):
+            grad = r.ref().grad  # type: ignore[union-attr]
+            entries.append(self._hist_entry(step, "gradients", r.name, grad))  # type: ignore[arg-type]
+            entries.append(self._hist_entry(step, "weights", r.name, p))
+        return entries
 
     def _site_failed(self, site: _ActSite, err: Exception) -> None:
         if self.strict:

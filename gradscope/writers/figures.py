@@ -1,0 +1,178 @@
+"""Dashboard images drawn from a :class:`gradscope.History` with matplotlib's Agg canvas.
+
+Both functions are pure: a history in, an ``(H, W, 3)`` ``uint8`` array out (or
+``None`` when there is nothing to draw). They use ``matplotlib.figure.Figure``
+directly, never ``pyplot``, so they touch no global state and need no display.
+
+* :func:`gradient_flow_image`: per-layer gradient norm and per-call-site activation
+  std against depth, on log axes; vanishing or exploding gradients show as a
+  slope of several decades.
+* :func:`unit_health_image`: layers × steps heat maps of the fraction of dead units
+  (ReLU-like call-sites) and of saturated outputs (sigmoid, tanh, ...).
+
+Example:
+    >>> from gradscope.history import History, LayerInfo
+    >>> h = History()
+    >>> for i, g in enumerate([1e-4, 1e-2, 1.0]):
+    ...     h.add_layer(LayerInfo(f"fc{i}", kind="layer", order=i, type="Linear"))
+    ...     h.add(0, f"fc{i}", "grad_norm", g)
+    >>> gradient_flow_image(h).shape[2]
+    3
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from gradscope.history import History
+
+__all__ = ["dead_metric", "gradient_flow_image", "unit_health_image"]
+
+
+def _value(history: History, layer: str, metric: str, step: Optional[int]) -> float:
+    """The value at ``step`` (or the last one before it), ``nan`` if none."""
+    if metric not in history.metrics(layer):
+        return math.nan
+    steps, values = history.series(layer, metric)
+    if not steps:
+        return math.nan
+    if step is None:
+        return values[-1]
+    i = int(np.searchsorted(np.asarray(steps), step, side="right")) - 1
+    return values[i] if i >= 0 else math.nan
+
+
+def _render(fig: object) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def gradient_flow_image(history: History, step: Optional[int] = None) -> Optional[np.ndarray]:
+    """Gradient norm per layer and activation std per call-site against depth (log scale).
+
+    Args:
+        history: the run's history.
+        step: draw the values at this step (the latest at or before it); the last
+            recorded values when ``None``.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image, or ``None`` when neither gradient norms
+        nor activation stds are recorded.
+    """
+    from matplotlib.figure import Figure
+
+    layers = [n for n in history.layers("layer") if "grad_norm" in history.metrics(n)]
+    acts = [n for n in history.layers("activation") if "std" in history.metrics(n)]
+    grads = [_value(history, n, "grad_norm", step) for n in layers]
+    backs = [_value(history, n, "grad_out_rms", step) for n in acts]
+    stds = [_value(history, n, "std", step) for n in acts]
+    if not layers and not acts:
+        return None
+    fig = Figure(figsize=(10, 4), dpi=80)
+    ax1, ax2 = fig.subplots(1, 2)
+    shown = "last step" if step is None else f"step {step}"
+    _depth_plot(ax1, layers, grads, "gradient norm ‖∇W‖ per layer", "C3")
+    _depth_plot(ax2, acts, stds, "activation std per call-site", "C0")
+    if any(math.isfinite(v) and v > 0 for v in backs):
+        xs = list(range(len(acts)))
+        ax2.plot(xs, [v if v > 0 else math.nan for v in backs], "s--", color="C1",
+                 label="backprop RMS ‖∂L/∂y‖/√n")
+        ax2.legend(loc="best", fontsize=8)
+    fig.suptitle(f"gradient flow ({shown}): input → output, log scale", fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.27, wspace=0.18)
+    return _render(fig)
+
+
+def _depth_plot(ax: object, names: list[str], values: list[float], title: str,
+                color: str) -> None:
+    """One log-scale line of ``values`` against depth, labelled by layer name."""
+    xs = list(range(len(names)))
+    ys = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+    ax.set_title(title, fontsize=10)  # type: ignore[attr-defined]
+    if not names:
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center",  # type: ignore[attr-defined]
+                transform=ax.transAxes)  # type: ignore[attr-defined]
+        return
+    ax.plot(xs, ys, "o-", color=color)  # type: ignore[attr-defined]
+    if any(math.isfinite(y) for y in ys):
+        ax.set_yscale("log")  # type: ignore[attr-defined]
+    for x, v in zip(xs, values):
+        if not math.isfinite(v):
+            ax.axvline(x, color="red", alpha=0.4)  # type: ignore[attr-defined]
+    ax.set_xticks(xs)  # type: ignore[attr-defined]
+    ax.set_xticklabels(_short(names), rotation=45, ha="right", fontsize=8)  # type: ignore[attr-defined]
+    ax.set_xlabel("depth (network order)", fontsize=9)  # type: ignore[attr-defined]
+    ax.grid(True, which="both", alpha=0.3)  # type: ignore[attr-defined]
+
+
+def _short(names: list[str], width: int = 18) -> list[str]:
+    return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
+
+
+def dead_metric(history: History, site: str) -> Optional[str]:
+    """Which unit-death metric a call-site has: ``dead_units_window``, ``dead_units`` or None."""
+    ms = history.metrics(site)
+    for m in ("dead_units_window", "dead_units"):
+        if m in ms:
+            return m
+    return None
+
+
+def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.ndarray]:
+    """Layers × steps heat maps of dead units and saturated outputs.
+
+    Rows are call-sites in network order, columns the latest ``max_steps``
+    recorded steps; colour is the fraction (0 to 1). Dead units use
+    ``dead_units_window`` (dead over the monitor's window) when recorded.
+
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image, or ``None`` when no call-site has a
+        dead-unit or saturation metric.
+    """
+    from matplotlib.figure import Figure
+
+    panels = []
+    acts = history.layers("activation")
+    dead = [(s, dead_metric(history, s)) for s in acts]
+    dead = [(s, m) for s, m in dead if m is not None]
+    if dead:
+        panels.append((f"dead units ({dead[0][1]})", dead))
+    sat = [(s, "saturation") for s in acts if "saturation" in history.metrics(s)]
+    if sat:
+        panels.append(("saturated outputs (saturation)", sat))
+    if not panels:
+        return None
+    all_steps = sorted({st for _, rows in panels for s, m in rows
+                        for st in history.series(s, m)[0]})[-max_steps:]
+    if not all_steps:
+        return None
+    col = {st: j for j, st in enumerate(all_steps)}
+    heights = [max(len(rows), 1) for _, rows in panels]
+    fig = Figure(figsize=(10, 1.2 + 0.28 * sum(heights) + 0.9 * len(panels)), dpi=80)
+    axes = fig.subplots(len(panels), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": heights})[:, 0]
+    image = None
+    for ax, (title, rows) in zip(axes, panels):
+        grid = np.full((len(rows), len(all_steps)), np.nan)
+        for i, (s, m) in enumerate(rows):
+            for st, v in zip(*history.series(s, m)):
+                j = col.get(st)
+                if j is not None:
+                    grid[i, j] = v
+        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="magma",
+                          vmin=0.0, vmax=1.0,
+                          extent=(all_steps[0] - 0.5, all_steps[-1] + 0.5, len(rows) - 0.5, -0.5))
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(_short([s for s, _ in rows]), fontsize=8)
+        ax.set_title(title, fontsize=10)
+    axes[-1].set_xlabel("step", fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="fraction of units")
+    fig.suptitle("unit health: layers × steps (bright = dead / saturated)", fontsize=11)
+    return _render(fig)

@@ -1,0 +1,225 @@
+"""TensorBoard and memory writers, device-side histograms and dashboard images."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+import gradscope
+from gradscope.histograms import decode_histogram, histogram_vector
+from gradscope.history import History, LayerInfo
+from gradscope.writers import MemoryWriter, TensorBoardWriter, scalar_tag
+from gradscope.writers.figures import gradient_flow_image, unit_health_image
+from gradscope.writers.tensorboard import parse_layers_text
+
+BATCH, WIDTH = 16, 12
+
+
+def _model() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(6, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.Sigmoid(),
+                         nn.Linear(WIDTH, 3))
+
+
+def _train(model: nn.Module, steps: int, **options: object) -> gradscope.Monitor:
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt, **options) as mon:
+        for _ in range(steps):
+            opt.zero_grad()
+            model(torch.randn(BATCH, 6)).pow(2).mean().backward()
+            opt.step()
+    return mon
+
+
+def _events(logdir: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(logdir), size_guidance={
+        "scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[gradscope.Monitor, EventAccumulator]:
+    """One short run written to TensorBoard, read back with TensorBoard's reader."""
+    logdir = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = _model()
+    # add_scalars would create one run per key: make any use of it fail loudly.
+    orig = SummaryWriter.add_scalars
+    SummaryWriter.add_scalars = lambda *a, **k: (_ for _ in ()).throw(AssertionError("add_scalars"))  # type: ignore[method-assign]
+    try:
+        mon = _train(model, 8, logdir=logdir, flush_every=4, histogram_every=4)
+    finally:
+        SummaryWriter.add_scalars = orig  # type: ignore[method-assign]
+    return mon, _events(logdir)
+
+
+def test_scalars_round_trip_match_history(tb_run: tuple[gradscope.Monitor, EventAccumulator]) -> None:
+    mon, ea = tb_run
+    h = mon.history
+    tags = set(ea.Tags()["scalars"])
+    checked = 0
+    for kind in ("activation", "layer", "parameter"):
+        for layer in h.layers(kind):
+            for metric in h.metrics(layer):
+                tag = scalar_tag(layer, metric, kind)
+                assert tag in tags, tag
+                events = ea.Scalars(tag)
+                steps, values = h.series(layer, metric)
+                assert [e.step for e in events] == steps
+                np.testing.assert_allclose([e.value for e in events], values, rtol=1e-6,
+                                           equal_nan=True)
+                checked += 1
+    assert checked > 40
+    # The expected grouping: one group per metric, one series per layer.
+    for tag in ("saturation/3", "dead_units/1", "grad_norm/0", "update_ratio/4",
+                "grad_out_rms/1", "param/grad_norm/0.weight"):
+        assert tag in tags
+
+
+def test_histograms_images_layout_and_layer_index(
+        tb_run: tuple[gradscope.Monitor, EventAccumulator]) -> None:
+    mon, ea = tb_run
+    tags = ea.Tags()
+    hist_tags = set(tags["histograms"])
+    assert {"activations/1", "activations/3", "backprop/1", "backprop/3",
+            "gradients/0.weight", "weights/4.bias"} <= hist_tags
+    events = ea.Histograms("activations/1")
+    assert [e.step for e in events] == [0, 4]
+    for e in events:
+        hv = e.histogram_value
+        assert hv.num == BATCH * WIDTH
+        assert sum(hv.bucket) == hv.num
+        assert len(hv.bucket) == len(hv.bucket_limit) == mon.histogram_bins
+        assert hv.min == 0.0  # a ReLU output
+    sig = ea.Histograms("activations/3")[0].histogram_value
+    assert 0.0 < sig.min <= sig.max < 1.0
+    assert {"gradscope/gradient_flow", "gradscope/unit_health"} <= set(tags["images"])
+    img = ea.Images("gradscope/gradient_flow")[-1]
+    assert img.step == 7 and img.width > 100 and img.height > 100
+    assert "custom_scalars__config__" in tags["tensors"]
+    text = ea.Tensors("gradscope/layers/text_summary")[0].tensor_proto.string_val[0].decode()
+    infos = parse_layers_text(text)
+    assert [i.name for i in infos] == mon.history.layers()
+    assert infos[0] == mon.history.info(infos[0].name)
+
+
+def test_histogram_vector_matches_numpy() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1000, dtype=torch.float64) * 3
+    x[::97] = float("nan")
+    x[5] = float("inf")
+    vec = histogram_vector(x, bins=20)
+    assert vec.dtype == torch.float32 and vec.shape == (25,)
+    h = decode_histogram(3, "activations", "a", vec.tolist(), x.numel())
+    assert h is not None
+    fin = x[torch.isfinite(x)].numpy()
+    counts, edges = np.histogram(fin, bins=20, range=(fin.min(), fin.max()))
+    assert h.bucket_counts == counts.tolist()
+    np.testing.assert_allclose(h.bucket_limits, edges[1:], rtol=1e-6)
+    assert h.num == fin.size and h.nonfinite == x.numel() - fin.size
+    np.testing.assert_allclose([h.min, h.max, h.sum, h.sum_squares],
+                               [fin.min(), fin.max(), fin.sum(), (fin ** 2).sum()], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x, expected",
+    [(torch.zeros(7), [0, 0, 7]), (torch.full((4,), float("nan")), None),
+     (torch.empty(0), None)],
+    ids=["constant", "all-nan", "empty"])
+def test_histogram_edge_cases(x: torch.Tensor, expected: list[int] | None) -> None:
+    h = decode_histogram(0, "activations", "a", histogram_vector(x, bins=3).tolist(), x.numel())
+    if expected is None:
+        assert h is None
+    else:
+        assert h is not None and h.bucket_counts == expected
+        assert h.bucket_limits == sorted(h.bucket_limits) and h.bucket_limits[-1] == 0.0
+
+
+def test_histograms_follow_their_schedule_and_need_a_sink() -> None:
+    mem = MemoryWriter()
+    mon = _train(_model(), 7, sinks=[mem], flush_every=3, histogram_every=3)
+    steps = {h.step for h in mem.histograms}
+    assert steps == {0, 3, 6}
+    groups = {(h.group, h.name) for h in mem.histograms if h.step == 3}
+    assert ("activations", "1") in groups and ("backprop", "3") in groups
+    assert ("gradients", "2.weight") in groups and ("weights", "2.weight") in groups
+    assert mem.closed and mem.writes == 3 and mon.writer is None
+    # Without a histogram sink, no histogram is computed at all.
+    plain = gradscope.watch(_model())
+    assert plain._hist_schedule is None
+    plain.close()
+    off = _train(_model(), 3, sinks=[mem2 := MemoryWriter()], histogram_every=None)
+    assert mem2.histograms == [] and off.history.steps() == [0, 1, 2]
+
+
+def test_writer_exposes_summary_writer_for_own_scalars(tmp_path: Path) -> None:
+    model = _model()
+    mon = gradscope.watch(model, logdir=tmp_path)
+    assert isinstance(mon.writer, TensorBoardWriter)
+    assert isinstance(mon.writer.summary_writer, SummaryWriter)
+    model(torch.randn(4, 6)).sum().backward()
+    mon.writer.summary_writer.add_scalar("loss/train", 1.5, 0)
+    mon.close()
+    ea = _events(tmp_path)
+    assert ea.Scalars("loss/train")[0].value == 1.5
+    assert "dead_units/1" in ea.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("make_bad", [
+    lambda p: (p / "file").write_text("x") and p / "file",
+    lambda p: (p / "file").write_text("x") and p / "file" / "sub",
+], ids=["a-file", "under-a-file"])
+def test_unwritable_logdir_fails_at_watch(tmp_path: Path, make_bad: object) -> None:
+    bad = make_bad(tmp_path)  # type: ignore[operator]
+    model = _model()
+    with pytest.raises(ValueError, match=r"watch\(logdir=.*file.*pass a directory you can write"):
+        gradscope.watch(model, logdir=bad)
+    assert not model._forward_hooks  # nothing was attached
+
+
+def test_write_errors_warn_once_and_training_goes_on(tmp_path: Path) -> None:
+    mon_model = _model()
+    opt = torch.optim.SGD(mon_model.parameters(), lr=0.1)
+    mon = gradscope.watch(mon_model, optimizer=opt, logdir=tmp_path, flush_every=1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    mon.writer.summary_writer.add_scalar = broken  # type: ignore[union-attr, method-assign]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            opt.zero_grad()
+            mon_model(torch.randn(4, 6)).sum().backward()
+            opt.step()
+        mon.close()
+    msgs = [str(w.message) for w in caught if "writing TensorBoard events" in str(w.message)]
+    assert len(msgs) == 1 and "No space left" in msgs[0]
+    assert mon.history.steps() == [0, 1, 2, 3]
+
+
+def test_figures_are_images_and_none_without_data() -> None:
+    h = History()
+    assert gradient_flow_image(h) is None and unit_health_image(h) is None
+    for i, g in enumerate([1e-6, 1e-3, 1.0]):
+        h.add_layer(LayerInfo(f"fc{i}", kind="layer", order=i, type="Linear"))
+        h.add_layer(LayerInfo(f"r{i}", kind="activation", order=i, type="ReLU", family="relu"))
+        for step in range(3):
+            h.add(step, f"fc{i}", "grad_norm", g)
+            h.add(step, f"r{i}", "std", 1.0)
+            h.add(step, f"r{i}", "dead_units", 0.1 * i)
+    flow = gradient_flow_image(h, step=1)
+    health = unit_health_image(h)
+    for img in (flow, health):
+        assert img is not None and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        assert img.std() > 10  # something was drawn
+    assert not math.isnan(float(flow.mean()))  # type: ignore[union-attr]
