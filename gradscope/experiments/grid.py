@@ -103,6 +103,7 @@ def run_grid(
     plots: bool = True,
     title: str = "gradscope compare",
     on_result: Optional[Callable[[RunResult, bool], None]] = None,
+    dashboard_images: bool = True,
 ) -> list[RunResult]:
     """Train every config (skipping finished ones) and write the summary and plots.
 
@@ -116,6 +117,7 @@ def run_grid(
         plots: write the PNG plots.
         title: heading of ``summary.md``.
         on_result: called with ``(result, skipped)`` after each config.
+        dashboard_images: draw the monitor's dashboard images in each TensorBoard run.
 
     Returns:
         The results of the finished configs, in config order.
@@ -144,7 +146,8 @@ def run_grid(
             else:
                 if run_dir.exists():  # unfinished or stale: never trust it
                     shutil.rmtree(run_dir)
-                result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress)
+                result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
+                                   dashboard_images=dashboard_images)
             results.append(result)
             if on_result is not None:
                 on_result(result, skipped)

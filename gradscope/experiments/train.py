@@ -4,9 +4,11 @@
 :func:`train_run` trains it and returns a :class:`RunResult` with the summary
 metrics of the results table. With a ``run_dir`` it writes there:
 
-* a TensorBoard run: the monitor's dashboards (when the installed gradscope has
-  ``watch(logdir=...)``), ``train/loss``, ``train/accuracy``, ``test/loss``,
-  ``test/accuracy``, and the run's config and final metrics for the HParams plugin;
+* a TensorBoard run (a :class:`gradscope.writers.TensorBoardWriter` sink): the
+  monitor's dashboards plus
+  ``train/loss``, ``train/accuracy``, ``test/loss``, ``test/accuracy`` written
+  through ``monitor.writer.summary_writer``, and the run's config and final
+  metrics for the HParams plugin;
 * ``history.json`` (the monitor's :class:`~gradscope.history.History`);
 * ``curves.json`` (loss and accuracy curves);
 * ``result.json``, written last and atomically: its presence marks a finished
@@ -37,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -69,6 +70,10 @@ ACC_TARGET = 0.9
 LOG_EVERY = 10
 #: Test set evaluation batch (the whole set fits, this bounds memory on big nets).
 EVAL_BATCH = 10_000
+#: On CPU, flush subnormal floats (|x| < 1.2e-38) to zero while training. Vanishing
+#: signals (deep Xavier ReLU nets, saturated sigmoids) are full of them and x86 CPUs
+#: compute on them up to ~100× slower; a value that small reads as 0 either way.
+FLUSH_DENORMAL = True
 # ------------------------------------------------------------------------------
 
 
@@ -225,11 +230,6 @@ def _make_optimizer(cfg: RunConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=cfg.lr)
 
 
-def _watch_has_logdir() -> bool:
-    """Whether the installed gradscope's ``watch`` writes TensorBoard dashboards itself."""
-    return "logdir" in inspect.signature(gradscope.watch).parameters
-
-
 @torch.no_grad()
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """``(accuracy, mean loss)`` on ``(x, y)`` in eval mode; restores the training mode."""
@@ -320,6 +320,7 @@ def train_run(
     run_dir: Union[str, os.PathLike, None] = None,
     progress: bool = True,
     progress_position: int = 1,
+    dashboard_images: bool = True,
 ) -> RunResult:
     """Train ``cfg`` on ``data`` under :func:`gradscope.watch` and summarise it.
 
@@ -331,6 +332,8 @@ def train_run(
             and (last) ``result.json``; ``None`` writes nothing.
         progress: show a tqdm bar over steps.
         progress_position: the bar's line (nested under a grid's bar).
+        dashboard_images: let the TensorBoard writer draw its dashboard images
+            (gradient flow, unit health; about a second per run on a CPU).
 
     Returns:
         The run's :class:`RunResult`.
@@ -345,15 +348,12 @@ def train_run(
                       batchnorm=cfg.batchnorm, dropout=cfg.dropout).to(dev)
     opt = _make_optimizer(cfg, model.parameters())
     out_dir = Path(run_dir) if run_dir is not None else None
-    writer = None
-    watch_kw: dict[str, Any] = {}
+    sinks = []
     if out_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
+        from gradscope.writers import TensorBoardWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(out_dir))
-        if _watch_has_logdir():
-            watch_kw["logdir"] = str(out_dir)
+        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images))
     n = len(data.x_train)
     losses = torch.zeros(cfg.steps, device=dev)
     accs = torch.zeros(cfg.steps, device=dev)
@@ -366,10 +366,12 @@ def train_run(
 
         bar = tqdm(total=cfg.steps, desc=cfg.name, position=progress_position, leave=False,
                    dynamic_ncols=True)
+    flushing = dev.type == "cpu" and FLUSH_DENORMAL and torch.set_flush_denormal(True)
     t0 = time.perf_counter()
     model.train()
     try:
-        with gradscope.watch(model, optimizer=opt, every=cfg.monitor_every, **watch_kw) as mon:
+        with gradscope.watch(model, optimizer=opt, every=cfg.monitor_every, sinks=sinks) as mon:
+            writer = mon.writer.summary_writer if mon.writer is not None else None
             for step in range(cfg.steps):
                 if pos + cfg.batch_size > n:
                     perm, pos = torch.randperm(n, generator=gen), 0
@@ -399,35 +401,34 @@ def train_run(
                 if bar is not None:
                     bar.update(1)
             mon.flush()
-            found = _findings(mon)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        wall = time.perf_counter() - t0
-        history = mon.history
-        batch_acc = accs.tolist()
-        batch_loss = losses.tolist()
-        result = RunResult(
-            config=cfg,
-            test_acc=curves["test_acc"][-1],
-            test_loss=curves["test_loss"][-1],
-            final_train_loss=statistics.fmean(batch_loss[-min(ACC_WINDOW, len(batch_loss)):]),
-            steps_to_90=steps_to_target(batch_acc),
-            grad_ratio=gradient_ratio(history),
-            peak_saturation=_peak(history, "saturation"),
-            peak_dead=_peak(history, "dead_units_window"),
-            wall_s=round(wall, 3),
-            device=str(dev),
-            findings=found,
-        )
-        if out_dir is not None and writer is not None:
-            metrics = {"hparam/test_accuracy": result.test_acc,
-                       "hparam/grad_ratio": result.grad_ratio,
-                       "hparam/steps_to_90": float(result.steps_to_90 or cfg.steps + 1),
-                       "hparam/peak_saturation": result.peak_saturation or 0.0,
-                       "hparam/peak_dead": result.peak_dead or 0.0}
-            _write_hparams(writer, cfg, {k: (v if math.isfinite(v) else -1.0)
-                                         for k, v in metrics.items()})
-            writer.flush()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            wall = time.perf_counter() - t0
+            history = mon.history
+            batch_acc = accs.tolist()
+            batch_loss = losses.tolist()
+            result = RunResult(
+                config=cfg,
+                test_acc=curves["test_acc"][-1],
+                test_loss=curves["test_loss"][-1],
+                final_train_loss=statistics.fmean(batch_loss[-min(ACC_WINDOW, len(batch_loss)):]),
+                steps_to_90=steps_to_target(batch_acc),
+                grad_ratio=gradient_ratio(history),
+                peak_saturation=_peak(history, "saturation"),
+                peak_dead=_peak(history, "dead_units_window"),
+                wall_s=round(wall, 3),
+                device=str(dev),
+                findings=_findings(mon),
+            )
+            if writer is not None:
+                metrics = {"hparam/test_accuracy": result.test_acc,
+                           "hparam/grad_ratio": result.grad_ratio,
+                           "hparam/steps_to_90": float(result.steps_to_90 or cfg.steps + 1),
+                           "hparam/peak_saturation": result.peak_saturation or 0.0,
+                           "hparam/peak_dead": result.peak_dead or 0.0}
+                _write_hparams(writer, cfg, {k: (v if math.isfinite(v) else -1.0)
+                                             for k, v in metrics.items()})
+        if out_dir is not None:
             history.save(out_dir / "history.json")
             curves["train_loss"] = batch_loss
             curves["train_acc"] = batch_acc
@@ -435,10 +436,10 @@ def train_run(
             _atomic_json(out_dir / "result.json", result.to_dict())
         return result
     finally:
+        if flushing:
+            torch.set_flush_denormal(False)
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
 
 
 def load_result(run_dir: Union[str, os.PathLike]) -> Optional[RunResult]:
