@@ -74,12 +74,12 @@ def expand_grid(
     errors = [f"{k}=[]: give at least one value" for k, v in axes.items() if len(list(v)) == 0]
     configs: list[RunConfig] = []
     seen: set[RunConfig] = set()
+    fields = ("activation", "init", "batchnorm", "depth", "width", "optimizer", "lr", "dropout",
+              "steps", "batch_size", "seed")
     for combo in itertools.product(*axes.values()):
-        a, i, bn, d, w, o, lr, dr, st, bs, sd = combo
+        kw: dict[str, Any] = dict(zip(fields, combo))
         try:
-            cfg = RunConfig(activation=a, init=i, batchnorm=bn, depth=d, width=w, optimizer=o,
-                            lr=lr, dropout=dr, steps=st, batch_size=bs, seed=sd,
-                            eval_every=eval_every, monitor_every=monitor_every)
+            cfg = RunConfig(**kw, eval_every=eval_every, monitor_every=monitor_every)
         except ValueError as e:
             if str(e) not in errors:
                 errors.append(str(e))
