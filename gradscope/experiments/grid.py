@@ -170,10 +170,10 @@ def run_grid(
 
 
 # ---- summary ------------------------------------------------------------------
-COLUMNS = ("run", "test_acc", "steps_to_90", "grad_ratio", "peak_saturation", "peak_dead",
-           "wall_s", "device", "findings")
-HEADERS = ("run", "test acc", "steps to 90% train", "grad ratio first/last", "peak saturation",
-           "peak dead", "wall s", "device", "findings")
+COLUMNS = ("run", "test_acc", "final_train_loss", "steps_to_90", "grad_ratio", "peak_saturation",
+           "peak_dead", "wall_s", "device", "findings")
+HEADERS = ("run", "test acc", "train loss", "steps to 90% train", "grad ratio first/last",
+           "peak saturation", "peak dead", "wall s", "device", "findings")
 
 
 def _cell(key: str, r: RunResult) -> str:
@@ -210,6 +210,7 @@ def write_summary(results: Sequence[RunResult], results_dir: Union[str, os.PathL
     md = [f"# {title}", "",
           f"{len(results)} runs, {total:.0f} s of training on {', '.join(devices)}.", "",
           format_table(results), "",
+          "train loss: mean over the last 50 steps (nan: the run diverged). "
           "grad ratio first/last: median over sampled steps of ‖∇W‖ of the first Linear over "
           "that of the output Linear. peak saturation/dead: largest fraction over layers and "
           "sampled steps (– where the activation has none).", ""]
