@@ -191,7 +191,7 @@ def test_compare_cli_synthetic(tmp_path, capsys):
                    "--width", "8", "--eval-every", "4", "--results-dir", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "relu-he-5x8-sgd-lr0.1-bs64-8steps-seed0" in out and "2 runs" in out
+    assert "relu-he-5x8-sgd-lr0.1-bs64-8steps-seed0" in out and "2 runs (2 trained now" in out
     tags, plugins = _event_tags(tmp_path / "runs" / "relu-he-5x8-sgd-lr0.1-bs64-8steps-seed0")
     assert {"gradscope/gradient_flow", "grad_norm/fc1", "test/accuracy"} <= tags  # dashboards
     assert "hparams" in plugins

@@ -131,6 +131,20 @@ def _setup(args: argparse.Namespace) -> torch.device:
     return dev
 
 
+def _counter() -> tuple[list[bool], Any]:
+    """A list of skipped flags and the ``on_result`` callback that fills it."""
+    skipped: list[bool] = []
+    return skipped, lambda result, was_skipped: skipped.append(was_skipped)
+
+
+def _done_line(results: list[Any], skipped: list[bool], seconds: float, dev: torch.device) -> str:
+    trained = len(skipped) - sum(skipped)
+    train_s = sum(r.wall_s for r in results)
+    return (f"{len(results)} runs ({trained} trained now, {sum(skipped)} finished before, "
+            f"skipped); {seconds:.0f} s for this command, {train_s:.0f} s of training in all; "
+            f"device {dev}")
+
+
 def run(args: argparse.Namespace) -> int:
     """``gradscope compare``: validate the grid, get MNIST, train, summarise."""
     from gradscope.experiments.grid import GridError, expand_grid, format_table, run_grid
@@ -145,16 +159,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(configs)} runs -> {out}", file=sys.stderr)
     data = _data(args)
     t0 = time.perf_counter()
+    skipped, on_result = _counter()
     try:
         results = run_grid(configs, data, results_dir=out, device=dev,
                            progress=not args.no_progress, rerun=args.rerun,
                            plots=not args.no_plots, title="gradscope compare",
-                           dashboard_images=not args.no_dashboard_images)
+                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
     except KeyboardInterrupt:
         return 130
     print(format_table(results))
-    print(f"\n{len(results)} runs in {time.perf_counter() - t0:.0f} s on {dev}; summary, plots "
-          f"and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")
+    print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
+    print(f"summary, plots and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")
     return 0
 
 
@@ -186,11 +201,12 @@ def run_preset(args: argparse.Namespace) -> int:
     print(preset.describe(), file=sys.stderr)
     data = _data(args)
     t0 = time.perf_counter()
+    skipped, on_result = _counter()
     try:
         results = run_grid(configs, data, results_dir=out, device=dev,
                            progress=not args.no_progress, rerun=args.rerun,
                            plots=not args.no_plots, title=f"gradscope preset {preset.name}",
-                           dashboard_images=not args.no_dashboard_images)
+                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
     except KeyboardInterrupt:
         return 130
     verdict = preset.verdict(results, out)
@@ -200,6 +216,6 @@ def run_preset(args: argparse.Namespace) -> int:
         json.dump({"preset": preset.name, "quick": args.quick, "held": verdict.held,
                    "lines": verdict.lines}, f, indent=1)
     print(format_table(results))
-    print(f"\n{preset.name}: {len(results)} runs in {time.perf_counter() - t0:.0f} s on {dev}")
+    print(f"\n{preset.name}: {_done_line(results, skipped, time.perf_counter() - t0, dev)}")
     print(verdict)
     return 0
