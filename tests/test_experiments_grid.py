@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from gradscope import cli
 from gradscope.experiments import grid as grid_mod
+from gradscope.experiments import train as train_mod
 from gradscope.experiments.data import synthetic_dataset
 from gradscope.experiments.grid import GridError, expand_grid, run_grid
 from gradscope.experiments.models import GAINS, build_mlp
@@ -210,3 +211,17 @@ def test_preset_verdict_is_computed_from_runs(name, tmp_path):
     assert isinstance(v, Verdict) and isinstance(v.held, bool)
     assert v.lines and str(v).startswith("verdict: the claim")
     assert preset.name in preset.describe() and "setup:" in preset.describe()
+
+
+def test_findings_are_grouped_by_rule():
+    class F:
+        def __init__(self, rule, layer):
+            self.rule, self.layer = rule, layer
+
+    class Mon:
+        def findings(self):
+            return [F("saturation", "act1"), F("saturation", "act2"), F("nonfinite", None),
+                    F("saturation", "act1")]
+
+    assert train_mod._findings(Mon()) == ["saturation (act1, act2)", "nonfinite"]
+    assert train_mod._findings(object()) == []  # a gradscope without findings

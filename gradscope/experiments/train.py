@@ -283,14 +283,21 @@ def _peak(history: History, metric: str) -> Optional[float]:
 
 
 def _findings(monitor: Any) -> list[str]:
-    """Titles of the monitor's findings, when the installed gradscope has them."""
+    """The monitor's findings, one entry per rule: ``"rule (layer, layer)"``, in first-seen order.
+
+    Empty when the installed gradscope has no ``Monitor.findings`` (gradscope.findings).
+    """
     get = getattr(monitor, "findings", None)
     if get is None:
         return []
-    out = []
+    by_rule: dict[str, list[str]] = {}
     for f in get():
-        out.append(str(getattr(f, "title", None) or getattr(f, "rule", None) or f))
-    return out
+        rule = str(getattr(f, "rule", f))
+        layer = getattr(f, "layer", None)
+        layers = by_rule.setdefault(rule, [])
+        if layer is not None and str(layer) not in layers:
+            layers.append(str(layer))
+    return [f"{rule} ({', '.join(layers)})" if layers else rule for rule, layers in by_rule.items()]
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
