@@ -20,6 +20,10 @@ COMMANDS = {
     "demo": ("gradscope.demo", "train a small model under the monitor and write a TensorBoard run"),
     "report": ("gradscope.report", "per-layer tables and findings from TensorBoard runs written "
                "by gradscope"),
+    "compare": ("gradscope.experiments.compare",
+                "MNIST: activations × init × BatchNorm under the monitor; table, plots, TensorBoard"),
+    "preset": ("gradscope.experiments.preset_cmd",
+               "MNIST: re-run a classic result (glorot2010, he2015, ioffe2015, dying_relu) with a verdict"),
 }
 
 

@@ -79,7 +79,7 @@ def run_demo(
         teacher = _teacher(gen)
         model = make_model(act, init)
         opt = torch.optim.SGD(model.parameters(), lr=LR)
-        options: dict[str, object] = {"optimizer": opt, "flush_every": 25}
+        options: dict[str, object] = {"optimizer": opt, "flush_every": 25, "summary": not quiet}
         if logdir is not None:
             options["logdir"] = str(Path(logdir) / name)
         t0 = time.perf_counter()

@@ -1,0 +1,221 @@
+"""``gradscope compare`` and ``gradscope preset``: the MNIST reference experiments.
+
+``gradscope compare --quick`` trains the activation comparison (5 activations ×
+3 initialisations (N(0,1), Xavier, He) × BatchNorm off/on, 5×256 MLPs, 1000 SGD
+steps each) in a few minutes on 2 CPU cores; without ``--quick`` the full grid (5 activations × 6 inits × BatchNorm
+off/on, 5×256, 3000 steps) is meant for a GPU or a long CPU run. Every axis can be
+overridden (``--activations tanh relu --inits he``). ``gradscope preset NAME``
+re-runs one classic result and prints a verdict computed from the measurements.
+
+Outputs go to ``--results-dir`` (see :mod:`gradscope.experiments.grid`); view them
+with ``tensorboard --logdir RESULTS_DIR/runs``.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); configure(p)
+    >>> p.parse_args(["--quick", "--device", "cpu"]).quick
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FULL", "QUICK", "configure", "configure_preset", "run", "run_preset"]
+
+# ---- settings ---------------------------------------------------------------
+ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu"]
+#: The full grid (a GPU, or a long CPU run: 60 runs).
+FULL: dict[str, Any] = dict(
+    activations=ACTIVATIONS,
+    inits=["default", "normal", "standard", "xavier_uniform", "he", "orthogonal"],
+    batchnorm=[False, True], depths=[5], widths=[256], optimizers=["sgd"], lrs=[0.1],
+    dropouts=[0.0], steps=[3000], batch_sizes=[64], seeds=[0], eval_every=250, monitor_every=10,
+)
+#: ``--quick``: the activation comparison in a few minutes on 2 CPU cores (30 runs).
+QUICK: dict[str, Any] = dict(
+    FULL, inits=["normal", "xavier_uniform", "he"], steps=[1000], eval_every=100, monitor_every=5,
+)
+MNIST_TRAIN = 60_000
+# ------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="the small version: minutes on 2 CPU cores")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
+    parser.add_argument("--data-dir", default=None,
+                        help="MNIST cache (default: $GRADSCOPE_DATA or ~/.cache/gradscope)")
+    parser.add_argument("--results-dir", default=None,
+                        help=f"output directory (default: {default_dir}, with -quick for --quick)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="train finished configs again instead of skipping them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-dashboard-images", action="store_true",
+                        help="no gradient-flow/unit-health images in the TensorBoard runs (faster)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="train on a small synthetic data set instead of MNIST "
+                        "(offline smoke test; the numbers mean nothing)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gradscope compare``."""
+    _common(parser, "results/compare")
+    g = parser.add_argument_group("grid axes (each overrides the --quick/full default)")
+    g.add_argument("--activations", nargs="+", metavar="ACT")
+    g.add_argument("--inits", nargs="+", metavar="INIT")
+    g.add_argument("--batchnorm", nargs="+", choices=["off", "on"])
+    g.add_argument("--depth", nargs="+", type=int, dest="depths", metavar="N")
+    g.add_argument("--width", nargs="+", type=int, dest="widths", metavar="N")
+    g.add_argument("--optimizer", nargs="+", dest="optimizers", metavar="OPT",
+                   help="sgd, momentum, adam, rmsprop")
+    g.add_argument("--lr", nargs="+", type=float, dest="lrs")
+    g.add_argument("--dropout", nargs="+", type=float, dest="dropouts")
+    g.add_argument("--steps", nargs="+", type=int)
+    g.add_argument("--epochs", type=float, default=None,
+                   help="train this many passes over the 60k MNIST images (sets --steps)")
+    g.add_argument("--batch-size", nargs="+", type=int, dest="batch_sizes")
+    g.add_argument("--seed", nargs="+", type=int, dest="seeds")
+    g.add_argument("--eval-every", type=int)
+    g.add_argument("--monitor-every", type=int)
+
+
+def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw = dict(QUICK if args.quick else FULL)
+    for key in ("activations", "inits", "depths", "widths", "optimizers", "lrs", "dropouts",
+                "steps", "batch_sizes", "seeds", "eval_every", "monitor_every"):
+        v = getattr(args, key, None)
+        if v is not None:
+            kw[key] = v
+    if args.batchnorm is not None:
+        kw["batchnorm"] = [b == "on" for b in args.batchnorm]
+    if args.epochs is not None:
+        if not (args.epochs > 0):
+            raise ValueError(f"--epochs {args.epochs}: use a number > 0")
+        kw["steps"] = [max(1, math.ceil(args.epochs * MNIST_TRAIN / b)) for b in kw["batch_sizes"]]
+    return kw
+
+
+def _data(args: argparse.Namespace) -> Any:
+    from gradscope.experiments import data
+
+    if args.synthetic:
+        return data.synthetic_dataset(n_train=2048, n_test=512, features=784)
+    return data.load_mnist(args.data_dir)
+
+
+def _results_dir(args: argparse.Namespace, default: str) -> Path:
+    if args.results_dir:
+        return Path(args.results_dir)
+    return Path(default + ("-quick" if args.quick else ""))
+
+
+def _setup(args: argparse.Namespace) -> torch.device:
+    from gradscope.experiments.train import resolve_device
+
+    dev = resolve_device(args.device)
+    if dev.type == "cpu":
+        print(f"device: cpu ({torch.get_num_threads()} threads)", file=sys.stderr)
+    else:
+        print(f"device: {dev} ({torch.cuda.get_device_name(dev)})", file=sys.stderr)
+    return dev
+
+
+def _counter() -> tuple[list[bool], Any]:
+    """A list of skipped flags and the ``on_result`` callback that fills it."""
+    skipped: list[bool] = []
+    return skipped, lambda result, was_skipped: skipped.append(was_skipped)
+
+
+def _done_line(results: list[Any], skipped: list[bool], seconds: float, dev: torch.device) -> str:
+    trained = len(skipped) - sum(skipped)
+    train_s = sum(r.wall_s for r in results)
+    return (f"{len(results)} runs ({trained} trained now, {sum(skipped)} finished before, "
+            f"skipped); {seconds:.0f} s for this command, {train_s:.0f} s of training in all; "
+            f"device {dev}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``gradscope compare``: validate the grid, get MNIST, train, summarise."""
+    from gradscope.experiments.grid import GridError, expand_grid, format_table, run_grid
+
+    try:
+        configs = expand_grid(**_grid_kwargs(args))
+        dev = _setup(args)
+    except (GridError, ValueError) as e:
+        print(f"gradscope compare: {e}", file=sys.stderr)
+        return 2
+    out = _results_dir(args, "results/compare")
+    print(f"{len(configs)} runs -> {out}", file=sys.stderr)
+    data = _data(args)
+    t0 = time.perf_counter()
+    skipped, on_result = _counter()
+    try:
+        results = run_grid(configs, data, results_dir=out, device=dev,
+                           progress=not args.no_progress, rerun=args.rerun,
+                           plots=not args.no_plots, title="gradscope compare",
+                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
+    except KeyboardInterrupt:
+        return 130
+    print(format_table(results))
+    print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
+    print(f"summary, plots and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")
+    return 0
+
+
+def configure_preset(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gradscope preset``."""
+    from gradscope.experiments.presets import PRESETS
+
+    parser.add_argument("name", nargs="?", choices=sorted(PRESETS), help="the preset to run")
+    parser.add_argument("--list", action="store_true", help="describe every preset and exit")
+    _common(parser, "results/<name>")
+
+
+def run_preset(args: argparse.Namespace) -> int:
+    """``gradscope preset NAME``: train the preset's runs and print its verdict."""
+    from gradscope.experiments.grid import format_table, run_grid, write_summary
+    from gradscope.experiments.presets import PRESETS
+
+    if args.list or args.name is None:
+        print("\n\n".join(p.describe() for p in PRESETS.values()))
+        return 0 if args.list else 2
+    preset = PRESETS[args.name]
+    try:
+        dev = _setup(args)
+    except ValueError as e:
+        print(f"gradscope preset: {e}", file=sys.stderr)
+        return 2
+    configs = preset.configs(quick=args.quick)
+    out = _results_dir(args, f"results/{preset.name}")
+    print(preset.describe(), file=sys.stderr)
+    data = _data(args)
+    t0 = time.perf_counter()
+    skipped, on_result = _counter()
+    try:
+        results = run_grid(configs, data, results_dir=out, device=dev,
+                           progress=not args.no_progress, rerun=args.rerun,
+                           plots=not args.no_plots, title=f"gradscope preset {preset.name}",
+                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
+    except KeyboardInterrupt:
+        return 130
+    verdict = preset.verdict(results, out)
+    write_summary(results, out, title=f"gradscope preset {preset.name}",
+                  extra=f"{preset.describe()}\n\n```\n{verdict}\n```")
+    with open(out / "verdict.json", "w", encoding="utf-8") as f:
+        json.dump({"preset": preset.name, "quick": args.quick, "held": verdict.held,
+                   "lines": verdict.lines}, f, indent=1)
+    print(format_table(results))
+    print(f"\n{preset.name}: {_done_line(results, skipped, time.perf_counter() - t0, dev)}")
+    print(verdict)
+    return 0

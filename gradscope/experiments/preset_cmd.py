@@ -1,0 +1,12 @@
+"""``gradscope preset NAME``: the CLI module of :mod:`gradscope.experiments.presets`.
+
+The implementation lives in :mod:`gradscope.experiments.compare`, which shares the
+device, data and output options with ``gradscope compare``.
+"""
+
+from __future__ import annotations
+
+from gradscope.experiments.compare import configure_preset as configure
+from gradscope.experiments.compare import run_preset as run
+
+__all__ = ["configure", "run"]

@@ -1,0 +1,461 @@
+"""One experiment run: train an MLP on in-memory data under :func:`gradscope.watch`.
+
+:class:`RunConfig` is one point of a grid (validated when it is made);
+:func:`train_run` trains it and returns a :class:`RunResult` with the summary
+metrics of the results table. With a ``run_dir`` it writes there:
+
+* a TensorBoard run (a :class:`gradscope.writers.TensorBoardWriter` sink): the
+  monitor's dashboards plus
+  ``train/loss``, ``train/accuracy``, ``test/loss``, ``test/accuracy`` written
+  through ``monitor.writer.summary_writer``, and the run's config and final
+  metrics for the HParams plugin;
+* ``history.json`` (the monitor's :class:`~gradscope.history.History`);
+* ``curves.json`` (loss and accuracy curves);
+* ``result.json``, written last and atomically: its presence marks a finished
+  run, which a rerun of the grid skips.
+
+Summary metrics (per run):
+
+* ``test_acc``: accuracy on the whole test set after the last step;
+* ``steps_to_90``: the first step at which the mean training-batch accuracy over
+  the last :data:`ACC_WINDOW` steps reached 90% (``None`` when never);
+* ``grad_ratio``: median over sampled steps of ``‖∇W_fc1‖ / ‖∇W_out‖``, the
+  weight-gradient norm of the first ``Linear`` over that of the output ``Linear``
+  (≪ 1: the gradient vanishes toward the input; ≫ 1: it explodes);
+* ``peak_saturation``: the largest saturated fraction of any activation layer at
+  any sampled step (sigmoid/tanh/softsign only);
+* ``peak_dead``: the largest fraction of units of any ReLU layer that were not
+  active on any sampled step of the monitor's dead window;
+* ``findings``: titles of :func:`gradscope.findings.analyze` (when installed).
+
+Example:
+    >>> from gradscope.experiments.data import synthetic_dataset
+    >>> cfg = RunConfig(activation="relu", init="he", depth=2, width=8, steps=5,
+    ...                 eval_every=5, monitor_every=1)
+    >>> r = train_run(cfg, synthetic_dataset(features=16), progress=False)
+    >>> 0.0 <= r.test_acc <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.experiments.data import Dataset
+from gradscope.experiments.models import ACTIVATIONS, INITS, build_mlp
+from gradscope.history import History
+
+__all__ = ["OPTIMIZERS", "RunConfig", "RunResult", "resolve_device", "train_run"]
+
+# ---- settings ---------------------------------------------------------------
+#: Optimisers by name. ``momentum`` is SGD with momentum 0.9.
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+#: Training-batch accuracy is averaged over this many steps for ``steps_to_90``.
+ACC_WINDOW = 50
+#: Accuracy threshold of ``steps_to_90``.
+ACC_TARGET = 0.9
+#: Loss/accuracy scalars are written to TensorBoard every this many steps.
+LOG_EVERY = 10
+#: Test set evaluation batch (the whole set fits, this bounds memory on big nets).
+EVAL_BATCH = 10_000
+#: On CPU, flush subnormal floats (|x| < 1.2e-38) to zero while training. Vanishing
+#: signals (deep Xavier ReLU nets, saturated sigmoids) are full of them and x86 CPUs
+#: compute on them up to ~100× slower; a value that small reads as 0 either way.
+FLUSH_DENORMAL = True
+# ------------------------------------------------------------------------------
+
+
+def _fail(arg: str, value: Any, fix: str) -> ValueError:
+    return ValueError(f"RunConfig({arg}={value!r}): {fix}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run of the grid. Every field is validated when the config is made.
+
+    Args:
+        activation: a key of :data:`gradscope.experiments.models.ACTIVATIONS`.
+        init: one of :data:`gradscope.experiments.models.INITS`.
+        batchnorm: BatchNorm1d between each hidden Linear and its activation.
+        depth: hidden layers (≥ 1).
+        width: units per hidden layer (≥ 1).
+        optimizer: one of :data:`OPTIMIZERS`.
+        lr: learning rate (> 0).
+        dropout: dropout probability in [0, 1).
+        steps: optimiser steps (≥ 1).
+        batch_size: examples per step (≥ 1).
+        seed: seeds the initialisation, batch order and dropout.
+        eval_every: steps between test-set evaluations (the last step is always evaluated).
+        monitor_every: the monitor samples one step in this many.
+
+    Example:
+        >>> RunConfig(activation="tanh", init="xavier_uniform", steps=10).name
+        'tanh-xavier_uniform-5x256-sgd-lr0.1-bs64-10steps-seed0'
+    """
+
+    activation: str = "relu"
+    init: str = "he"
+    batchnorm: bool = False
+    depth: int = 5
+    width: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    dropout: float = 0.0
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    eval_every: int = 100
+    monitor_every: int = 5
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise _fail("activation", self.activation, f"use one of {sorted(ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise _fail("init", self.init, f"use one of {list(INITS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise _fail("optimizer", self.optimizer, f"use one of {list(OPTIMIZERS)}")
+        if not isinstance(self.batchnorm, bool):
+            raise _fail("batchnorm", self.batchnorm, "use True or False")
+        for name in ("depth", "width", "steps", "batch_size", "eval_every", "monitor_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _fail(name, v, "use an integer ≥ 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise _fail("seed", self.seed, "use an integer ≥ 0")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise _fail("lr", self.lr, "use a finite number > 0")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise _fail("dropout", self.dropout, "use a probability in [0, 1)")
+
+    @property
+    def name(self) -> str:
+        """A readable, unique run name (also the TensorBoard run directory)."""
+        parts = [self.activation, self.init]
+        if self.batchnorm:
+            parts.append("bn")
+        parts += [f"{self.depth}x{self.width}", self.optimizer, f"lr{self.lr:g}",
+                  f"bs{self.batch_size}", f"{self.steps}steps"]
+        if self.dropout:
+            parts.append(f"drop{self.dropout:g}")
+        parts.append(f"seed{self.seed}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"RunConfig.from_dict: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class RunResult:
+    """Summary of one finished run (one row of the results table)."""
+
+    config: RunConfig
+    test_acc: float
+    test_loss: float
+    final_train_loss: float
+    steps_to_90: Optional[int]
+    grad_ratio: float
+    peak_saturation: Optional[float]
+    peak_dead: Optional[float]
+    wall_s: float
+    device: str
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The config's run name."""
+        return self.config.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: the config under ``config``, metrics at top level."""
+        d = {k: getattr(self, k) for k in (f.name for f in fields(self)) if k != "config"}
+        d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        return {"name": self.name, "config": self.config.to_dict(), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        """Inverse of :meth:`to_dict`."""
+        d = {k: v for k, v in d.items() if k != "name"}
+        cfg = RunConfig.from_dict(d.pop("config"))
+        for k in ("test_acc", "test_loss", "final_train_loss", "grad_ratio"):
+            d[k] = float("nan") if d[k] is None else d[k]
+        return cls(config=cfg, **d)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Raises:
+        ValueError: unknown name, or CUDA asked for but not available.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available here; use --device cpu or auto")
+        return torch.device(device)
+    raise ValueError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
+
+
+def _make_optimizer(cfg: RunConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.RMSprop(params, lr=cfg.lr)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """``(accuracy, mean loss)`` on ``(x, y)`` in eval mode; restores the training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct = torch.zeros((), device=x.device)
+        loss = torch.zeros((), device=x.device)
+        for i in range(0, len(x), EVAL_BATCH):
+            logits = model(x[i:i + EVAL_BATCH])
+            yi = y[i:i + EVAL_BATCH]
+            correct += (logits.argmax(1) == yi).sum()
+            loss += nn.functional.cross_entropy(logits, yi, reduction="sum")
+        return (correct / len(x)).item(), (loss / len(x)).item()
+    finally:
+        model.train(was_training)
+
+
+def steps_to_target(batch_acc: list[float], *, window: int = ACC_WINDOW,
+                    target: float = ACC_TARGET) -> Optional[int]:
+    """First step (1-based count) at which the trailing ``window``-step mean accuracy ≥ ``target``.
+
+    Example:
+        >>> steps_to_target([0.5, 1.0, 1.0, 1.0], window=2, target=0.9)
+        3
+    """
+    total = 0.0
+    for i, a in enumerate(batch_acc):
+        total += a
+        if i >= window:
+            total -= batch_acc[i - window]
+        if total / min(i + 1, window) >= target and i + 1 >= min(window, len(batch_acc)):
+            return i + 1
+    return None
+
+
+def gradient_ratio(history: History, first: str = "fc1", last: str = "out") -> float:
+    """Median over sampled steps of ``grad_norm(first) / grad_norm(last)`` (parameter ``.weight``)."""
+    fs, fv = history.series(f"{first}.weight", "grad_norm")
+    ls, lv = history.series(f"{last}.weight", "grad_norm")
+    by_step = dict(zip(ls, lv))
+    ratios = [a / by_step[s] for s, a in zip(fs, fv)
+              if s in by_step and by_step[s] > 0 and math.isfinite(a) and math.isfinite(by_step[s])]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def _peak(history: History, metric: str) -> Optional[float]:
+    vals = [v for layer in history.layers("activation") if metric in history.metrics(layer)
+            for v in history.series(layer, metric)[1] if math.isfinite(v)]
+    return max(vals) if vals else None
+
+
+def _findings(monitor: Any) -> list[str]:
+    """The monitor's findings, one entry per rule: ``"rule (layer, layer)"``, in first-seen order.
+
+    Empty when the installed gradscope has no ``Monitor.findings`` (gradscope.findings).
+    """
+    get = getattr(monitor, "findings", None)
+    if get is None:
+        return []
+    by_rule: dict[str, list[str]] = {}
+    for f in get():
+        rule = str(getattr(f, "rule", f))
+        layer = getattr(f, "layer", None)
+        layers = by_rule.setdefault(rule, [])
+        if layer is not None and str(layer) not in layers:
+            layers.append(str(layer))
+    return [f"{rule} ({', '.join(layers)})" if layers else rule for rule, layers in by_rule.items()]
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _write_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float]) -> None:
+    """Register the run's config and final metrics with the HParams plugin, in this run."""
+    from torch.utils.tensorboard.summary import hparams
+
+    hp = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str))}
+    exp, ssi, sei = hparams(hp, metrics)
+    for s in (exp, ssi, sei):
+        writer.file_writer.add_summary(s)
+    for k, v in metrics.items():
+        writer.add_scalar(k, v, cfg.steps)
+
+
+def train_run(
+    cfg: RunConfig,
+    data: Dataset,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    run_dir: Union[str, os.PathLike, None] = None,
+    progress: bool = True,
+    progress_position: int = 1,
+    dashboard_images: bool = True,
+) -> RunResult:
+    """Train ``cfg`` on ``data`` under :func:`gradscope.watch` and summarise it.
+
+    Args:
+        cfg: the run's configuration.
+        data: the data set; moved to ``device`` if it is not there already.
+        device: where to train.
+        run_dir: where to write the TensorBoard run, ``history.json``, ``curves.json``
+            and (last) ``result.json``; ``None`` writes nothing.
+        progress: show a tqdm bar over steps.
+        progress_position: the bar's line (nested under a grid's bar).
+        dashboard_images: let the TensorBoard writer draw its dashboard images
+            (gradient flow, unit health; about a second per run on a CPU).
+
+    Returns:
+        The run's :class:`RunResult`.
+    """
+    dev = torch.device(device)
+    if data.x_train.device != dev:
+        data = data.to(dev)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = build_mlp(in_features=data.in_features, classes=data.classes, depth=cfg.depth,
+                      width=cfg.width, activation=cfg.activation, init=cfg.init,
+                      batchnorm=cfg.batchnorm, dropout=cfg.dropout).to(dev)
+    opt = _make_optimizer(cfg, model.parameters())
+    out_dir = Path(run_dir) if run_dir is not None else None
+    sinks = []
+    if out_dir is not None:
+        from gradscope.writers import TensorBoardWriter
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images))
+    n = len(data.x_train)
+    losses = torch.zeros(cfg.steps, device=dev)
+    accs = torch.zeros(cfg.steps, device=dev)
+    curves: dict[str, list[Any]] = {"test_step": [], "test_acc": [], "test_loss": []}
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc=cfg.name, position=progress_position, leave=False,
+                   dynamic_ncols=True)
+    flushing = dev.type == "cpu" and FLUSH_DENORMAL and torch.set_flush_denormal(True)
+    t0 = time.perf_counter()
+    model.train()
+    try:
+        with gradscope.watch(model, optimizer=opt, every=cfg.monitor_every, sinks=sinks) as mon:
+            writer = mon.writer.summary_writer if mon.writer is not None else None
+            for step in range(cfg.steps):
+                if pos + cfg.batch_size > n:
+                    perm, pos = torch.randperm(n, generator=gen), 0
+                idx = perm[pos:pos + cfg.batch_size].to(dev)
+                pos += cfg.batch_size
+                x, y = data.x_train[idx], data.y_train[idx]
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses[step] = loss.detach()
+                accs[step] = (logits.detach().argmax(1) == y).float().mean()
+                done = step + 1
+                if writer is not None and (done % LOG_EVERY == 0 or done == cfg.steps):
+                    lo = done - LOG_EVERY if done % LOG_EVERY == 0 else done - done % LOG_EVERY
+                    writer.add_scalar("train/loss", losses[lo:done].mean().item(), done)
+                    writer.add_scalar("train/accuracy", accs[lo:done].mean().item(), done)
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    acc, tl = _evaluate(model, data.x_test, data.y_test)
+                    curves["test_step"].append(done)
+                    curves["test_acc"].append(acc)
+                    curves["test_loss"].append(tl)
+                    if writer is not None:
+                        writer.add_scalar("test/accuracy", acc, done)
+                        writer.add_scalar("test/loss", tl, done)
+                if bar is not None:
+                    bar.update(1)
+            mon.flush()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            wall = time.perf_counter() - t0
+            history = mon.history
+            batch_acc = accs.tolist()
+            batch_loss = losses.tolist()
+            result = RunResult(
+                config=cfg,
+                test_acc=curves["test_acc"][-1],
+                test_loss=curves["test_loss"][-1],
+                final_train_loss=statistics.fmean(batch_loss[-min(ACC_WINDOW, len(batch_loss)):]),
+                steps_to_90=steps_to_target(batch_acc),
+                grad_ratio=gradient_ratio(history),
+                peak_saturation=_peak(history, "saturation"),
+                peak_dead=_peak(history, "dead_units_window"),
+                wall_s=round(wall, 3),
+                device=str(dev),
+                findings=_findings(mon),
+            )
+            if writer is not None:
+                metrics = {"hparam/test_accuracy": result.test_acc,
+                           "hparam/grad_ratio": result.grad_ratio,
+                           "hparam/steps_to_90": float(result.steps_to_90 or cfg.steps + 1),
+                           "hparam/peak_saturation": result.peak_saturation or 0.0,
+                           "hparam/peak_dead": result.peak_dead or 0.0}
+                _write_hparams(writer, cfg, {k: (v if math.isfinite(v) else -1.0)
+                                             for k, v in metrics.items()})
+        if out_dir is not None:
+            history.save(out_dir / "history.json")
+            curves["train_loss"] = batch_loss
+            curves["train_acc"] = batch_acc
+            _atomic_json(out_dir / "curves.json", curves)
+            _atomic_json(out_dir / "result.json", result.to_dict())
+        return result
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
+        if bar is not None:
+            bar.close()
+
+
+def load_result(run_dir: Union[str, os.PathLike]) -> Optional[RunResult]:
+    """The finished run's result in ``run_dir``, or ``None`` when it has not finished."""
+    p = Path(run_dir) / "result.json"
+    if not p.exists():
+        return None
+    try:
+        with open(p, encoding="utf-8") as f:
+            return RunResult.from_dict(json.load(f))
+    except (ValueError, KeyError, TypeError):
+        return None
