@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -131,6 +131,20 @@ def _setup(args: argparse.Namespace) -> torch.device:
     return dev
 
 
+def _run(args: argparse.Namespace, configs: list[Any], data: Any, out: Path,
+         dev: torch.device, title: str, on_result: Any) -> Optional[list[Any]]:
+    """Train ``configs`` with the command-line switches; ``None`` when interrupted (Ctrl-C)."""
+    from gradscope.experiments.grid import run_grid
+
+    try:
+        return run_grid(configs, data, results_dir=out, device=dev,
+                        progress=not args.no_progress, rerun=args.rerun,
+                        plots=not args.no_plots, title=title,
+                        dashboard_images=not args.no_dashboard_images, on_result=on_result)
+    except KeyboardInterrupt:
+        return None
+
+
 def _counter() -> tuple[list[bool], Any]:
     """A list of skipped flags and the ``on_result`` callback that fills it."""
     skipped: list[bool] = []
@@ -147,7 +161,7 @@ def _done_line(results: list[Any], skipped: list[bool], seconds: float, dev: tor
 
 def run(args: argparse.Namespace) -> int:
     """``gradscope compare``: validate the grid, get MNIST, train, summarise."""
-    from gradscope.experiments.grid import GridError, expand_grid, format_table, run_grid
+    from gradscope.experiments.grid import GridError, expand_grid, format_table
 
     try:
         configs = expand_grid(**_grid_kwargs(args))
@@ -160,12 +174,8 @@ def run(args: argparse.Namespace) -> int:
     data = _data(args)
     t0 = time.perf_counter()
     skipped, on_result = _counter()
-    try:
-        results = run_grid(configs, data, results_dir=out, device=dev,
-                           progress=not args.no_progress, rerun=args.rerun,
-                           plots=not args.no_plots, title="gradscope compare",
-                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
-    except KeyboardInterrupt:
+    results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
+    if results is None:
         return 130
     print(format_table(results))
     print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
@@ -184,7 +194,7 @@ def configure_preset(parser: argparse.ArgumentParser) -> None:
 
 def run_preset(args: argparse.Namespace) -> int:
     """``gradscope preset NAME``: train the preset's runs and print its verdict."""
-    from gradscope.experiments.grid import format_table, run_grid, write_summary
+    from gradscope.experiments.grid import format_table, write_summary
     from gradscope.experiments.presets import PRESETS
 
     if args.list or args.name is None:
@@ -202,12 +212,8 @@ def run_preset(args: argparse.Namespace) -> int:
     data = _data(args)
     t0 = time.perf_counter()
     skipped, on_result = _counter()
-    try:
-        results = run_grid(configs, data, results_dir=out, device=dev,
-                           progress=not args.no_progress, rerun=args.rerun,
-                           plots=not args.no_plots, title=f"gradscope preset {preset.name}",
-                           dashboard_images=not args.no_dashboard_images, on_result=on_result)
-    except KeyboardInterrupt:
+    results = _run(args, configs, data, out, dev, f"gradscope preset {preset.name}", on_result)
+    if results is None:
         return 130
     verdict = preset.verdict(results, out)
     write_summary(results, out, title=f"gradscope preset {preset.name}",
