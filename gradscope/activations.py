@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,11 @@ from gradscope import stats
 
 __all__ = [
     "FAMILIES",
+    "ONE_PASS_CONDITION",
     "SATURATION_RULES",
     "ActivationFamily",
+    "ActivationSums",
+    "activation_sums",
     "family_of",
     "metric_names",
     "register_family",
@@ -56,6 +59,7 @@ SATURATION_RULES = {
 
 SaturationFn = Callable[[Tensor, nn.Module, float], Tensor]
 DerivativeFn = Callable[[Optional[Tensor], Tensor, nn.Module], Tensor]
+PiecewiseFn = Callable[[nn.Module], tuple[float, float, float, float]]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class ActivationFamily:
             not elementwise (softmax). ``x`` is ``None`` unless ``needs_input``.
         needs_input: the derivative or the negative regime needs the input ``x``;
             the input is then read in a forward *pre*-hook, so in-place modules work.
+        piecewise: for a piecewise-constant derivative, ``module -> (low, high,
+            inside, outside)``: ``f'(x) = inside`` where ``low < y < high`` and
+            ``outside`` elsewhere. The summary then counts one mask (shared with
+            the zero/dead-unit statistics) instead of computing ``f'`` elementwise;
+            ``derivative`` must agree with it (it is tested).
     """
 
     name: str
@@ -78,6 +87,7 @@ class ActivationFamily:
     saturation: Optional[SaturationFn] = None
     derivative: Optional[DerivativeFn] = None
     needs_input: bool = False
+    piecewise: Optional[PiecewiseFn] = None
 
     def __post_init__(self) -> None:
         if self.regime not in _REGIMES:
@@ -111,6 +121,133 @@ def window_metric(family: ActivationFamily) -> Optional[str]:
     return {"relu": "dead_units_window", "negative": "neg_units_window"}.get(family.regime)
 
 
+@dataclass
+class ActivationSums:
+    """Sums and counts of one activation call, and how to finish them on the host.
+
+    ``values = raw * scale + offset`` elementwise, ordered as :func:`metric_names`:
+    divisions by the element or unit count are affine, so they are left to the
+    host and the device computes only the reductions. A part that is already known
+    on the host (on the CPU, where reading a value is free) is a Python ``float``
+    instead of a 0-d tensor. :func:`summarize_activation` finishes on the device.
+    """
+
+    parts: list[Union[Tensor, float]]
+    scale: list[float]
+    offset: list[float]
+    active: Optional[Tensor]  # bool per unit, for ReLU-like/negative-regime families
+
+    def tensors(self) -> list[Tensor]:
+        """The parts that are still on the device, in order (stack them to read them)."""
+        return [p for p in self.parts if isinstance(p, Tensor)]
+
+    def finish(self, raw: list[float]) -> list[float]:
+        """The metric values, given the values of :meth:`tensors` read back on the host."""
+        it = iter(raw)
+        return [(p if isinstance(p, float) else next(it)) * a + b
+                for p, a, b in zip(self.parts, self.scale, self.offset)]
+
+
+#: ``mean**2 / var`` above which the one-pass variance ``E[y²] - mean²`` loses more
+#: than ~1e-4 of its float32 precision; the two-pass ``‖y - mean‖`` is used instead.
+ONE_PASS_CONDITION = 100.0
+
+
+def activation_sums(
+    family: ActivationFamily,
+    module: nn.Module,
+    x: Optional[Tensor],
+    y: Tensor,
+    *,
+    eps: float,
+    delta: float,
+    unit_dim: Optional[int],
+) -> ActivationSums:
+    """The reductions behind :func:`summarize_activation`; see :class:`ActivationSums`.
+
+    Written for few kernels and no large temporaries: on the CPU each operation
+    inside a hook pays tens of microseconds to bring the interpreter back into a
+    cache the training kernels just flushed, and each fresh activation-sized
+    temporary costs page faults. So the moments come from three reductions of
+    ``y`` itself (sum, sum of squares, min/max), dead units from the per-unit
+    maximum, and each count from one 0/1 mask computed once and shared.
+    """
+    yf = stats.as_float(y)
+    n = yf.numel()
+    names = metric_names(family)
+    if n == 0:
+        parts: list[Union[Tensor, float]] = [math.nan] * len(names)
+        parts[len(BASE_METRICS) - 1] = 0.0  # no element, none non-finite
+        return ActivationSums(parts, [1.0] * len(names), [0.0] * len(names), None)
+    total = yf.sum()
+    lo, hi = torch.aminmax(yf)
+    parts = [total, math.nan, lo, hi, math.nan]
+    scale, offset = [1 / n, 1.0, 1.0, 1.0, 1.0], [0.0] * 5
+    std: Optional[float] = None
+    if stats.host_readable(total):
+        rss = torch.linalg.vector_norm(yf)
+        t, r = total.item(), rss.item()
+        if math.isfinite(t) and math.isfinite(r):
+            parts[4] = 0.0  # a NaN/Inf element would make the sum non-finite
+            mean, var = t / n, r * r / n - (t / n) ** 2
+            if var > 0 and mean * mean <= ONE_PASS_CONDITION * var:
+                std = math.sqrt(var)
+    if std is None:
+        parts[1] = torch.linalg.vector_norm(yf - total / n)
+        scale[1] = 1 / math.sqrt(n)
+    else:
+        parts[1] = std
+    if not isinstance(parts[4], float) or math.isnan(parts[4]):
+        parts[4] = stats.nonfinite_count(yf)
+    counts: dict[tuple[float, float], Tensor] = {}  # interval -> count, computed once
+
+    def inside(low: float, high: float) -> Tensor:
+        """How many elements have ``low < y < high`` (an infinite limit is not compared)."""
+        key = (low, high)
+        if key not in counts:
+            if high == math.inf:
+                counts[key] = stats.count_where(torch.gt, yf, low)
+            elif low == -math.inf:
+                counts[key] = stats.count_where(torch.lt, yf, high)
+            else:  # low < high: #(y > low) - #(y >= high)
+                counts[key] = stats.count_where(torch.gt, yf, low) - stats.count_where(
+                    torch.ge, yf, high)
+        return counts[key]
+
+    if family.saturation is not None:
+        parts.append(family.saturation(yf, module, eps))
+        scale.append(1.0)
+        offset.append(0.0)
+    if family.piecewise is not None:
+        low, high, d_in, d_out = family.piecewise(module)
+        count = inside(low, high)
+        small_in, small_out = float(d_in < delta), float(d_out < delta)
+        parts += [count, count]  # both are affine in the count inside
+        scale += [(small_in - small_out) / n, (d_in - d_out) / n]
+        offset += [small_out, d_out]
+    elif family.derivative is not None:
+        xf = stats.as_float(x) if x is not None else None
+        d = family.derivative(xf, yf, module)
+        parts += [stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)]
+        scale += [1 / d.numel(), 1 / d.numel()]
+        offset += [0.0, 0.0]
+    active = None
+    if family.regime in ("relu", "negative"):
+        ud = stats.resolve_unit_dim(y.ndim, unit_dim)
+        dims = stats.batch_dims(y.ndim, ud)
+        if family.regime == "relu":  # on: y > 0
+            on_count = inside(0.0, math.inf)
+            active = (yf.amax(dim=dims) if dims else yf) > 0
+        else:  # on: not in the negative regime, src >= 0
+            src = stats.as_float(x) if (family.needs_input and x is not None) else yf
+            on_count = stats.count_where(torch.ge, src, 0.0)
+            active = (src.amax(dim=dims) if dims else src) >= 0
+        parts += [on_count, torch.count_nonzero(active)]
+        scale += [-1 / n, -1 / max(active.numel(), 1)]
+        offset += [1.0, 1.0]
+    return ActivationSums(parts, scale, offset, active)
+
+
 def summarize_activation(
     family: ActivationFamily,
     module: nn.Module,
@@ -129,31 +266,13 @@ def summarize_activation(
     regime) for at least one sample, used for windowed dead-unit tracking.
     ``x`` is only read when ``family.needs_input``.
     """
-    yf = stats.as_float(y)
-    parts = [stats.moments(yf), stats.nonfinite_count(yf).reshape(1)]
-    if family.saturation is not None:
-        parts.append(family.saturation(yf, module, eps).reshape(1))
-    if family.derivative is not None:
-        xf = stats.as_float(x) if x is not None else None
-        d = family.derivative(xf, yf, module)
-        if d.numel() == 0:
-            nan = torch.full((2,), float("nan"), device=y.device)
-            parts.append(nan)
-        else:
-            parts.append(torch.stack([stats.small_fraction(d, delta), d.mean(dtype=torch.float32)]))
-    active = None
-    if family.regime in ("relu", "negative") and y.numel() > 0:
-        ud = stats.resolve_unit_dim(y.ndim, unit_dim)
-        if family.regime == "relu":
-            on = yf > 0
-        else:
-            src = x if (family.needs_input and x is not None) else yf
-            on = src >= 0
-        active = stats.unit_any(on, ud)
-        parts.append(torch.stack([1.0 - stats.fraction(on), 1.0 - stats.fraction(active)]))
-    elif family.regime in ("relu", "negative"):
-        parts.append(torch.full((2,), float("nan"), device=y.device))
-    return torch.cat([p.to(torch.float32) for p in parts]), active
+    s = activation_sums(family, module, x, y, eps=eps, delta=delta, unit_dim=unit_dim)
+    raw = torch.stack([p.to(torch.float32) if isinstance(p, Tensor)
+                       else torch.tensor(p, dtype=torch.float32, device=y.device)
+                       for p in s.parts])
+    scale = torch.tensor(s.scale, dtype=torch.float32, device=raw.device)
+    offset = torch.tensor(s.offset, dtype=torch.float32, device=raw.device)
+    return torch.addcmul(offset, raw, scale), s.active
 
 
 # ---------------------------------------------------------------------------
@@ -213,6 +332,20 @@ def _d_hardtanh(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
     return ((y > lo) & (y < hi)).to(torch.float32)
 
 
+def _pw_relu(m: nn.Module) -> tuple[float, float, float, float]:
+    return 0.0, math.inf, 1.0, 0.0
+
+
+def _pw_hardtanh(m: nn.Module) -> tuple[float, float, float, float]:
+    if isinstance(m, nn.ReLU6):
+        return 0.0, 6.0, 1.0, 0.0
+    return float(getattr(m, "min_val", -1.0)), float(getattr(m, "max_val", 1.0)), 1.0, 0.0
+
+
+def _pw_leaky(m: nn.Module) -> tuple[float, float, float, float]:
+    return 0.0, math.inf, 1.0, float(getattr(m, "negative_slope", 0.01))
+
+
 def _d_leaky(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
     slope = float(getattr(m, "negative_slope", 0.01))
     return torch.where(y > 0, 1.0, slope)
@@ -268,10 +401,13 @@ FAMILIES: dict[type[nn.Module], ActivationFamily] = {
     nn.Sigmoid: ActivationFamily("sigmoid", "saturating", _sat_sigmoid, _d_sigmoid),
     nn.Tanh: ActivationFamily("tanh", "saturating", _sat_unit, _d_tanh),
     nn.Softsign: ActivationFamily("softsign", "saturating", _sat_unit, _d_softsign),
-    nn.Hardtanh: ActivationFamily("hardtanh", "saturating", _sat_hardtanh, _d_hardtanh),
-    nn.ReLU: ActivationFamily("relu", "relu", None, _d_relu),
-    nn.ReLU6: ActivationFamily("relu6", "relu", _sat_hardtanh, _d_hardtanh),
-    nn.LeakyReLU: ActivationFamily("leaky_relu", "negative", None, _d_leaky),
+    nn.Hardtanh: ActivationFamily("hardtanh", "saturating", _sat_hardtanh, _d_hardtanh,
+                                  piecewise=_pw_hardtanh),
+    nn.ReLU: ActivationFamily("relu", "relu", None, _d_relu, piecewise=_pw_relu),
+    nn.ReLU6: ActivationFamily("relu6", "relu", _sat_hardtanh, _d_hardtanh,
+                               piecewise=_pw_hardtanh),
+    nn.LeakyReLU: ActivationFamily("leaky_relu", "negative", None, _d_leaky,
+                                   piecewise=_pw_leaky),
     nn.PReLU: ActivationFamily("prelu", "negative", None, _d_prelu, needs_input=True),
     nn.ELU: ActivationFamily("elu", "negative", None, _d_elu),
     nn.GELU: ActivationFamily("gelu", "negative", None, _d_gelu, needs_input=True),

@@ -50,9 +50,9 @@ from torch.utils.hooks import RemovableHandle
 from gradscope import stats
 from gradscope.activations import (
     ActivationFamily,
+    activation_sums,
     family_of,
     metric_names,
-    summarize_activation,
     window_metric,
 )
 from gradscope.findings import Finding, Thresholds, analyze, format_findings
@@ -116,6 +116,16 @@ class _ParamRef:
     layer: str
     name: str
     ref: Callable[[], Optional[Tensor]]
+
+
+@dataclass
+class _ParamGroup:
+    """Live parameters of one device, and what a step computes for all of them at once."""
+
+    refs: list[_ParamRef]
+    params: list[Tensor]  # detached
+    wnorm: Optional[Tensor] = None  # weight norms before the update
+    before: Optional[list[Tensor]] = None  # weight copies (update ratios)
 
 
 class Monitor:
@@ -265,7 +275,7 @@ class Monitor:
         self._params: list[_ParamRef] = []
         self._pending: list[_Entry] = []
         self._param_entry: Optional[list[_Entry]] = None
-        self._weights_before: Optional[tuple[list[_ParamRef], list[Tensor], Tensor]] = None
+        self._weights_before: Optional[list[_ParamGroup]] = None
         self._snapshot: list[Tensor] = []  # reused weight-copy buffers (update ratios)
         self._stash: dict[int, Tensor] = {}
         self._bw_queued = False
@@ -497,31 +507,32 @@ class Monitor:
         if not (self._sampled and self.record_gradients):
             return
         step = self._step
-        self._pending.extend(self._param_stats(step))
+        groups = self._param_groups()
+        self._pending.extend(self._param_stats(step, groups))
         if self._histogram_step():
             self._pending.extend(self._param_histograms(step))
-        if self.record_update_ratio:
-            refs, params = self._live_params(with_grad=True)
-            if params:
-                with torch.no_grad():
-                    before = self._snapshot_buffers(params)
-                    torch._foreach_copy_(before, params)
-                    wnorm = stats.foreach_norms(before)
-                self._weights_before = (refs, before, wnorm)
+        if self.record_update_ratio and groups:
+            with torch.no_grad():
+                bufs = self._snapshot_buffers([p for g in groups for p in g.params])
+                start = 0
+                for g in groups:
+                    g.before = bufs[start:start + len(g.params)]
+                    start += len(g.params)
+                    torch._foreach_copy_(g.before, g.params)
+            self._weights_before = groups
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        snap, self._weights_before = self._weights_before, None
-        if snap is not None:
-            refs, before, wnorm = snap
-            params = [p for p in (r.ref() for r in refs) if p is not None]
-            if len(params) == len(refs):
-                with torch.no_grad():
-                    torch._foreach_sub_(before, [p.detach() for p in params])
-                    unorm = stats.foreach_norms(before)
-                    vec = torch.cat([unorm, unorm / wnorm])
-                names = [r.name for r in refs]
-                self._pending.append(_Entry(self._step, vec, _param_update_decoder(names)))
-            del before
+        groups, self._weights_before = self._weights_before, None
+        for g in groups or ():
+            params = [p for p in (r.ref() for r in g.refs) if p is not None]
+            if len(params) != len(g.refs) or g.wnorm is None or g.before is None:
+                continue
+            with torch.no_grad():
+                torch._foreach_sub_(g.before, [p.detach() for p in params])
+                unorm = stats.foreach_norms(g.before)
+                vec = torch.cat([unorm, unorm / g.wnorm])
+            names = [r.name for r in g.refs]
+            self._pending.append(_Entry(self._step, vec, _param_update_decoder(names)))
         self._end_step()
 
     def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
@@ -530,7 +541,7 @@ class Monitor:
         if len(bufs) != len(params) or any(
                 b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
                 for b, p in zip(bufs, params)):
-            bufs = self._snapshot = [torch.empty_like(p) for p in params]
+            bufs = self._snapshot = _flat_buffers(params)
         return bufs
 
     def _end_step(self) -> None:
@@ -560,24 +571,34 @@ class Monitor:
             params.append(p.detach())
         return refs, params
 
-    def _param_stats(self, step: int) -> list[_Entry]:
-        refs, params = self._live_params(with_grad=True)
-        if not params:
-            return []
-        groups: dict[torch.device, list[int]] = {}
-        for i, p in enumerate(params):
-            groups.setdefault(p.device, []).append(i)
+    def _param_groups(self) -> list[_ParamGroup]:
+        """The live parameters that have a (dense) gradient, one group per device."""
+        groups: dict[torch.device, _ParamGroup] = {}
+        for r, p in zip(*self._live_params(with_grad=True)):
+            g = groups.get(p.device)
+            if g is None:
+                g = groups[p.device] = _ParamGroup([], [])
+            g.refs.append(r)
+            g.params.append(p)
+        return list(groups.values())
+
+    def _param_stats(self, step: int, groups: Optional[list[_ParamGroup]] = None) -> list[_Entry]:
+        """Gradient norms, weight norms and non-finite gradient counts, one entry per device.
+
+        Also sets each group's ``wnorm`` (the weights before the update) for update ratios.
+        """
         entries = []
         with torch.no_grad():
-            for idx in groups.values():
-                grads = [refs[i].ref().grad for i in idx]  # type: ignore[union-attr]
-                ws = [params[i] for i in idx]
-                vec = torch.cat([
-                    stats.foreach_norms(grads),  # type: ignore[arg-type]
-                    stats.foreach_norms(ws),
-                    stats.foreach_nonfinite_counts(grads),  # type: ignore[arg-type]
-                ])
-                names = [refs[i].name for i in idx]
+            for g in self._param_groups() if groups is None else groups:
+                grads = [p.grad for p in (r.ref() for r in g.refs)]  # type: ignore[union-attr]
+                gnorm = stats.foreach_norms(grads)  # type: ignore[arg-type]
+                g.wnorm = stats.foreach_norms(g.params)
+                if stats.known_finite(gnorm):  # no NaN/Inf in any gradient: counts are 0
+                    vec = torch.cat([gnorm, g.wnorm])
+                else:
+                    vec = torch.cat([gnorm, g.wnorm,
+                                     stats.foreach_nonfinite_counts(grads)])  # type: ignore[arg-type]
+                names = [r.name for r in g.refs]
                 entries.append(_Entry(step, vec, _param_grad_decoder(names)))
         return entries
 
@@ -637,20 +658,27 @@ class Monitor:
     ) -> None:
         step = self._step
         with torch.no_grad():
-            vec, active = summarize_activation(
+            sums = activation_sums(
                 site.family, module, x, y.detach(), eps=self.eps, delta=self.delta,
                 unit_dim=self.unit_dim)
-            names = site.names
+            parts, names, finish = sums.tensors(), site.names, sums.finish
+            active = sums.active
             if active is not None and site.window_name is not None:
                 if site.last_active is None or site.last_active.shape != active.shape \
                         or site.last_active.device != active.device:
                     site.last_active = torch.full(active.shape, _NEVER, dtype=torch.long,
                                                   device=active.device)
                 site.last_active.masked_fill_(active, step)
-                idle = stats.fraction(site.last_active <= step - self.dead_window)
-                vec = torch.cat([vec, idle.reshape(1)])
+                parts.append(torch.count_nonzero(site.last_active <= step - self.dead_window))
                 names = (*names, site.window_name)
-        self._pending.append(_Entry(step, vec, _fixed_decoder(site.name, names)))
+                units = max(active.numel(), 1)
+
+                def finish(raw: list[float]) -> list[float]:
+                    return [*sums.finish(raw[:-1]), raw[-1] / units]
+
+            vec = (torch.stack([p.to(torch.float32) for p in parts]) if parts
+                   else torch.zeros(0, device=y.device))
+        self._pending.append(_Entry(step, vec, _fixed_decoder(site.name, names, finish)))
         if self.record_backprop and y.requires_grad and torch.is_grad_enabled():
             y.register_hook(self._make_grad_hook(site, step, y.numel()))
 
@@ -661,7 +689,11 @@ class Monitor:
             site.bwd_step = step
             try:
                 with torch.no_grad():
-                    vec = torch.stack([stats.l2_norm(grad), stats.nonfinite_count(grad)])
+                    norm = stats.l2_norm(grad)
+                    if stats.known_finite(norm):  # then no NaN/Inf: nothing to count
+                        vec = norm.reshape(1)
+                    else:
+                        vec = torch.stack([norm, stats.nonfinite_count(grad)])
                 self._pending.append(_Entry(step, vec, _backprop_decoder(site.name, numel)))
             except Exception as err:
                 self._site_failed(site, err)
@@ -801,16 +833,18 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
             yield from _tensors(o)
 
 
-def _fixed_decoder(layer: str, names: tuple[str, ...]) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+def _fixed_decoder(
+    layer: str, names: tuple[str, ...], finish: Callable[[list[float]], list[float]]
+) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
     def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
-        return [(layer, n, v) for n, v in zip(names, values)]
+        return [(layer, n, v) for n, v in zip(names, finish(values))]
 
     return decode
 
 
 def _backprop_decoder(layer: str, numel: int) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
     def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
-        norm, nonfinite = values
+        norm, nonfinite = values if len(values) == 2 else (values[0], 0.0)  # 0: known_finite
         rms = norm / math.sqrt(numel) if numel else float("nan")
         return [(layer, "grad_out_norm", norm), (layer, "grad_out_rms", rms),
                 (layer, "grad_out_nonfinite", nonfinite)]
@@ -823,7 +857,9 @@ def _param_grad_decoder(names: list[str]) -> Callable[[int, list[float]], Iterab
         n = len(names)
         out = []
         for i, name in enumerate(names):
-            g, w, nf = values[i], values[n + i], values[2 * n + i]
+            # without the counts, the gradients were known to be finite (known_finite)
+            g, w = values[i], values[n + i]
+            nf = values[2 * n + i] if len(values) == 3 * n else 0.0
             out += [(name, "grad_norm", g), (name, "weight_norm", w),
                     (name, "grad_nonfinite", nf), (name, "grad_weight_ratio", _ratio(g, w))]
         return out
@@ -840,6 +876,26 @@ def _param_update_decoder(names: list[str]) -> Callable[[int, list[float]], Iter
         return out
 
     return decode
+
+
+def _flat_buffers(params: list[Tensor]) -> list[Tensor]:
+    """Contiguous buffers shaped like ``params``, carved from one allocation per device/dtype.
+
+    One large block is mapped once, away from the allocator's heap, rather than
+    one block per parameter among the training step's own short-lived tensors.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    out: list[Optional[Tensor]] = [None] * len(params)
+    for (device, dtype), idx in groups.items():
+        flat = torch.empty(sum(params[i].numel() for i in idx), dtype=dtype, device=device)
+        pos = 0
+        for i in idx:
+            n = params[i].numel()
+            out[i] = flat[pos:pos + n].view(params[i].shape)
+            pos += n
+    return out  # type: ignore[return-value]
 
 
 def _ratio(a: float, b: float) -> float:

@@ -19,18 +19,26 @@ Example:
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "batch_dims",
+    "count_where",
     "dead_fraction",
     "foreach_nonfinite_counts",
     "foreach_norms",
     "fraction",
+    "fraction_where",
+    "host_readable",
+    "indicator",
     "interval_saturation",
+    "known_finite",
     "l2_norm",
     "moments",
     "nonfinite_count",
@@ -61,27 +69,60 @@ def fraction(mask: Tensor) -> Tensor:
     return torch.count_nonzero(mask).to(torch.float32) / n
 
 
+def host_readable(t: Tensor) -> bool:
+    """Whether reading a value of ``t`` on the host is free: it lives in CPU memory.
+
+    Reading a GPU tensor's value waits for the device (a synchronisation), so the
+    statistics never do it; on the CPU there is nothing to wait for, and a few
+    functions here use a value they already computed to skip work that cannot
+    change the result (see :func:`known_finite`). The results are the same on
+    every device.
+    """
+    return t.device.type == "cpu"
+
+
 def moments(x: Tensor) -> Tensor:
     """Mean, standard deviation (population, ``correction=0``), min and max of ``x``.
 
     Returns a ``float32`` tensor of shape ``(4,)``. Non-finite elements propagate
     (a NaN anywhere makes every moment NaN); count them with :func:`nonfinite_count`.
+    The standard deviation is the two-pass ``‖x - mean‖ / sqrt(n)``: as accurate
+    as Welford's update for the sizes met here and, on the CPU, 10-20x faster
+    than ``torch.std_mean``.
     """
-    if x.numel() == 0:
+    n = x.numel()
+    if n == 0:
         return torch.full((4,), _NAN, dtype=torch.float32, device=x.device)
     xf = as_float(x)
-    std, mean = torch.std_mean(xf, correction=0)
+    mean = xf.sum() / n
+    std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
     lo, hi = torch.aminmax(xf)
     return torch.stack([mean, std, lo, hi]).to(torch.float32)
 
 
 def nonfinite_count(x: Tensor) -> Tensor:
     """Number of NaN or ±Inf elements of ``x`` as a ``float32`` scalar."""
-    if not x.is_floating_point():
+    if not x.is_floating_point() or x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
     return torch.count_nonzero(~torch.isfinite(x)).to(torch.float32)
 
 
+def known_finite(reduction: Tensor) -> bool:
+    """Whether ``reduction`` is finite *and* that can be read for free.
+
+    ``reduction`` is a reduction over every element of some tensor ``x`` (its sum
+    or L2 norm), or a vector of such reductions. A NaN or ±Inf element of ``x``
+    makes its sum and norm NaN or ±Inf, so a finite reduction proves ``x`` has no
+    non-finite element and its :func:`nonfinite_count` is 0. On the CPU
+    (:func:`host_readable`) this replaces a pass over ``x``; on a GPU it returns
+    ``False`` without reading anything (that would synchronise), and the caller
+    counts on the device. ``False`` never means "not finite" alone.
+    """
+    if not host_readable(reduction):
+        return False
+    if reduction.ndim == 0:
+        return math.isfinite(reduction.item())
+    return all(math.isfinite(v) for v in reduction.tolist())
 def l2_norm(x: Tensor) -> Tensor:
     """Euclidean norm of all elements of ``x``, accumulated in ``float32``."""
     if x.numel() == 0:
@@ -91,14 +132,79 @@ def l2_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dtype=torch.float32)
 
 
+def indicator(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
+    """``op(x, value)`` for a comparison ``op`` (``torch.lt``, ``torch.gt``, ...) as 0/1 ``float32``.
+
+    The same truth values as the boolean mask (NaN compares false), but written into
+    a float tensor: on the CPU that comparison is vectorised and about 4x faster
+    than one producing ``bool``, and a float mask sums and ``amax``-reduces fast.
+    """
+    return op(x, value, out=torch.empty(x.shape, dtype=torch.float32, device=x.device))
+
+
+#: Elements of the per-thread CPU scratch buffer that :func:`count_where` compares into.
+SCRATCH_ELEMENTS = 1 << 18  # 1 MiB of float32: fixed, whatever the batch size
+
+_scratch = threading.local()
+
+
+def _cpu_scratch() -> Tensor:
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = torch.empty(SCRATCH_ELEMENTS, dtype=torch.float32)
+    return buf
+
+
+def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
+    """How many elements of ``x`` satisfy the comparison ``op(x, value)``, as ``float32``.
+
+    On the CPU the 0/1 mask is written into a fixed per-thread scratch buffer
+    (:data:`SCRATCH_ELEMENTS`), a block of rows at a time, instead of a fresh
+    activation-sized temporary: inside a training step such a temporary costs
+    page faults (on the 5x1000 MLP benchmark, about 128 per activation and step).
+    Elsewhere (GPUs have a caching allocator) it is :func:`indicator` summed.
+    """
+    if x.device.type != "cpu" or x.ndim == 0 or x.numel() == 0:
+        return indicator(op, x, value).sum()
+    scratch = _cpu_scratch()
+    n, rows = x.numel(), x.shape[0]
+    per_row = n // rows if rows else 0
+    if n <= scratch.numel():
+        return op(x, value, out=scratch[:n].view(x.shape)).sum()
+    step = scratch.numel() // per_row if per_row else 0
+    if step == 0:  # one row is larger than the scratch buffer
+        return indicator(op, x, value).sum()
+    total = None
+    for start in range(0, rows, step):
+        block = x[start:start + step]
+        c = op(block, value, out=scratch[:block.numel()].view(block.shape)).sum()
+        total = c if total is None else total.add_(c)
+    return total  # type: ignore[return-value]
+
+
+def fraction_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
+    """Fraction of elements of ``x`` for which ``op(x, value)`` holds (``nan`` when empty)."""
+    return _per_element(count_where(op, x, value), x)
+
+
+def _per_element(count: Tensor, x: Tensor) -> Tensor:
+    n = x.numel()
+    if n == 0:
+        return torch.full((), _NAN, dtype=torch.float32, device=x.device)
+    return count.to(torch.float32) / n
+
+
 def small_fraction(values: Tensor, threshold: float) -> Tensor:
     """Fraction of elements strictly below ``threshold`` (NaN compares false)."""
-    return fraction(values < threshold)
+    return fraction_where(torch.lt, values, threshold)
 
 
 def sigmoid_saturation(y: Tensor, eps: float) -> Tensor:
     """Fraction of sigmoid outputs within ``eps`` of 0 or 1: ``y < eps or y > 1 - eps``."""
-    return fraction((y < eps) | (y > 1.0 - eps))
+    if eps >= 0.5:  # the two sides overlap: count the union
+        return fraction((y < eps) | (y > 1.0 - eps))
+    both = count_where(torch.lt, y, eps) + count_where(torch.gt, y, 1.0 - eps)
+    return _per_element(both, y)
 
 
 def symmetric_saturation(y: Tensor, bound: float, eps: float) -> Tensor:
@@ -106,7 +212,10 @@ def symmetric_saturation(y: Tensor, bound: float, eps: float) -> Tensor:
 
     The rule for tanh and softsign (``bound = 1``).
     """
-    return fraction(y.abs() > bound - eps)
+    edge = bound - eps
+    if edge <= 0:
+        return fraction_where(torch.gt, y.abs(), edge)
+    return _per_element(count_where(torch.gt, y, edge) + count_where(torch.lt, y, -edge), y)
 
 
 def interval_saturation(y: Tensor, low: float | None, high: float, eps: float) -> Tensor:
@@ -115,10 +224,12 @@ def interval_saturation(y: Tensor, low: float | None, high: float, eps: float) -
     The rule for Hardtanh (``low=min_val, high=max_val``); ``low=None`` checks the
     upper limit only (ReLU6, whose lower limit is the ReLU zero, reported as ``zero_frac``).
     """
-    mask = y >= high - eps
-    if low is not None:
-        mask = mask | (y <= low + eps)
-    return fraction(mask)
+    if low is None:
+        return fraction_where(torch.ge, y, high - eps)
+    if low + eps >= high - eps:  # the two sides overlap: count the union
+        return fraction((y >= high - eps) | (y <= low + eps))
+    both = count_where(torch.ge, y, high - eps) + count_where(torch.le, y, low + eps)
+    return _per_element(both, y)
 
 
 def softmax_saturation(p: Tensor, dim: int, eps: float) -> Tensor:
@@ -157,10 +268,18 @@ def batch_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
 
 
 def unit_any(mask: Tensor, unit_dim: int) -> Tensor:
-    """Per unit: is ``mask`` true for at least one sample/position? Shape ``(units,)``."""
+    """Per unit: is ``mask`` true for at least one sample/position? Shape ``(units,)``, bool.
+
+    ``mask`` is boolean or a 0/1 float :func:`indicator`.
+    """
     dims = batch_dims(mask.ndim, unit_dim)
+    if mask.is_floating_point():
+        return (mask.amax(dim=dims) > 0) if dims and mask.numel() else mask > 0
     if not dims:
         return mask
+    if mask.numel() > 0:
+        # amax over the bytes is ~10x faster than any() on the CPU, and the same.
+        return mask.view(torch.uint8).amax(dim=dims).view(torch.bool)
     return mask.any(dim=dims)
 
 
@@ -178,7 +297,7 @@ def dead_fraction(y: Tensor, unit_dim: int | None = None) -> Tensor:
     ud = resolve_unit_dim(y.ndim, unit_dim)
     if y.numel() == 0:
         return torch.full((), _NAN, dtype=torch.float32, device=y.device)
-    return fraction(~unit_any(y > 0, ud))
+    return fraction(~unit_any(indicator(torch.gt, as_float(y), 0.0), ud))
 
 
 def foreach_norms(tensors: Sequence[Tensor]) -> Tensor:

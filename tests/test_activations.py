@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -43,6 +44,26 @@ def test_derivative_matches_autograd(module: nn.Module) -> None:
     torch.testing.assert_close(d.expand_as(g), g, rtol=1e-4, atol=1e-5)
 
 
+PIECEWISE = [(m, i) for m, i in zip(ELEMENTWISE, IDS) if family_of(m).piecewise is not None]
+
+
+@pytest.mark.parametrize("module", [m for m, _ in PIECEWISE], ids=[i for _, i in PIECEWISE])
+def test_piecewise_derivative_agrees_with_the_elementwise_one(module: nn.Module) -> None:
+    """Families summarised from one mask record what f'(x) computed elementwise gives."""
+    fam = family_of(module)
+    assert fam is not None and fam.piecewise is not None and fam.derivative is not None
+    torch.manual_seed(1)
+    x = torch.randn(200, 7) * 4
+    x[0, :3] = torch.tensor([0.0, -1.0, 6.0])  # the limits themselves
+    y = module(x)
+    low, high, d_in, d_out = fam.piecewise(module)
+    d = fam.derivative(None, y, module)
+    assert torch.equal(torch.where((y > low) & (y < high), d_in, d_out), d)
+    got = stats_dict(module, x, delta=0.5)
+    assert got["mean_deriv"] == pytest.approx(d.mean().item(), rel=1e-6)
+    assert got["small_deriv"] == pytest.approx((d < 0.5).float().mean().item(), rel=1e-6)
+
+
 def stats_dict(module: nn.Module, x: torch.Tensor, **kw: float) -> dict[str, float]:
     fam = family_of(module)
     assert fam is not None
@@ -51,6 +72,17 @@ def stats_dict(module: nn.Module, x: torch.Tensor, **kw: float) -> dict[str, flo
                                   eps=kw.get("eps", 0.01), delta=kw.get("delta", 0.01),
                                   unit_dim=None)
     return dict(zip(metric_names(fam), vec.tolist()))
+
+
+@pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (3.0, 1.0), (5.0, 1e-3), (1e4, 1.0)])
+def test_std_is_accurate_however_the_mean_compares_to_it(offset: float, spread: float) -> None:
+    """One-pass variance when well conditioned, the two-pass one otherwise: both accurate."""
+    torch.manual_seed(0)
+    x = offset + spread * torch.randn(64, 50)
+    s = stats_dict(nn.ReLU(), x)
+    ref = np.maximum(x.numpy().astype(np.float64), 0)
+    assert s["std"] == pytest.approx(ref.std(), rel=1e-4)
+    assert s["mean"] == pytest.approx(ref.mean(), rel=1e-5)
 
 
 def test_sigmoid_summary_definitions() -> None:

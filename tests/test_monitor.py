@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope import Monitor, watch
+from gradscope import Monitor, stats, watch
 from tests.fixtures.models import ReusedInplaceReLU, SmallCNN, TupleOutput, mlp, no_activations
 
 
@@ -326,7 +326,12 @@ def test_include_patterns_limit_monitored_modules() -> None:
 
 # ------------------------------------------------------------- sync-freedom
 def test_no_host_sync_outside_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """item/tolist/cpu/bool/float on any tensor only happen in flush()."""
+    """On an accelerator, item/tolist/cpu/bool/float on any tensor only happen in flush().
+
+    There is no GPU in CI, so the test takes the accelerator code path on the CPU:
+    ``stats.host_readable`` is what lets CPU tensors skip work by reading a value.
+    """
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)
     torch.manual_seed(0)
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -350,6 +355,34 @@ def test_no_host_sync_outside_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     mon.close()
     assert mon.history.steps() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("poison", [False, True], ids=["finite", "nan_input"])
+def test_cpu_shortcuts_record_what_the_accelerator_path_records(
+        monkeypatch: pytest.MonkeyPatch, poison: bool) -> None:
+    """Reading CPU values to skip work (non-finite counts, the two-pass std) changes nothing."""
+
+    def run() -> dict[tuple[int, str, str], float]:
+        torch.manual_seed(0)
+        model = SmallCNN()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x = torch.randn(4, 1, 12, 12)
+        if poison:
+            x[1, 0, 3, 3] = float("nan")
+        with watch(model, optimizer=opt, summary=False) as mon:
+            train(model, opt, 2, x)
+        h = mon.history
+        return {(s, layer, m): v for layer in h.layers() for m in h.metrics(layer)
+                for s, v in zip(*h.series(layer, m))}
+
+    host = run()
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)
+    device = run()
+    assert host.keys() == device.keys()
+    for key, v in host.items():  # the std is one-pass on the CPU, two-pass otherwise
+        assert v == pytest.approx(device[key], rel=1e-4, abs=1e-7, nan_ok=True), key
+    counts = [v for (_, _, m), v in host.items() if m.endswith("nonfinite")]
+    assert (max(counts) > 0) == poison
 
 
 def test_queued_state_is_independent_of_batch_size() -> None:
@@ -428,7 +461,7 @@ def test_a_failing_hook_warns_once_and_training_goes_on(monkeypatch: pytest.Monk
     def broken(*a: Any, **k: Any) -> Any:
         raise ValueError("bad stats")
 
-    monkeypatch.setattr(monitor_mod, "summarize_activation", broken)
+    monkeypatch.setattr(monitor_mod, "activation_sums", broken)
     model = mlp(depth=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

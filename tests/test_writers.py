@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import gradscope
+from gradscope import stats
 from gradscope.histograms import decode_histogram, histogram_vector
 from gradscope.history import History, LayerInfo
 from gradscope.writers import MemoryWriter, TensorBoardWriter, scalar_tag
@@ -247,7 +248,11 @@ def test_figures_are_images_and_none_without_data() -> None:
 
 def test_histograms_and_writer_add_no_host_sync_outside_flush(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With histograms on every step and a TensorBoard writer, hooks never read a value back."""
+    """With histograms on every step and a TensorBoard writer, hooks never read a value back.
+
+    (The accelerator code path, taken on the CPU: see tests/test_monitor.py.)
+    """
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)
     torch.manual_seed(0)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
