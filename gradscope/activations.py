@@ -80,6 +80,10 @@ class ActivationFamily:
             ``outside`` elsewhere. The summary then counts one mask (shared with
             the zero/dead-unit statistics) instead of computing ``f'`` elementwise;
             ``derivative`` must agree with it (it is tested).
+        derivative_out: ``derivative`` also takes keyword buffers ``out`` and
+            ``work`` shaped like ``y`` and writes ``f'(x)`` into ``out`` (using
+            ``work`` for any intermediate), so that it can be evaluated block by
+            block in fixed scratch memory instead of fresh temporaries.
     """
 
     name: str
@@ -88,6 +92,7 @@ class ActivationFamily:
     derivative: Optional[DerivativeFn] = None
     needs_input: bool = False
     piecewise: Optional[PiecewiseFn] = None
+    derivative_out: bool = False
 
     def __post_init__(self) -> None:
         if self.regime not in _REGIMES:
@@ -227,9 +232,8 @@ def activation_sums(
         offset += [small_out, d_out]
     elif family.derivative is not None:
         xf = stats.as_float(x) if x is not None else None
-        d = family.derivative(xf, yf, module)
-        parts += [stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)]
-        scale += [1 / d.numel(), 1 / d.numel()]
+        parts += _derivative_sums(family, module, xf, yf, delta)
+        scale += [1 / n, 1 / n]
         offset += [0.0, 0.0]
     active = None
     if family.regime in ("relu", "negative"):
@@ -246,6 +250,31 @@ def activation_sums(
         scale += [-1 / n, -1 / max(active.numel(), 1)]
         offset += [1.0, 1.0]
     return ActivationSums(parts, scale, offset, active)
+
+
+def _derivative_sums(
+    family: ActivationFamily, module: nn.Module, x: Optional[Tensor], y: Tensor, delta: float
+) -> list[Tensor]:
+    """``[#(f'(x) < delta), sum f'(x)]``, block by block in CPU scratch memory when it can."""
+    assert family.derivative is not None
+    blocks = None
+    if family.derivative_out and y.device.type == "cpu" and y.ndim > 0 and (
+            x is None or x.shape == y.shape):
+        blocks = stats.row_blocks(y)
+    if blocks is None:  # a GPU (caching allocator), a custom derivative, or huge rows
+        d = family.derivative(x, y, module)
+        return [stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)]
+    derivative: Callable[..., Tensor] = family.derivative
+    out_buf, work_buf = stats.cpu_scratch(1), stats.cpu_scratch(2)
+    sums: list[Tensor] = []
+    for lo, hi in blocks:
+        yb = y[lo:hi]
+        k = yb.numel()
+        d = derivative(None if x is None else x[lo:hi], yb, module,
+                       out=out_buf[:k].view(yb.shape), work=work_buf[:k].view(yb.shape))
+        c, s = stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)
+        sums = [c, s] if not sums else [sums[0].add_(c), sums[1].add_(s)]
+    return sums
 
 
 def summarize_activation(
@@ -307,17 +336,24 @@ def _sat_softmax(y: Tensor, m: nn.Module, eps: float) -> Tensor:
     return stats.softmax_saturation(y, softmax_dim(m, y.ndim), eps)
 
 
-def _d_sigmoid(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
-    return y * (1.0 - y)
+# The derivatives below build f'(x) in place: into ``out`` and ``work`` (buffers shaped
+# like y) when given, else in one or two fresh tensors. Inside a training step every
+# fresh activation-sized temporary costs page faults on the CPU, so activation_sums
+# evaluates them block by block in fixed scratch buffers (``derivative_out=True``).
+def _d_sigmoid(x: Optional[Tensor], y: Tensor, m: nn.Module,
+               out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
+    return torch.addcmul(y, y, y, value=-1.0, out=out)  # y - y*y
 
 
-def _d_tanh(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
-    return 1.0 - y * y
+def _d_tanh(x: Optional[Tensor], y: Tensor, m: nn.Module,
+            out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
+    return torch.mul(y, y, out=out).neg_().add_(1.0)
 
 
-def _d_softsign(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
+def _d_softsign(x: Optional[Tensor], y: Tensor, m: nn.Module,
+                out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
     # y = x / (1 + |x|)  =>  f'(x) = 1 / (1 + |x|)^2 = (1 - |y|)^2
-    return (1.0 - y.abs()).square()
+    return torch.abs(y, out=out).neg_().add_(1.0).square_()
 
 
 def _d_relu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
@@ -351,10 +387,14 @@ def _d_leaky(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
     return torch.where(y > 0, 1.0, slope)
 
 
-def _d_elu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
-    # y = alpha * (exp(x) - 1) for x <= 0  =>  f'(x) = alpha * exp(x) = y + alpha
+def _d_elu(x: Optional[Tensor], y: Tensor, m: nn.Module,
+           out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
+    # y = alpha * (exp(x) - 1) for x <= 0  =>  f'(x) = alpha * exp(x) = y + alpha;
+    # 1 for x > 0: min(y, 0) + alpha + (1 - alpha) [y > 0]
     alpha = float(getattr(m, "alpha", 1.0))
-    return torch.where(y > 0, 1.0, y + alpha)
+    d = torch.clamp(y, max=0.0, out=out).add_(alpha)
+    on = torch.gt(y, 0.0, out=work if work is not None else torch.empty_like(d))
+    return d.add_(on, alpha=1.0 - alpha)
 
 
 def _need_x(x: Optional[Tensor], name: str) -> Tensor:
@@ -367,22 +407,26 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def _d_gelu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
+def _d_gelu(x: Optional[Tensor], y: Tensor, m: nn.Module,
+            out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
     x = _need_x(x, "GELU")
     if getattr(m, "approximate", "none") == "tanh":
         k = math.sqrt(2.0 / math.pi)
         inner = k * (x + 0.044715 * x.pow(3))
         t = torch.tanh(inner)
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)
-    cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT2))
-    pdf = torch.exp(-0.5 * x * x) * _INV_SQRT2PI
-    return cdf + x * pdf
+        d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)
+        return d if out is None else out.copy_(d)
+    # y = x Phi(x), so Phi(x) = y / x without an erf pass (0/0 at x = 0, where Phi = 1/2)
+    cdf = torch.div(y, x, out=out).nan_to_num_(nan=0.5)
+    x_pdf = torch.mul(x, x, out=work).mul_(-0.5).exp_().mul_(x).mul_(_INV_SQRT2PI)
+    return cdf.add_(x_pdf)
 
 
-def _d_silu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
+def _d_silu(x: Optional[Tensor], y: Tensor, m: nn.Module,
+            out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
     x = _need_x(x, "SiLU")
-    s = torch.sigmoid(x)
-    return s * (1.0 + x * (1.0 - s))
+    s = torch.sigmoid(x, out=out)
+    return torch.neg(s, out=work).add_(1.0).mul_(x).add_(1.0).mul_(s)
 
 
 def _d_prelu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
@@ -398,9 +442,11 @@ def _d_prelu(x: Optional[Tensor], y: Tensor, m: nn.Module) -> Tensor:
 
 
 FAMILIES: dict[type[nn.Module], ActivationFamily] = {
-    nn.Sigmoid: ActivationFamily("sigmoid", "saturating", _sat_sigmoid, _d_sigmoid),
-    nn.Tanh: ActivationFamily("tanh", "saturating", _sat_unit, _d_tanh),
-    nn.Softsign: ActivationFamily("softsign", "saturating", _sat_unit, _d_softsign),
+    nn.Sigmoid: ActivationFamily("sigmoid", "saturating", _sat_sigmoid, _d_sigmoid,
+                                 derivative_out=True),
+    nn.Tanh: ActivationFamily("tanh", "saturating", _sat_unit, _d_tanh, derivative_out=True),
+    nn.Softsign: ActivationFamily("softsign", "saturating", _sat_unit, _d_softsign,
+                                  derivative_out=True),
     nn.Hardtanh: ActivationFamily("hardtanh", "saturating", _sat_hardtanh, _d_hardtanh,
                                   piecewise=_pw_hardtanh),
     nn.ReLU: ActivationFamily("relu", "relu", None, _d_relu, piecewise=_pw_relu),
@@ -409,9 +455,11 @@ FAMILIES: dict[type[nn.Module], ActivationFamily] = {
     nn.LeakyReLU: ActivationFamily("leaky_relu", "negative", None, _d_leaky,
                                    piecewise=_pw_leaky),
     nn.PReLU: ActivationFamily("prelu", "negative", None, _d_prelu, needs_input=True),
-    nn.ELU: ActivationFamily("elu", "negative", None, _d_elu),
-    nn.GELU: ActivationFamily("gelu", "negative", None, _d_gelu, needs_input=True),
-    nn.SiLU: ActivationFamily("silu", "negative", None, _d_silu, needs_input=True),
+    nn.ELU: ActivationFamily("elu", "negative", None, _d_elu, derivative_out=True),
+    nn.GELU: ActivationFamily("gelu", "negative", None, _d_gelu, needs_input=True,
+                              derivative_out=True),
+    nn.SiLU: ActivationFamily("silu", "negative", None, _d_silu, needs_input=True,
+                              derivative_out=True),
     nn.Softmax: ActivationFamily("softmax", "softmax", _sat_softmax, None),
 }
 

@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "batch_dims",
     "count_where",
+    "cpu_scratch",
     "dead_fraction",
     "foreach_nonfinite_counts",
     "foreach_norms",
@@ -43,6 +44,7 @@ __all__ = [
     "moments",
     "nonfinite_count",
     "resolve_unit_dim",
+    "row_blocks",
     "sigmoid_saturation",
     "small_fraction",
     "softmax_saturation",
@@ -148,35 +150,51 @@ SCRATCH_ELEMENTS = 1 << 18  # 1 MiB of float32: fixed, whatever the batch size
 _scratch = threading.local()
 
 
-def _cpu_scratch() -> Tensor:
-    buf = getattr(_scratch, "buf", None)
+def cpu_scratch(index: int = 0) -> Tensor:
+    """The calling thread's CPU scratch buffer number ``index`` (0: :func:`count_where`).
+
+    :data:`SCRATCH_ELEMENTS` ``float32`` each, allocated once per thread: fixed
+    memory, whatever the batch size.
+    """
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    buf = bufs.get(index)
     if buf is None:
-        buf = _scratch.buf = torch.empty(SCRATCH_ELEMENTS, dtype=torch.float32)
+        buf = bufs[index] = torch.empty(SCRATCH_ELEMENTS, dtype=torch.float32)
     return buf
+
+
+def row_blocks(x: Tensor) -> list[tuple[int, int]] | None:
+    """Ranges of rows (dim 0) of ``x`` that fit in a scratch buffer; ``None`` if a row does not."""
+    rows = x.shape[0]
+    if rows == 0:
+        return None
+    per_row = max(x.numel() // rows, 1)
+    step = SCRATCH_ELEMENTS // per_row
+    if step == 0:
+        return None
+    return [(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
     """How many elements of ``x`` satisfy the comparison ``op(x, value)``, as ``float32``.
 
     On the CPU the 0/1 mask is written into a fixed per-thread scratch buffer
-    (:data:`SCRATCH_ELEMENTS`), a block of rows at a time, instead of a fresh
+    (:func:`cpu_scratch`), a block of rows at a time, instead of a fresh
     activation-sized temporary: inside a training step such a temporary costs
     page faults (on the 5x1000 MLP benchmark, about 128 per activation and step).
     Elsewhere (GPUs have a caching allocator) it is :func:`indicator` summed.
     """
     if x.device.type != "cpu" or x.ndim == 0 or x.numel() == 0:
         return indicator(op, x, value).sum()
-    scratch = _cpu_scratch()
-    n, rows = x.numel(), x.shape[0]
-    per_row = n // rows if rows else 0
-    if n <= scratch.numel():
-        return op(x, value, out=scratch[:n].view(x.shape)).sum()
-    step = scratch.numel() // per_row if per_row else 0
-    if step == 0:  # one row is larger than the scratch buffer
+    blocks = row_blocks(x)
+    if blocks is None:  # one row is larger than the scratch buffer
         return indicator(op, x, value).sum()
+    scratch = cpu_scratch(0)
     total = None
-    for start in range(0, rows, step):
-        block = x[start:start + step]
+    for lo, hi in blocks:
+        block = x[lo:hi] if len(blocks) > 1 else x
         c = op(block, value, out=scratch[:block.numel()].view(block.shape)).sum()
         total = c if total is None else total.add_(c)
     return total  # type: ignore[return-value]

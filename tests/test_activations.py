@@ -85,6 +85,33 @@ def test_std_is_accurate_however_the_mean_compares_to_it(offset: float, spread: 
     assert s["mean"] == pytest.approx(ref.mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("module", ELEMENTWISE + [nn.ReLU(), nn.Softmax(dim=1)],
+                         ids=IDS + ["relu_again", "softmax"])
+def test_blockwise_scratch_evaluation_matches_whole_tensor(
+        module: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts and derivative sums taken a few rows at a time in CPU scratch = whole tensor."""
+    import dataclasses
+
+    from gradscope import stats
+
+    torch.manual_seed(2)
+    x = torch.randn(37, 3, 4) * 3  # (batch, channels, positions): PReLU(3) fits
+    fam = family_of(module)
+    assert fam is not None
+    plain = dataclasses.replace(fam, derivative_out=False, piecewise=None)
+
+    def run(family: ActivationFamily) -> list[float]:
+        vec, _ = summarize_activation(family, module, x if family.needs_input else None,
+                                      module(x).detach(), eps=0.05, delta=0.05, unit_dim=None)
+        return vec.tolist()
+
+    whole = run(plain)
+    monkeypatch.setattr(stats, "SCRATCH_ELEMENTS", 50)  # 4 rows of 12 per block
+    monkeypatch.setattr(stats, "_scratch", type(stats._scratch)())
+    blocked = run(fam)
+    assert blocked == pytest.approx(whole, rel=1e-5, abs=1e-6)
+
+
 def test_sigmoid_summary_definitions() -> None:
     x = torch.tensor([[-10.0, 0.0, 10.0, 2.0]])
     s = stats_dict(nn.Sigmoid(), x)
