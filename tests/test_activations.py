@@ -85,8 +85,8 @@ def test_std_is_accurate_however_the_mean_compares_to_it(offset: float, spread: 
     assert s["mean"] == pytest.approx(ref.mean(), rel=1e-5)
 
 
-@pytest.mark.parametrize("module", ELEMENTWISE + [nn.ReLU(), nn.Softmax(dim=1)],
-                         ids=IDS + ["relu_again", "softmax"])
+@pytest.mark.parametrize("module", [*ELEMENTWISE, nn.ReLU(), nn.Softmax(dim=1)],
+                         ids=[*IDS, "relu_again", "softmax"])
 def test_blockwise_scratch_evaluation_matches_whole_tensor(
         module: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counts and derivative sums taken a few rows at a time in CPU scratch = whole tensor."""
