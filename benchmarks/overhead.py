@@ -18,9 +18,10 @@ every 10 steps; and the conventional approaches written here for comparison:
 Memory: on CUDA, the extra peak ``torch.cuda.max_memory_allocated`` of a ``B``
 step over an ``A`` step. On CPU there is no allocator counter, so the script
 reports the bytes the monitor itself holds: the largest total size of its queued
-statistic tensors (reached just before a flush) plus the weight snapshot used
-for update ratios when they are on (one copy of every parameter: O(parameters),
-not O(layers); without update ratios the figure is the queue alone).
+statistic tensors (reached just before a flush), the weight snapshot used for
+update ratios when they are on (one copy of every parameter: O(parameters), not
+O(layers)), and the fixed CPU scratch buffers statistics are computed in
+(1 MiB each, at most 3 per thread, whatever the batch size).
 RSS is not used: its high-water mark is process-wide and both models share it.
 
 Syncs (CUDA only): host-device synchronisations counted per ``B`` step with
@@ -54,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 import gradscope
+from gradscope import stats as gs_stats
 
 # ----------------------------------------------------------------- settings
 STEPS = 60  # measured steps per side and (workload, setting)
@@ -297,7 +299,7 @@ class _Side:
         self.mon: Optional[gradscope.Monitor] = None
         self.conv: Any = None
         if isinstance(setting, dict):
-            self.mon = gradscope.watch(self.model, optimizer=self.opt,
+            self.mon = gradscope.watch(self.model, optimizer=self.opt, summary=False,
                                        flush_every=FLUSH_EVERY, **setting)
         elif setting == "item_hooks":
             self.conv = ItemHooks(self.model)
@@ -414,8 +416,11 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
         res.extra_memory_bytes = max(0, peak["b"] - peak["a"])
         res.memory_measure = "cuda max_memory_allocated, B step peak - A step peak"
     elif b.mon is not None:
-        res.extra_memory_bytes = held + snapshot
-        res.memory_measure = "monitor queue peak + update-ratio weight snapshot"
+        scratch = sum(t.numel() * t.element_size()
+                      for t in getattr(gs_stats._scratch, "bufs", {}).values())
+        res.extra_memory_bytes = held + snapshot + scratch
+        res.memory_measure = ("monitor queue peak + update-ratio weight snapshot + "
+                              "fixed CPU scratch buffers (gradscope.stats.cpu_scratch)")
     return res
 
 

@@ -153,3 +153,30 @@ def test_foreach_norms_and_nonfinite_counts_match_per_tensor() -> None:
         assert n.item() == pytest.approx(np.linalg.norm(t.float().numpy()), rel=1e-3)
     assert math.isnan(norms[2].item())
     assert stats.foreach_nonfinite_counts(ts).tolist() == [0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 9), (3, 4, 6), (2, 3, 4, 5)])
+@pytest.mark.parametrize("op", [torch.lt, torch.le, torch.gt, torch.ge], ids=["lt", "le", "gt", "ge"])
+def test_count_where_matches_a_loop_also_blockwise(
+        shape: tuple[int, ...], op: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(*shape)
+    x.view(-1)[0] = float("nan")  # NaN compares false
+    x.view(-1)[-1] = 0.25  # a tie with the threshold
+    py_op = {torch.lt: float.__lt__, torch.le: float.__le__, torch.gt: float.__gt__,
+             torch.ge: float.__ge__}[op]  # type: ignore[index]
+    ref = sum(1 for v in x.flatten().tolist() if py_op(v, 0.25))
+    assert stats.count_where(op, x, 0.25).item() == ref  # type: ignore[arg-type]
+    monkeypatch.setattr(stats, "SCRATCH_ELEMENTS", 7)  # a few rows per block, or none fits
+    monkeypatch.setattr(stats, "_scratch", type(stats._scratch)())
+    assert stats.count_where(op, x, 0.25).item() == ref  # type: ignore[arg-type]
+    assert stats.count_where(op, x.transpose(0, -1), 0.25).item() == ref  # type: ignore[arg-type]
+
+
+def test_known_finite_reads_cpu_values_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert stats.known_finite(torch.tensor(3.0))
+    assert stats.known_finite(torch.tensor([1.0, 2.0]))
+    assert not stats.known_finite(torch.tensor(float("nan")))
+    assert not stats.known_finite(torch.tensor([1.0, float("inf")]))
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)  # as on a GPU
+    assert not stats.known_finite(torch.tensor(3.0))
