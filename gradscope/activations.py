@@ -153,8 +153,8 @@ class ActivationSums:
                 for p, a, b in zip(self.parts, self.scale, self.offset)]
 
 
-#: ``mean**2 / var`` above which the one-pass variance ``E[y²] - mean²`` loses more
-#: than ~1e-4 of its float32 precision; the two-pass ``‖y - mean‖`` is used instead.
+#: ``mean**2 / var`` above which the one-pass variance ``E[y²] - mean²`` (sums with
+#: ~1e-7 relative error) could lose more than ~1e-5; the two-pass sum is used instead.
 ONE_PASS_CONDITION = 100.0
 
 
@@ -174,7 +174,7 @@ def activation_sums(
     inside a hook pays tens of microseconds to bring the interpreter back into a
     cache the training kernels just flushed, and each fresh activation-sized
     temporary costs page faults. So the moments come from three reductions of
-    ``y`` itself (sum, sum of squares, min/max), dead units from the per-unit
+    ``y`` (sum, sum of squares in scratch, min/max), dead units from the per-unit
     maximum, and each count from one 0/1 mask computed once and shared.
     """
     yf = stats.as_float(y)
@@ -190,15 +190,14 @@ def activation_sums(
     scale, offset = [1 / n, 1.0, 1.0, 1.0, 1.0], [0.0] * 5
     std: Optional[float] = None
     if stats.host_readable(total):
-        rss = torch.linalg.vector_norm(yf)
-        t, r = total.item(), rss.item()
-        if math.isfinite(t) and math.isfinite(r):
+        t, ss = total.item(), stats.sum_squares(yf).item()
+        if math.isfinite(t) and math.isfinite(ss):
             parts[4] = 0.0  # a NaN/Inf element would make the sum non-finite
-            mean, var = t / n, r * r / n - (t / n) ** 2
+            mean, var = t / n, ss / n - (t / n) ** 2
             if var > 0 and mean * mean <= ONE_PASS_CONDITION * var:
                 std = math.sqrt(var)
-    if std is None:
-        parts[1] = torch.linalg.vector_norm(yf - total / n)
+    if std is None:  # two-pass
+        parts[1] = stats.sum_squares(yf, total / n).sqrt()
         scale[1] = 1 / math.sqrt(n)
     else:
         parts[1] = std

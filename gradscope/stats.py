@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -48,6 +48,7 @@ __all__ = [
     "sigmoid_saturation",
     "small_fraction",
     "softmax_saturation",
+    "sum_squares",
     "symmetric_saturation",
     "unit_all",
     "unit_any",
@@ -88,16 +89,16 @@ def moments(x: Tensor) -> Tensor:
 
     Returns a ``float32`` tensor of shape ``(4,)``. Non-finite elements propagate
     (a NaN anywhere makes every moment NaN); count them with :func:`nonfinite_count`.
-    The standard deviation is the two-pass ``‖x - mean‖ / sqrt(n)``: as accurate
-    as Welford's update for the sizes met here and, on the CPU, 10-20x faster
-    than ``torch.std_mean``.
+    The standard deviation is the two-pass ``sqrt(Σ(x - mean)² / n)`` with cascade
+    summation (:func:`sum_squares`): as accurate as Welford's update and, on the
+    CPU, 10-20x faster than ``torch.std_mean``.
     """
     n = x.numel()
     if n == 0:
         return torch.full((4,), _NAN, dtype=torch.float32, device=x.device)
     xf = as_float(x)
     mean = xf.sum() / n
-    std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
+    std = (sum_squares(xf, mean) / n).sqrt()
     lo, hi = torch.aminmax(xf)
     return torch.stack([mean, std, lo, hi]).to(torch.float32)
 
@@ -175,6 +176,36 @@ def row_blocks(x: Tensor) -> list[tuple[int, int]] | None:
     if step == 0:
         return None
     return [(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def sum_squares(x: Tensor, center: Union[Tensor, float, None] = None) -> Tensor:
+    """``Σ (x - center)²`` over every element (``center=None``: ``Σ x²``), as ``float32``.
+
+    On the CPU, ``torch.linalg.vector_norm`` accumulates float32 lane by lane and
+    loses ~1e-3 of relative precision at 3e7 elements; ``Tensor.sum`` uses cascade
+    summation (~1e-7). So the squares are written into the scratch buffer a block
+    of rows at a time and summed there: accurate, and no activation-sized temporary.
+    On a GPU the norm's tree reduction is accurate and the temporary is cheap.
+    """
+    if x.device.type != "cpu" or x.ndim == 0 or x.numel() == 0:
+        d = x if center is None else x - center
+        return torch.linalg.vector_norm(d).square()
+    blocks = row_blocks(x)
+    if blocks is None:
+        d = x if center is None else x - center
+        return (d * d).sum()
+    scratch = cpu_scratch(0)
+    total = None
+    for lo, hi in blocks:
+        block = x[lo:hi] if len(blocks) > 1 else x
+        buf = scratch[:block.numel()].view(block.shape)
+        if center is None:
+            sq = torch.mul(block, block, out=buf)
+        else:
+            sq = torch.sub(block, center, out=buf).square_()
+        c = sq.sum()
+        total = c if total is None else total.add_(c)
+    return total  # type: ignore[return-value]
 
 
 def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
