@@ -4,7 +4,12 @@ For each workload and setting the script builds two identical models (same
 initial weights, same optimizer, same batches): ``A`` is never hooked, ``B`` is
 monitored. It then runs their training steps interleaved in one process,
 ``A B A B ...``, so that load from other processes hits both alike, and reports
-``median(B step) / median(A step)`` after a warm-up. Two models rather than one
+``median(B block) / median(A block)`` after a warm-up, where a block is the time of
+``BLOCK`` consecutive steps: every sampling period used here divides ``BLOCK``, so
+each block holds its share of sampled and flush-free steps and the ratio is the
+amortised cost (a median of single steps would hide the one sampled step in ten of
+``every10``), while the median over blocks still drops machine-noise spikes. Two
+models rather than one
 model attached and detached: attaching and detaching every step would measure
 hook registration, and the two models see identical work.
 
@@ -30,7 +35,7 @@ steps.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/overhead.py            # full run (< 6 min on 2 quiet cores)
+    PYTHONPATH=. python benchmarks/overhead.py            # full run (~8 min on 2 quiet cores)
     PYTHONPATH=. python benchmarks/overhead.py --quick    # fewer steps
     PYTHONPATH=. python benchmarks/overhead.py --smoke    # a few steps, checks the outputs
 """
@@ -58,9 +63,10 @@ import gradscope
 from gradscope import stats as gs_stats
 
 # ----------------------------------------------------------------- settings
-STEPS = 60  # measured steps per side and (workload, setting)
+STEPS = 150  # measured steps per side and (workload, setting)
 WARMUP = 5  # steps per side before measuring
-QUICK_STEPS, QUICK_WARMUP = 40, 5
+QUICK_STEPS, QUICK_WARMUP = 60, 5
+BLOCK = 10  # steps per timed block: a multiple of every sampling period (every=10)
 SMOKE_STEPS, SMOKE_WARMUP = 2, 1
 SMOKE_BATCH = 4  # --smoke runs every workload on this batch size, at SMOKE_WIDTH
 SMOKE_WIDTH = 64  # hidden width (MLP), and channels/8 etc. for the others
@@ -350,7 +356,7 @@ class _SyncCounter:
 
 def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
             warmup: int, tmp: str, small: bool = False) -> Result:
-    """Interleave A (unmonitored) and B (``setting_name``) steps; return the medians.
+    """Interleave A (unmonitored) and B (``setting_name``) steps; return block medians.
 
     ``small``: the ``--smoke`` size (tiny widths and batches), to check the code paths.
     """
@@ -407,7 +413,7 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
     finally:
         a.close()
         b.close()
-    med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
+    med_a, med_b = _block_median(times["a"]), _block_median(times["b"])
     res = Result(wl.name, setting_name, device.type, steps, med_a, med_b, med_b / med_a,
                  statistics.fmean(times["b"]))
     if cuda:
@@ -422,6 +428,16 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
         res.memory_measure = ("monitor queue peak + update-ratio weight snapshot + "
                               "fixed CPU scratch buffers (gradscope.stats.cpu_scratch)")
     return res
+
+
+def _block_median(times: list[float]) -> float:
+    """Median over blocks of ``BLOCK`` consecutive steps of the mean step time (ms).
+
+    With fewer than ``BLOCK`` steps (``--smoke``) it is the median step.
+    """
+    blocks = [statistics.fmean(times[i:i + BLOCK])
+              for i in range(0, len(times) - BLOCK + 1, BLOCK)]
+    return statistics.median(blocks or times)
 
 
 def machine() -> dict[str, Any]:
@@ -468,7 +484,8 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        "ratio = median monitored step / median unmonitored step, measured interleaved.",
+        f"ratio = monitored / unmonitored step time, each the median over blocks of {BLOCK} "
+        "steps (amortised: sampled, skipped and flush steps alike), stepped interleaved.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

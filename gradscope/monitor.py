@@ -274,6 +274,9 @@ class Monitor:
         self._layer_order: dict[str, int] = {}
         self._params: list[_ParamRef] = []
         self._pending: list[_Entry] = []
+        # hook results of the current step, stacked at its end (_stack_deferred)
+        self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[Any]]] = {}
+        self._windows: list[tuple[_ActSite, Tensor, int]] = []
         self._param_entry: Optional[list[_Entry]] = None
         self._weights_before: Optional[list[_ParamGroup]] = None
         self._snapshot: list[Tensor] = []  # reused weight-copy buffers (update ratios)
@@ -341,6 +344,8 @@ class Monitor:
             self._remove_handles()
             self._attached = False
             self._stash.clear()
+            self._deferred.clear()
+            self._windows.clear()
             self._weights_before = None
             self._snapshot = []
 
@@ -388,6 +393,7 @@ class Monitor:
         Returns the new records. Called automatically every ``flush_every`` steps and
         on :meth:`detach`.
         """
+        self._stack_deferred()
         entries, self._pending = self._pending, []
         self._last_flush_step = self._step
         if not entries:
@@ -545,6 +551,7 @@ class Monitor:
         return bufs
 
     def _end_step(self) -> None:
+        self._stack_deferred()
         self._commit_param_entry()
         self._step += 1
         self._sampled = self._schedule(self._step)
@@ -661,26 +668,46 @@ class Monitor:
             sums = activation_sums(
                 site.family, module, x, y.detach(), eps=self.eps, delta=self.delta,
                 unit_dim=self.unit_dim)
-            parts, names, finish = sums.tensors(), site.names, sums.finish
-            active = sums.active
-            if active is not None and site.window_name is not None:
+        self._defer(step, y.device, sums.tensors(), _fixed_decoder(site.name, site.names,
+                                                                   sums.finish))
+        if sums.active is not None and site.window_name is not None:
+            self._windows.append((site, sums.active, step))
+        if self.record_backprop and y.requires_grad and torch.is_grad_enabled():
+            y.register_hook(self._make_grad_hook(site, step, y.numel()))
+
+    def _defer(self, step: int, device: torch.device, parts: list[Tensor],
+               decode: Callable[[int, list[float]], Iterable[tuple[str, str, float]]]) -> None:
+        """Keep a hook's 0-d results; :meth:`_stack_deferred` queues them at the step's end.
+
+        Inside a hook on the CPU every operation is slow (the training kernels just
+        flushed the caches), so hooks do only the reductions that must see the
+        tensor; stacking, conversions and window updates run later, back to back,
+        one stack per step and device.
+        """
+        batch = self._deferred.get((step, device))
+        if batch is None:
+            batch = self._deferred[(step, device)] = ([], [])
+        batch[0].extend(parts)
+        batch[1].append((len(parts), decode))
+
+    def _stack_deferred(self) -> None:
+        """Window updates of the step's activation sites, then one queued vector per batch."""
+        windows, self._windows = self._windows, []
+        with torch.no_grad():
+            for site, active, step in windows:
                 if site.last_active is None or site.last_active.shape != active.shape \
                         or site.last_active.device != active.device:
                     site.last_active = torch.full(active.shape, _NEVER, dtype=torch.long,
                                                   device=active.device)
                 site.last_active.masked_fill_(active, step)
-                parts.append(torch.count_nonzero(site.last_active <= step - self.dead_window))
-                names = (*names, site.window_name)
-                units = max(active.numel(), 1)
-
-                def finish(raw: list[float]) -> list[float]:
-                    return [*sums.finish(raw[:-1]), raw[-1] / units]
-
-            vec = (torch.stack([p.to(torch.float32) for p in parts]) if parts
-                   else torch.zeros(0, device=y.device))
-        self._pending.append(_Entry(step, vec, _fixed_decoder(site.name, names, finish)))
-        if self.record_backprop and y.requires_grad and torch.is_grad_enabled():
-            y.register_hook(self._make_grad_hook(site, step, y.numel()))
+                idle = torch.count_nonzero(site.last_active <= step - self.dead_window)
+                self._defer(step, active.device, [idle], _window_decoder(
+                    site.name, site.window_name or "", max(active.numel(), 1)))
+            deferred, self._deferred = self._deferred, {}
+            for (step, device), (parts, layout) in deferred.items():
+                vec = (torch.stack([p if p.dtype == torch.float32 else p.float() for p in parts])
+                       if parts else torch.zeros(0, device=device))
+                self._pending.append(_Entry(step, vec, _batch_decoder(layout)))
 
     def _make_grad_hook(self, site: _ActSite, step: int, numel: int) -> Callable[[Tensor], None]:
         def backprop_hook(grad: Tensor) -> None:
@@ -691,10 +718,10 @@ class Monitor:
                 with torch.no_grad():
                     norm = stats.l2_norm(grad)
                     if stats.known_finite(norm):  # then no NaN/Inf: nothing to count
-                        vec = norm.reshape(1)
+                        parts = [norm]
                     else:
-                        vec = torch.stack([norm, stats.nonfinite_count(grad)])
-                self._pending.append(_Entry(step, vec, _backprop_decoder(site.name, numel)))
+                        parts = [norm, stats.nonfinite_count(grad)]
+                self._defer(step, grad.device, parts, _backprop_decoder(site.name, numel))
             except Exception as err:
                 self._site_failed(site, err)
 
@@ -838,6 +865,26 @@ def _fixed_decoder(
 ) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
     def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
         return [(layer, n, v) for n, v in zip(names, finish(values))]
+
+    return decode
+
+
+def _window_decoder(layer: str, name: str, units: int) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        return [(layer, name, values[0] / units)]
+
+    return decode
+
+
+def _batch_decoder(layout: list[tuple[int, Any]]) -> Callable[[int, list[float]], Iterable[tuple[str, str, float]]]:
+    """Decode a stacked batch: each part's decoder gets its own slice of the values."""
+    def decode(step: int, values: list[float]) -> Iterable[tuple[str, str, float]]:
+        out: list[tuple[str, str, float]] = []
+        pos = 0
+        for n, sub in layout:
+            out.extend(sub(step, values[pos:pos + n]))
+            pos += n
+        return out
 
     return decode
 
