@@ -190,7 +190,7 @@ def activation_sums(
     scale, offset = [1 / n, 1.0, 1.0, 1.0, 1.0], [0.0] * 5
     std: Optional[float] = None
     if stats.host_readable(total):
-        t, ss = total.item(), stats.sum_squares(yf).item()
+        t, ss = total.item(), stats.sum_squares(yf).item()  # ok-sync: CPU only
         if math.isfinite(t) and math.isfinite(ss):
             parts[4] = 0.0  # a NaN/Inf element would make the sum non-finite
             mean, var = t / n, ss / n - (t / n) ** 2

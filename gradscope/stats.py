@@ -124,8 +124,8 @@ def known_finite(reduction: Tensor) -> bool:
     if not host_readable(reduction):
         return False
     if reduction.ndim == 0:
-        return math.isfinite(reduction.item())
-    return all(math.isfinite(v) for v in reduction.tolist())
+        return math.isfinite(reduction.item())  # ok-sync: CPU memory, nothing to wait for
+    return all(math.isfinite(v) for v in reduction.tolist())  # ok-sync: CPU only (above)
 def l2_norm(x: Tensor) -> Tensor:
     """Euclidean norm of all elements of ``x``, accumulated in ``float32``."""
     if x.numel() == 0:
