@@ -175,7 +175,7 @@ def activation_sums(
     cache the training kernels just flushed, and each fresh activation-sized
     temporary costs page faults. So the moments come from three reductions of
     ``y`` (sum, sum of squares in scratch, min/max), dead units from the per-unit
-    maximum, and each count from one 0/1 mask computed once and shared.
+    maximum, and each count from one 0/1 mask in scratch, computed once and shared.
     """
     yf = stats.as_float(y)
     n = yf.numel()
@@ -189,20 +189,20 @@ def activation_sums(
     parts = [total, math.nan, lo, hi, math.nan]
     scale, offset = [1 / n, 1.0, 1.0, 1.0, 1.0], [0.0] * 5
     std: Optional[float] = None
+    all_finite = False  # known without counting (CPU only)
     if stats.host_readable(total):
         t, ss = total.item(), stats.sum_squares(yf).item()  # ok-sync: CPU only
-        if math.isfinite(t) and math.isfinite(ss):
-            parts[4] = 0.0  # a NaN/Inf element would make the sum non-finite
-            mean, var = t / n, ss / n - (t / n) ** 2
-            if var > 0 and mean * mean <= ONE_PASS_CONDITION * var:
-                std = math.sqrt(var)
+        all_finite = math.isfinite(t)  # a NaN/Inf element makes the sum non-finite
+        mean, var = t / n, ss / n - (t / n) ** 2
+        if all_finite and math.isfinite(ss) and var > 0 \
+                and mean * mean <= ONE_PASS_CONDITION * var:
+            std = math.sqrt(var)
     if std is None:  # two-pass
         parts[1] = stats.sum_squares(yf, total / n).sqrt()
         scale[1] = 1 / math.sqrt(n)
     else:
         parts[1] = std
-    if not isinstance(parts[4], float) or math.isnan(parts[4]):
-        parts[4] = stats.nonfinite_count(yf)
+    parts[4] = 0.0 if all_finite else stats.nonfinite_count(yf)
     counts: dict[tuple[float, float], Tensor] = {}  # interval -> count, computed once
 
     def inside(low: float, high: float) -> Tensor:

@@ -926,11 +926,7 @@ def _param_update_decoder(names: list[str]) -> Callable[[int, list[float]], Iter
 
 
 def _flat_buffers(params: list[Tensor]) -> list[Tensor]:
-    """Contiguous buffers shaped like ``params``, carved from one allocation per device/dtype.
-
-    One large block is mapped once, away from the allocator's heap, rather than
-    one block per parameter among the training step's own short-lived tensors.
-    """
+    """Contiguous buffers shaped like ``params``, carved from one allocation per device/dtype."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
