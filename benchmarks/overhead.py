@@ -286,6 +286,7 @@ class Result:
     ms_base: float
     ms_monitored: float
     ratio: float
+    ratio_iqr: tuple[float, float]  # quartiles of the paired per-block ratios B/A
     ms_monitored_mean: float
     syncs_per_step: Optional[float] = None
     syncs_per_flush_step: Optional[float] = None
@@ -415,7 +416,7 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
         b.close()
     med_a, med_b = _block_median(times["a"]), _block_median(times["b"])
     res = Result(wl.name, setting_name, device.type, steps, med_a, med_b, med_b / med_a,
-                 statistics.fmean(times["b"]))
+                 _ratio_quartiles(times["a"], times["b"]), statistics.fmean(times["b"]))
     if cuda:
         res.syncs_per_step = statistics.fmean(syncs) if syncs else 0.0
         res.syncs_per_flush_step = statistics.fmean(flush_syncs) if flush_syncs else None
@@ -438,6 +439,18 @@ def _block_median(times: list[float]) -> float:
     blocks = [statistics.fmean(times[i:i + BLOCK])
               for i in range(0, len(times) - BLOCK + 1, BLOCK)]
     return statistics.median(blocks or times)
+
+
+def _ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Lower and upper quartile of B/A over paired blocks: how much the ratio wanders."""
+    n = min(len(a), len(b))
+    k = BLOCK if n >= BLOCK else 1
+    ratios = sorted(statistics.fmean(b[i:i + k]) / statistics.fmean(a[i:i + k])
+                    for i in range(0, n - k + 1, k))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4)
+    return q[0], q[2]
 
 
 def machine() -> dict[str, Any]:
@@ -463,7 +476,7 @@ def machine() -> dict[str, Any]:
 
 
 # ================================================================ output
-COLUMNS = ["workload", "setting", "device", "ratio", "ms_base", "ms_monitored",
+COLUMNS = ["workload", "setting", "device", "ratio", "ratio_iqr", "ms_base", "ms_monitored",
            "syncs_per_step", "extra_memory"]
 
 
@@ -485,7 +498,8 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
         f"Command: `{command}`",
         "",
         f"ratio = monitored / unmonitored step time, each the median over blocks of {BLOCK} "
-        "steps (amortised: sampled, skipped and flush steps alike), stepped interleaved.",
+        "steps (amortised: sampled, skipped and flush steps alike), stepped interleaved; "
+        "ratio_iqr: quartiles of the paired per-block ratios (the run's own noise).",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -493,6 +507,7 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
     for r in results:
         syncs = "-" if r.syncs_per_step is None else f"{r.syncs_per_step:.2f}"
         lines.append(f"| {r.workload} | {r.setting} | {r.device} | {r.ratio:.3f} | "
+                     f"{r.ratio_iqr[0]:.2f}–{r.ratio_iqr[1]:.2f} | "
                      f"{r.ms_base:.2f} | {r.ms_monitored:.2f} | {syncs} | "
                      f"{_fmt_bytes(r.extra_memory_bytes)} |")
     return "\n".join(lines) + "\n"
