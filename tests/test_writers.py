@@ -277,3 +277,16 @@ def test_histograms_and_writer_add_no_host_sync_outside_flush(
     monkeypatch.undo()
     mon.close()
     assert {h.step for h in mem.histograms} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("x", [torch.randn(300, 37), torch.randn(5000) * 100,
+                               torch.full((10,), 3.0), torch.rand(64).double(),
+                               torch.tensor([1.0, 2.0, float("nan"), float("inf")])],
+                         ids=["normal", "wide", "constant", "float64", "nonfinite"])
+def test_cpu_histogram_shortcut_bins_like_the_device_path(
+        x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = histogram_vector(x, 16)
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)  # the GPU code path
+    general = histogram_vector(x, 16)
+    assert torch.equal(fast[5:], general[5:])  # identical bin counts
+    torch.testing.assert_close(fast[:5], general[:5], rtol=1e-5, atol=1e-6)
