@@ -111,16 +111,23 @@ def _cpu_histogram(xf: Tensor, bins: int) -> Optional[Tensor]:
     (another device, an empty tensor, or a NaN/Inf element, which the general path bins
     out).
     """
-    if not stats.host_readable(xf) or xf.numel() == 0:
+    if not stats.host_readable(xf) or xf.numel() == 0 or xf.dtype != torch.float32:
         return None
     lo, hi = torch.aminmax(xf)
     if not stats.known_finite(torch.stack([lo, hi])):  # aminmax propagates NaN; Inf shows
         return None
     width = hi - lo
     if width.item() > 0:  # ok-sync: CPU only
-        # the general path's arithmetic, in place: (x - lo) * (bins / width), floored
-        idx = torch.sub(xf, lo).mul_(bins / width).floor_().clamp_(0, bins - 1)
-        counts = torch.bincount(idx.to(torch.int32), minlength=bins)
+        # The general path's arithmetic, (x - lo) * (bins / width) floored, block by
+        # block in the fixed scratch buffers (fresh tensor-sized temporaries page-fault).
+        scale = bins / width
+        pos, ints = stats.cpu_scratch(0), stats.cpu_scratch(1).view(torch.int32)
+        counts = torch.zeros(bins, dtype=torch.long)
+        for start in range(0, xf.numel(), pos.numel()):
+            block = xf[start:start + pos.numel()]
+            k = block.numel()
+            torch.sub(block, lo, out=pos[:k]).mul_(scale).floor_().clamp_(0, bins - 1)
+            counts += torch.bincount(ints[:k].copy_(pos[:k]), minlength=bins)
     else:  # a constant tensor: everything in the last bin
         counts = torch.zeros(bins, dtype=torch.long)
         counts[-1] = xf.numel()
