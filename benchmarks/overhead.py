@@ -4,12 +4,12 @@ For each workload and setting the script builds two identical models (same
 initial weights, same optimizer, same batches): ``A`` is never hooked, ``B`` is
 monitored. It then runs their training steps interleaved in one process,
 ``A B A B ...``, so that load from other processes hits both alike, and reports
-``median(B block) / median(A block)`` after a warm-up, where a block is the time of
-``BLOCK`` consecutive steps: every sampling period used here divides ``BLOCK``, so
-each block holds its share of sampled and flush-free steps and the ratio is the
-amortised cost (a median of single steps would hide the one sampled step in ten of
-``every10``), while the median over blocks still drops machine-noise spikes. Two
-models rather than one
+the median over blocks of ``BLOCK`` consecutive steps of ``time(B) / time(A)``
+after a warm-up: every sampling period used here divides ``BLOCK``, so each block
+holds its share of sampled and flush-free steps and the ratio is the amortised cost
+(a median of single steps would hide the one sampled step in ten of ``every10``);
+A and B of a block ran at the same time, so their ratio cancels other load, and the
+median over blocks drops spikes. Two models rather than one
 model attached and detached: attaching and detaching every step would measure
 hook registration, and the two models see identical work.
 
@@ -415,8 +415,9 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
         a.close()
         b.close()
     med_a, med_b = _block_median(times["a"]), _block_median(times["b"])
-    res = Result(wl.name, setting_name, device.type, steps, med_a, med_b, med_b / med_a,
-                 _ratio_quartiles(times["a"], times["b"]), statistics.fmean(times["b"]))
+    q1, ratio, q3 = _ratio_quartiles(times["a"], times["b"])
+    res = Result(wl.name, setting_name, device.type, steps, med_a, med_b, ratio, (q1, q3),
+                 statistics.fmean(times["b"]))
     if cuda:
         res.syncs_per_step = statistics.fmean(syncs) if syncs else 0.0
         res.syncs_per_flush_step = statistics.fmean(flush_syncs) if flush_syncs else None
@@ -441,16 +442,21 @@ def _block_median(times: list[float]) -> float:
     return statistics.median(blocks or times)
 
 
-def _ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Lower and upper quartile of B/A over paired blocks: how much the ratio wanders."""
+def _ratio_quartiles(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Quartiles (lower, median, upper) of B/A over paired blocks of ``BLOCK`` steps.
+
+    The A and B steps of a block ran interleaved at the same time, so each block's
+    ratio cancels what the machine was doing then; the median over blocks is the
+    reported ratio and the quartiles show how much it wanders.
+    """
     n = min(len(a), len(b))
     k = BLOCK if n >= BLOCK else 1
-    ratios = sorted(statistics.fmean(b[i:i + k]) / statistics.fmean(a[i:i + k])
-                    for i in range(0, n - k + 1, k))
+    ratios = [statistics.fmean(b[i:i + k]) / statistics.fmean(a[i:i + k])
+              for i in range(0, n - k + 1, k)]
     if len(ratios) < 2:
-        return ratios[0], ratios[0]
+        return ratios[0], ratios[0], ratios[0]
     q = statistics.quantiles(ratios, n=4)
-    return q[0], q[2]
+    return q[0], statistics.median(ratios), q[2]
 
 
 def machine() -> dict[str, Any]:
@@ -497,9 +503,9 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"ratio = monitored / unmonitored step time, each the median over blocks of {BLOCK} "
-        "steps (amortised: sampled, skipped and flush steps alike), stepped interleaved; "
-        "ratio_iqr: quartiles of the paired per-block ratios (the run's own noise).",
+        f"ratio = median over blocks of {BLOCK} interleaved steps of monitored / unmonitored "
+        "time (amortised: sampled, skipped and flush steps alike); ratio_iqr: the quartiles "
+        "of those block ratios (the run's own noise); ms_*: median block time per step.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
