@@ -35,7 +35,7 @@ steps.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/overhead.py            # full run (~8 min on 2 quiet cores)
+    PYTHONPATH=. python benchmarks/overhead.py            # full run (~9 min on 2 quiet cores)
     PYTHONPATH=. python benchmarks/overhead.py --quick    # fewer steps
     PYTHONPATH=. python benchmarks/overhead.py --smoke    # a few steps, checks the outputs
 """
