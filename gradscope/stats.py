@@ -1,10 +1,15 @@
-"""Pure statistics on tensors: no hooks, no I/O, no host transfers.
+"""Pure statistics on tensors: no hooks, no I/O, no device synchronisation.
 
 Every function here takes tensors and returns tensors on the same device, so
 that it can run inside a hook without synchronising a GPU. Scalars come back as
 0-d ``float32`` tensors; half-precision inputs (``float16``/``bfloat16``) are
 computed in ``float32``. An empty input gives ``nan`` for fractions and moments
 and ``0`` for counts.
+
+On the CPU two things differ, for speed, never for the result: masks and
+squares are written block by block into fixed per-thread scratch buffers
+(:func:`cpu_scratch`) instead of fresh temporaries, and :func:`known_finite`
+reads a value already computed (free in host memory) to skip a count.
 
 The monitor composes these functions; tests check each one against a plain
 NumPy or loop computation (``tests/test_stats.py``).
