@@ -18,7 +18,7 @@ Example:
     >>> import torch
     >>> from gradscope.histograms import histogram_vector, decode_histogram
     >>> x = torch.tensor([0.0, 0.0, 1.0, 2.0, float("nan")])
-    >>> h = decode_histogram(0, "activations", "relu", histogram_vector(x, bins=2).tolist())
+    >>> h = decode_histogram(0, "activations", "relu", histogram_vector(x, bins=2).tolist())  # ok-sync: example
     >>> h.num, h.bucket_limits, h.bucket_counts
     (4, [1.0, 2.0], [2, 2])
 """
