@@ -5,6 +5,13 @@ per step, activation saturation, dead units, activation moments, gradient norms
 (parameters and the back-propagated signal), update/weight ratios and non-finite
 values, computed on the device and moved to the host in one transfer per flush.
 
+The public modules are this package's names below, :mod:`gradscope.writers`,
+:mod:`gradscope.findings`, :mod:`gradscope.metrics` (the metric specs),
+:mod:`gradscope.activations` (the family registry), :mod:`gradscope.history`,
+:mod:`gradscope.schedules` and :mod:`gradscope.report`; :mod:`gradscope.capture`,
+:mod:`gradscope.reductions`, :mod:`gradscope.queue` and :mod:`gradscope.stats`
+are the implementation.
+
 Example:
     >>> import torch, torch.nn as nn, gradscope
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -15,19 +22,26 @@ Example:
 """
 
 from gradscope.activations import ActivationFamily, family_of, register_family
+from gradscope.api import watch
+from gradscope.findings import Finding, Thresholds
 from gradscope.history import History, LayerInfo
-from gradscope.monitor import Monitor, Record, Sink, watch
+from gradscope.monitor import Monitor
+from gradscope.options import Definitions
 from gradscope.schedules import every, log_schedule
+from gradscope.writers.base import Record, Sink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationFamily",
+    "Definitions",
+    "Finding",
     "History",
     "LayerInfo",
     "Monitor",
     "Record",
     "Sink",
+    "Thresholds",
     "__version__",
     "every",
     "family_of",

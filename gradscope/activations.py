@@ -1,4 +1,4 @@
-"""Activation families: which statistics each activation gets, and their definitions.
+"""Activation families: the registry of what each activation is, for the statistics.
 
 Each supported activation module maps to an :class:`ActivationFamily` that says
 
@@ -11,6 +11,7 @@ Each supported activation module maps to an :class:`ActivationFamily` that says
   invertible enough (sigmoid ``y(1-y)``, tanh ``1-y²``, ...) and from the input
   otherwise (GELU, SiLU, PReLU).
 
+Which metrics a family gets follows from these fields (:mod:`gradscope.metrics`).
 Modules whose type (or a base class) is not registered are not monitored:
 gradscope does not guess. Register your own with :func:`register_family`.
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -36,15 +37,11 @@ from gradscope import stats
 
 __all__ = [
     "FAMILIES",
-    "ONE_PASS_CONDITION",
     "SATURATION_RULES",
     "ActivationFamily",
-    "ActivationSums",
-    "activation_sums",
     "family_of",
-    "metric_names",
     "register_family",
-    "summarize_activation",
+    "softmax_dim",
 ]
 
 #: Saturation rules by family name, as documented in the README.
@@ -102,205 +99,6 @@ class ActivationFamily:
 
 
 _REGIMES = {"saturating", "relu", "negative", "softmax"}
-
-#: Metrics every activation call-site gets, in order.
-BASE_METRICS = ("mean", "std", "min", "max", "nonfinite")
-
-
-def metric_names(family: ActivationFamily) -> tuple[str, ...]:
-    """Names of the forward statistics :func:`summarize_activation` returns, in order."""
-    names: list[str] = list(BASE_METRICS)
-    if family.saturation is not None:
-        names.append("saturation")
-    if family.derivative is not None:
-        names += ["small_deriv", "mean_deriv"]
-    if family.regime == "relu":
-        names += ["zero_frac", "dead_units"]
-    elif family.regime == "negative":
-        names += ["neg_frac", "neg_units"]
-    return tuple(names)
-
-
-def window_metric(family: ActivationFamily) -> Optional[str]:
-    """Name of the windowed unit metric of a family (``dead_units_window``), if any."""
-    return {"relu": "dead_units_window", "negative": "neg_units_window"}.get(family.regime)
-
-
-@dataclass
-class ActivationSums:
-    """Sums and counts of one activation call, and how to finish them on the host.
-
-    ``values = raw * scale + offset`` elementwise, ordered as :func:`metric_names`:
-    divisions by the element or unit count are affine, so they are left to the
-    host and the device computes only the reductions. A part that is already known
-    on the host (on the CPU, where reading a value is free) is a Python ``float``
-    instead of a 0-d tensor. :func:`summarize_activation` finishes on the device.
-    """
-
-    parts: list[Union[Tensor, float]]
-    scale: list[float]
-    offset: list[float]
-    active: Optional[Tensor]  # bool per unit, for ReLU-like/negative-regime families
-
-    def tensors(self) -> list[Tensor]:
-        """The parts that are still on the device, in order (stack them to read them)."""
-        return [p for p in self.parts if isinstance(p, Tensor)]
-
-    def finish(self, raw: list[float]) -> list[float]:
-        """The metric values, given the values of :meth:`tensors` read back on the host."""
-        it = iter(raw)
-        return [(p if isinstance(p, float) else next(it)) * a + b
-                for p, a, b in zip(self.parts, self.scale, self.offset)]
-
-
-#: ``mean**2 / var`` above which the one-pass variance ``E[y²] - mean²`` (sums with
-#: ~1e-7 relative error) could lose more than ~1e-5; the two-pass sum is used instead.
-ONE_PASS_CONDITION = 100.0
-
-
-def activation_sums(
-    family: ActivationFamily,
-    module: nn.Module,
-    x: Optional[Tensor],
-    y: Tensor,
-    *,
-    eps: float,
-    delta: float,
-    unit_dim: Optional[int],
-) -> ActivationSums:
-    """The reductions behind :func:`summarize_activation`; see :class:`ActivationSums`.
-
-    Written for few kernels and no large temporaries: on the CPU each operation
-    inside a hook pays tens of microseconds to bring the interpreter back into a
-    cache the training kernels just flushed, and each fresh activation-sized
-    temporary costs page faults. So the moments come from three reductions of
-    ``y`` (sum, sum of squares in scratch, min/max), dead units from the per-unit
-    maximum, and each count from one 0/1 mask in scratch, computed once and shared.
-    """
-    yf = stats.as_float(y)
-    n = yf.numel()
-    names = metric_names(family)
-    if n == 0:
-        parts: list[Union[Tensor, float]] = [math.nan] * len(names)
-        parts[len(BASE_METRICS) - 1] = 0.0  # no element, none non-finite
-        return ActivationSums(parts, [1.0] * len(names), [0.0] * len(names), None)
-    total = yf.sum()
-    lo, hi = torch.aminmax(yf)
-    parts = [total, math.nan, lo, hi, math.nan]
-    scale, offset = [1 / n, 1.0, 1.0, 1.0, 1.0], [0.0] * 5
-    std: Optional[float] = None
-    all_finite = False  # known without counting (CPU only)
-    if stats.host_readable(total):
-        t, ss = total.item(), stats.sum_squares(yf).item()  # ok-sync: CPU only
-        all_finite = math.isfinite(t)  # a NaN/Inf element makes the sum non-finite
-        mean, var = t / n, ss / n - (t / n) ** 2
-        if all_finite and math.isfinite(ss) and var > 0 \
-                and mean * mean <= ONE_PASS_CONDITION * var:
-            std = math.sqrt(var)
-    if std is None:  # two-pass
-        parts[1] = stats.sum_squares(yf, total / n).sqrt()
-        scale[1] = 1 / math.sqrt(n)
-    else:
-        parts[1] = std
-    parts[4] = 0.0 if all_finite else stats.nonfinite_count(yf)
-    counts: dict[tuple[float, float], Tensor] = {}  # interval -> count, computed once
-
-    def inside(low: float, high: float) -> Tensor:
-        """How many elements have ``low < y < high`` (an infinite limit is not compared)."""
-        key = (low, high)
-        if key not in counts:
-            if high == math.inf:
-                counts[key] = stats.count_where(torch.gt, yf, low)
-            elif low == -math.inf:
-                counts[key] = stats.count_where(torch.lt, yf, high)
-            else:  # low < high: #(y > low) - #(y >= high)
-                counts[key] = stats.count_where(torch.gt, yf, low) - stats.count_where(
-                    torch.ge, yf, high)
-        return counts[key]
-
-    if family.saturation is not None:
-        parts.append(family.saturation(yf, module, eps))
-        scale.append(1.0)
-        offset.append(0.0)
-    if family.piecewise is not None:
-        low, high, d_in, d_out = family.piecewise(module)
-        count = inside(low, high)
-        small_in, small_out = float(d_in < delta), float(d_out < delta)
-        parts += [count, count]  # both are affine in the count inside
-        scale += [(small_in - small_out) / n, (d_in - d_out) / n]
-        offset += [small_out, d_out]
-    elif family.derivative is not None:
-        xf = stats.as_float(x) if x is not None else None
-        parts += _derivative_sums(family, module, xf, yf, delta)
-        scale += [1 / n, 1 / n]
-        offset += [0.0, 0.0]
-    active = None
-    if family.regime in ("relu", "negative"):
-        ud = stats.resolve_unit_dim(y.ndim, unit_dim)
-        dims = stats.batch_dims(y.ndim, ud)
-        if family.regime == "relu":  # on: y > 0
-            on_count = inside(0.0, math.inf)
-            active = (yf.amax(dim=dims) if dims else yf) > 0
-        else:  # on: not in the negative regime, src >= 0
-            src = stats.as_float(x) if (family.needs_input and x is not None) else yf
-            on_count = stats.count_where(torch.ge, src, 0.0)
-            active = (src.amax(dim=dims) if dims else src) >= 0
-        parts += [on_count, torch.count_nonzero(active)]
-        scale += [-1 / n, -1 / max(active.numel(), 1)]
-        offset += [1.0, 1.0]
-    return ActivationSums(parts, scale, offset, active)
-
-
-def _derivative_sums(
-    family: ActivationFamily, module: nn.Module, x: Optional[Tensor], y: Tensor, delta: float
-) -> list[Tensor]:
-    """``[#(f'(x) < delta), sum f'(x)]``, block by block in CPU scratch memory when it can."""
-    assert family.derivative is not None
-    blocks = None
-    if family.derivative_out and y.device.type == "cpu" and y.ndim > 0 and (
-            x is None or x.shape == y.shape):
-        blocks = stats.row_blocks(y)
-    if blocks is None:  # a GPU (caching allocator), a custom derivative, or huge rows
-        d = family.derivative(x, y, module)
-        return [stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)]
-    derivative: Callable[..., Tensor] = family.derivative
-    out_buf, work_buf = stats.cpu_scratch(1), stats.cpu_scratch(2)
-    sums: list[Tensor] = []
-    for lo, hi in blocks:
-        yb = y[lo:hi]
-        k = yb.numel()
-        d = derivative(None if x is None else x[lo:hi], yb, module,
-                       out=out_buf[:k].view(yb.shape), work=work_buf[:k].view(yb.shape))
-        c, s = stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)
-        sums = [c, s] if not sums else [sums[0].add_(c), sums[1].add_(s)]
-    return sums
-
-
-def summarize_activation(
-    family: ActivationFamily,
-    module: nn.Module,
-    x: Optional[Tensor],
-    y: Tensor,
-    *,
-    eps: float,
-    delta: float,
-    unit_dim: Optional[int],
-) -> tuple[Tensor, Optional[Tensor]]:
-    """Forward statistics of one activation call.
-
-    Returns ``(values, active_units)``: a ``float32`` vector ordered as
-    :func:`metric_names`, and for ReLU-like/negative-regime families a boolean
-    vector saying which units were active (positive output, or not in the negative
-    regime) for at least one sample, used for windowed dead-unit tracking.
-    ``x`` is only read when ``family.needs_input``.
-    """
-    s = activation_sums(family, module, x, y, eps=eps, delta=delta, unit_dim=unit_dim)
-    raw = torch.stack([p.to(torch.float32) if isinstance(p, Tensor)
-                       else torch.tensor(p, dtype=torch.float32, device=y.device)
-                       for p in s.parts])
-    scale = torch.tensor(s.scale, dtype=torch.float32, device=raw.device)
-    offset = torch.tensor(s.offset, dtype=torch.float32, device=raw.device)
-    return torch.addcmul(offset, raw, scale), s.active
 
 
 # ---------------------------------------------------------------------------

@@ -79,12 +79,11 @@ def run_demo(
         teacher = _teacher(gen)
         model = make_model(act, init)
         opt = torch.optim.SGD(model.parameters(), lr=LR)
-        options: dict[str, object] = {"optimizer": opt, "flush_every": 25, "summary": not quiet}
-        if logdir is not None:
-            options["logdir"] = str(Path(logdir) / name)
+        run_dir = str(Path(logdir) / name) if logdir is not None else None
         t0 = time.perf_counter()
         correct = 0
-        with gradscope.watch(model, **options) as mon:
+        with gradscope.watch(model, optimizer=opt, flush_every=25, summary=not quiet,
+                             logdir=run_dir) as mon:
             for _step in range(steps):
                 x, y = _batch(teacher, gen)
                 opt.zero_grad()

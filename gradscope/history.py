@@ -24,7 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
-__all__ = ["KINDS", "History", "LayerInfo"]
+__all__ = ["KINDS", "History", "LayerInfo", "decode_value", "encode_value"]
 
 #: The kinds of series: activation call-sites, parameterised modules, parameters.
 KINDS = ("activation", "layer", "parameter")
@@ -167,12 +167,12 @@ class History:
 
     # -- persistence -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (non-finite values become the strings ``"nan"``, ``"inf"``)."""
+        """A JSON-ready dict (non-finite values as :func:`encode_value` writes them)."""
         return {
             "version": 1,
             "layers": [_info_to_dict(self._layers[n]) for n in self.layers() if n in self._layers],
             "data": {
-                layer: {m: [st, [_enc(v) for v in vs]] for m, (st, vs) in d.items()}
+                layer: {m: [st, [encode_value(v) for v in vs]] for m, (st, vs) in d.items()}
                 for layer, d in self._data.items()
             },
         }
@@ -187,7 +187,8 @@ class History:
             h.add_layer(LayerInfo(**info))
         for layer, metrics in d.get("data", {}).items():
             for metric, (steps, values) in metrics.items():
-                h._data.setdefault(layer, {})[metric] = (list(steps), [float(v) for v in values])
+                h._data.setdefault(layer, {})[metric] = (list(steps),
+                                                         [decode_value(v) for v in values])
         return h
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -202,12 +203,25 @@ class History:
             return cls.from_dict(json.load(f))
 
 
-def _enc(v: float) -> Union[float, str]:
-    return v if math.isfinite(v) else str(v)
-
-
 def _info_to_dict(info: LayerInfo) -> dict[str, Any]:
     d = asdict(info)
     if d["shape"] is not None:
         d["shape"] = list(d["shape"])
     return d
+
+
+def encode_value(v: float) -> Union[float, str]:
+    """A float for JSON: finite values as they are, NaN and ±Inf as ``"nan"``, ``"inf"``, ``"-inf"``.
+
+    Example:
+        >>> [encode_value(v) for v in (0.5, float("nan"), float("-inf"))]
+        [0.5, 'nan', '-inf']
+    """
+    return v if math.isfinite(v) else str(v)
+
+
+def decode_value(v: Union[float, int, str, None]) -> float:
+    """Inverse of :func:`encode_value` (``None``, as other tools write NaN, reads as NaN)."""
+    if v is None:
+        return math.nan
+    return float(v)

@@ -32,40 +32,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from gradscope import metrics
 from gradscope.findings import Finding, analyze
-from gradscope.history import History, LayerInfo
+from gradscope.history import History, LayerInfo, encode_value
 
 __all__ = ["RunReport", "configure", "find_runs", "load_run", "render", "run"]
 
-#: Metrics of activation call-sites and of parameterised layers/parameters, as the
-#: monitor names them; used to recognise our tags in runs without a layer index.
-ACTIVATION_METRICS = frozenset({
-    "mean", "std", "min", "max", "nonfinite", "saturation", "small_deriv", "mean_deriv",
-    "zero_frac", "dead_units", "dead_units_window", "neg_frac", "neg_units",
-    "neg_units_window", "grad_out_norm", "grad_out_rms", "grad_out_nonfinite"})
-LAYER_METRICS = frozenset({
-    "grad_norm", "weight_norm", "grad_weight_ratio", "grad_nonfinite", "update_norm",
-    "update_ratio"})
-
-#: Table columns: (header, metric candidates: the first one a layer has is shown).
-ACTIVATION_COLUMNS = (
-    ("saturation", ("saturation",)),
-    ("dead_units", ("dead_units_window", "dead_units")),
-    ("neg_units", ("neg_units_window", "neg_units")),
-    ("std", ("std",)),
-    ("grad_out_rms", ("grad_out_rms",)),
-    ("nonfinite", ("nonfinite",)),
-)
-LAYER_COLUMNS = (
-    ("grad_norm", ("grad_norm",)),
-    ("weight_norm", ("weight_norm",)),
-    ("grad/weight", ("grad_weight_ratio",)),
-    ("update_ratio", ("update_ratio",)),
-    ("grad_nonfinite", ("grad_nonfinite",)),
-)
-#: Metrics compared side by side when there are several runs.
-COMPARE = (("activation", "saturation"), ("activation", "dead_units"),
-           ("activation", "grad_out_rms"), ("layer", "grad_norm"), ("layer", "update_ratio"))
+#: Table columns per series kind, from the metric specs: ``(header, candidate metrics)``
+#: (a layer shows the first candidate it has).
+ACTIVATION_COLUMNS = tuple(metrics.columns("activation"))
+LAYER_COLUMNS = tuple(metrics.columns("layer"))
+#: Metrics compared side by side when there are several runs: the health metrics.
+COMPARE = tuple((metrics.series_kind(m.name) or "activation", m.header or m.name)
+                for m in metrics.health())
 
 _SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1,
                   "compressedHistograms": 1, "audio": 1}
@@ -142,7 +121,7 @@ def load_run(path: Path, root: Path, step: Optional[int] = None) -> Optional[Run
     tags = ea.Tags()
     infos: list[LayerInfo] = []
     if "gradscope/layers/text_summary" in tags.get("tensors", []):
-        from gradscope.writers.tensorboard import parse_layers_text
+        from gradscope.writers.layout import parse_layers_text
 
         events = ea.Tensors("gradscope/layers/text_summary")
         infos = parse_layers_text(events[-1].tensor_proto.string_val[0].decode("utf-8"))
@@ -186,7 +165,7 @@ def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str
     """``(layer, metric, kind)`` of one of our scalar tags, ``None`` for any other tag."""
     if tag.startswith("param/"):
         metric, _, name = tag[len("param/"):].partition("/")
-        if name and (metric in LAYER_METRICS or name in known):
+        if name and (metrics.series_kind(metric) == "layer" or name in known):
             return name, metric, "parameter"
         return None
     metric, _, layer = tag.partition("/")
@@ -194,11 +173,8 @@ def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str
         return None
     if layer in known and known[layer].kind != "parameter":
         return layer, metric, known[layer].kind
-    if metric in ACTIVATION_METRICS:
-        return layer, metric, "activation"
-    if metric in LAYER_METRICS:
-        return layer, metric, "layer"
-    return None
+    kind = metrics.series_kind(metric)
+    return (layer, metric, kind) if kind is not None else None
 
 
 def _natural(name: str) -> list[Any]:
@@ -304,10 +280,6 @@ def render(runs: list[RunReport], fmt: str) -> str:
     return ("\n\n" if md else "\n").join(parts).rstrip("\n") + "\n"
 
 
-def _num(v: float) -> Optional[float]:
-    return v if math.isfinite(v) else None
-
-
 def _run_json(r: RunReport) -> dict[str, Any]:
     h = r.history
 
@@ -315,7 +287,7 @@ def _run_json(r: RunReport) -> dict[str, Any]:
         out = []
         for layer in h.layers(kind):
             info = h.info(layer)
-            metrics = {m: _num(h.series(layer, m)[1][-1]) for m in h.metrics(layer)
+            metrics = {m: encode_value(h.series(layer, m)[1][-1]) for m in h.metrics(layer)
                        if h.series(layer, m)[1]}
             out.append({"name": layer, "type": info.type, "family": info.family,
                         "order": info.order, "metrics": metrics})
@@ -324,6 +296,6 @@ def _run_json(r: RunReport) -> dict[str, Any]:
     return {
         "name": r.name, "path": str(r.path), "step": r.step,
         "activations": entries("activation"), "layers": entries("layer"),
-        "findings": [{k: (_num(v) if isinstance(v, float) else v)
+        "findings": [{k: (encode_value(v) if isinstance(v, float) else v)
                       for k, v in asdict(f).items()} for f in r.findings],
     }

@@ -11,15 +11,15 @@ squares are written block by block into fixed per-thread scratch buffers
 (:func:`cpu_scratch`) instead of fresh temporaries, and :func:`known_finite`
 reads a value already computed (free in host memory) to skip a count.
 
-The monitor composes these functions; tests check each one against a plain
-NumPy or loop computation (``tests/test_stats.py``).
+:mod:`gradscope.reductions` composes these functions; the tests check what it
+computes against plain NumPy or loop references (``tests/test_stats.py``).
 
 Example:
     >>> import torch
     >>> from gradscope import stats
     >>> y = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
-    >>> float(stats.dead_fraction(y, unit_dim=1))
-    0.5
+    >>> float(stats.count_where(torch.gt, y, 0.0))
+    2.0
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_float",
     "batch_dims",
     "count_where",
     "cpu_scratch",
-    "dead_fraction",
     "foreach_nonfinite_counts",
     "foreach_norms",
     "fraction",
@@ -46,17 +46,13 @@ __all__ = [
     "interval_saturation",
     "known_finite",
     "l2_norm",
-    "moments",
     "nonfinite_count",
     "resolve_unit_dim",
     "row_blocks",
     "sigmoid_saturation",
-    "small_fraction",
     "softmax_saturation",
     "sum_squares",
     "symmetric_saturation",
-    "unit_all",
-    "unit_any",
 ]
 
 _NAN = float("nan")
@@ -87,25 +83,6 @@ def host_readable(t: Tensor) -> bool:
     every device.
     """
     return t.device.type == "cpu"
-
-
-def moments(x: Tensor) -> Tensor:
-    """Mean, standard deviation (population, ``correction=0``), min and max of ``x``.
-
-    Returns a ``float32`` tensor of shape ``(4,)``. Non-finite elements propagate
-    (a NaN anywhere makes every moment NaN); count them with :func:`nonfinite_count`.
-    The standard deviation is the two-pass ``sqrt(Σ(x - mean)² / n)`` with cascade
-    summation (:func:`sum_squares`): as accurate as Welford's update and, on the
-    CPU, 10-20x faster than ``torch.std_mean``.
-    """
-    n = x.numel()
-    if n == 0:
-        return torch.full((4,), _NAN, dtype=torch.float32, device=x.device)
-    xf = as_float(x)
-    mean = xf.sum() / n
-    std = (sum_squares(xf, mean) / n).sqrt()
-    lo, hi = torch.aminmax(xf)
-    return torch.stack([mean, std, lo, hi]).to(torch.float32)
 
 
 def nonfinite_count(x: Tensor) -> Tensor:
@@ -248,11 +225,6 @@ def _per_element(count: Tensor, x: Tensor) -> Tensor:
     return count.to(torch.float32) / n
 
 
-def small_fraction(values: Tensor, threshold: float) -> Tensor:
-    """Fraction of elements strictly below ``threshold`` (NaN compares false)."""
-    return fraction_where(torch.lt, values, threshold)
-
-
 def sigmoid_saturation(y: Tensor, eps: float) -> Tensor:
     """Fraction of sigmoid outputs within ``eps`` of 0 or 1: ``y < eps or y > 1 - eps``."""
     if eps >= 0.5:  # the two sides overlap: count the union
@@ -321,39 +293,6 @@ def batch_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d != unit_dim)
 
 
-def unit_any(mask: Tensor, unit_dim: int) -> Tensor:
-    """Per unit: is ``mask`` true for at least one sample/position? Shape ``(units,)``, bool.
-
-    ``mask`` is boolean or a 0/1 float :func:`indicator`.
-    """
-    dims = batch_dims(mask.ndim, unit_dim)
-    if mask.is_floating_point():
-        return (mask.amax(dim=dims) > 0) if dims and mask.numel() else mask > 0
-    if not dims:
-        return mask
-    if mask.numel() > 0:
-        # amax over the bytes is ~10x faster than any() on the CPU, and the same.
-        return mask.view(torch.uint8).amax(dim=dims).view(torch.bool)
-    return mask.any(dim=dims)
-
-
-def unit_all(mask: Tensor, unit_dim: int) -> Tensor:
-    """Per unit: is ``mask`` true for every sample/position? Shape ``(units,)``."""
-    return ~unit_any(~mask, unit_dim)
-
-
-def dead_fraction(y: Tensor, unit_dim: int | None = None) -> Tensor:
-    """Fraction of units (features/channels) that are non-positive for every sample.
-
-    A ReLU unit is dead on a batch when none of its outputs is positive. With an
-    empty batch no unit is observed and the result is ``nan``.
-    """
-    ud = resolve_unit_dim(y.ndim, unit_dim)
-    if y.numel() == 0:
-        return torch.full((), _NAN, dtype=torch.float32, device=y.device)
-    return fraction(~unit_any(indicator(torch.gt, as_float(y), 0.0), ud))
-
-
 def foreach_norms(tensors: Sequence[Tensor]) -> Tensor:
     """L2 norm of each tensor in ``tensors`` as one ``float32`` vector (one fused call)."""
     if not tensors:
@@ -377,16 +316,3 @@ def foreach_nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
     zeroed = torch._foreach_mul(list(tensors), 0.0)
     counts = torch._foreach_norm(zeroed, 0)
     return torch.stack([c.to(torch.float32) for c in counts])
-
-
-# Used by docs and tests: the definitions above in one line each.
-DEFINITIONS = {
-    "moments": "mean, population std (correction=0), min, max over all elements, in float32",
-    "nonfinite": "count of NaN or ±Inf elements",
-    "dead": "unit non-positive for every sample/position of the batch",
-    "saturation.sigmoid": "y < eps or y > 1 - eps",
-    "saturation.tanh": "|y| > 1 - eps",
-    "saturation.hardtanh": "y <= min_val + eps or y >= max_val - eps",
-    "saturation.softmax": "max probability along dim >= 1 - eps (fraction of rows)",
-}
-

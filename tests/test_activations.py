@@ -7,14 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradscope.activations import (
-    FAMILIES,
-    ActivationFamily,
-    family_of,
-    metric_names,
-    register_family,
-    summarize_activation,
-)
+from gradscope.activations import FAMILIES, ActivationFamily, family_of, register_family
+from gradscope.reductions import summarize
 
 ELEMENTWISE = [
     nn.Sigmoid(), nn.Tanh(), nn.Softsign(), nn.Hardtanh(-0.5, 1.5), nn.ReLU(), nn.ReLU6(),
@@ -68,10 +62,8 @@ def stats_dict(module: nn.Module, x: torch.Tensor, **kw: float) -> dict[str, flo
     fam = family_of(module)
     assert fam is not None
     y = module(x)
-    vec, _ = summarize_activation(fam, module, x if fam.needs_input else None, y.detach(),
-                                  eps=kw.get("eps", 0.01), delta=kw.get("delta", 0.01),
-                                  unit_dim=None)
-    return dict(zip(metric_names(fam), vec.tolist()))
+    return summarize(fam, module, x, y.detach(), eps=kw.get("eps", 0.01),
+                     delta=kw.get("delta", 0.01), unit_dim=None)
 
 
 @pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (3.0, 1.0), (5.0, 1e-3), (1e4, 1.0)])
@@ -101,9 +93,9 @@ def test_blockwise_scratch_evaluation_matches_whole_tensor(
     plain = dataclasses.replace(fam, derivative_out=False, piecewise=None)
 
     def run(family: ActivationFamily) -> list[float]:
-        vec, _ = summarize_activation(family, module, x if family.needs_input else None,
-                                      module(x).detach(), eps=0.05, delta=0.05, unit_dim=None)
-        return vec.tolist()
+        values = summarize(family, module, x, module(x).detach(), eps=0.05, delta=0.05,
+                           unit_dim=None)
+        return list(values.values())
 
     whole = run(plain)
     monkeypatch.setattr(stats, "SCRATCH_ELEMENTS", 50)  # 4 rows of 12 per block

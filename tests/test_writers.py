@@ -19,7 +19,7 @@ from gradscope.histograms import decode_histogram, histogram_vector
 from gradscope.history import History, LayerInfo
 from gradscope.writers import MemoryWriter, TensorBoardWriter, scalar_tag
 from gradscope.writers.figures import gradient_flow_image, unit_health_image
-from gradscope.writers.tensorboard import parse_layers_text
+from gradscope.writers.layout import parse_layers_text
 
 BATCH, WIDTH = 16, 12
 
@@ -101,7 +101,7 @@ def test_histograms_images_layout_and_layer_index(
         hv = e.histogram_value
         assert hv.num == BATCH * WIDTH
         assert sum(hv.bucket) == hv.num
-        assert len(hv.bucket) == len(hv.bucket_limit) == mon.histogram_bins
+        assert len(hv.bucket) == len(hv.bucket_limit) == mon.options.histogram_bins
         assert hv.min == 0.0  # a ReLU output
     sig = ea.Histograms("activations/3")[0].histogram_value
     assert 0.0 < sig.min <= sig.max < 1.0
@@ -164,7 +164,7 @@ def test_histograms_follow_their_schedule_and_need_a_sink() -> None:
     assert mem.closed and mem.writes == 3 and mon.writer is None
     # Without a histogram sink, no histogram is computed at all.
     plain = gradscope.watch(_model(), summary=False)
-    assert plain._hist_schedule is None
+    assert not plain._ctx.histograms_on
     plain.close()
     off = _train(_model(), 3, sinks=[mem2 := MemoryWriter()], histogram_every=None)
     assert mem2.histograms == [] and off.history.steps() == [0, 1, 2]

@@ -55,7 +55,7 @@ from torch import nn
 import gradscope
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.models import ACTIVATIONS, INITS, build_mlp
-from gradscope.history import History
+from gradscope.history import History, decode_value, encode_value
 
 __all__ = ["OPTIMIZERS", "RunConfig", "RunResult", "resolve_device", "train_run"]
 
@@ -190,7 +190,7 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: the config under ``config``, metrics at top level."""
         d = {k: getattr(self, k) for k in (f.name for f in fields(self)) if k != "config"}
-        d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        d = {k: (encode_value(v) if isinstance(v, float) else v) for k, v in d.items()}
         return {"name": self.name, "config": self.config.to_dict(), **d}
 
     @classmethod
@@ -199,7 +199,7 @@ class RunResult:
         d = {k: v for k, v in d.items() if k != "name"}
         cfg = RunConfig.from_dict(d.pop("config"))
         for k in ("test_acc", "test_loss", "final_train_loss", "grad_ratio"):
-            d[k] = float("nan") if d[k] is None else d[k]
+            d[k] = decode_value(d[k])
         return cls(config=cfg, **d)
 
 

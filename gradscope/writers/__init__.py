@@ -1,8 +1,10 @@
 """Writers: sinks that receive the monitor's records at each flush and only write them.
 
+* :class:`Sink` and :class:`Record` (:mod:`gradscope.writers.base`): the base class
+  every sink subclasses (optional methods are no-ops) and what it receives;
 * :class:`TensorBoardWriter` writes a TensorBoard run (scalars, a custom-scalars
   layout, histograms, gradient-flow and unit-health images, findings as text)
-  through ``torch.utils.tensorboard.SummaryWriter``.
+  through ``torch.utils.tensorboard.SummaryWriter``;
 * :class:`MemoryWriter` keeps everything it receives in lists (tests, notebooks).
 
 ``gradscope.watch(model, logdir="runs/x")`` creates a :class:`TensorBoardWriter`
@@ -15,11 +17,13 @@ Example:
     >>> mem = MemoryWriter()
     >>> with gradscope.watch(model, sinks=[mem], summary=False):
     ...     model(torch.randn(16, 4)).mean().backward()
-    >>> ("1", "dead_units") in {(r[1], r[2]) for r in mem.records}
+    >>> ("1", "dead_units") in {(r.layer, r.metric) for r in mem.records}
     True
 """
 
+from gradscope.writers.base import Record, Sink
+from gradscope.writers.layout import scalar_tag
 from gradscope.writers.memory import MemoryWriter
-from gradscope.writers.tensorboard import TensorBoardWriter, scalar_tag
+from gradscope.writers.tensorboard import TensorBoardWriter
 
-__all__ = ["MemoryWriter", "TensorBoardWriter", "scalar_tag"]
+__all__ = ["MemoryWriter", "Record", "Sink", "TensorBoardWriter", "scalar_tag"]

@@ -23,13 +23,15 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 
 from gradscope.history import History
+from gradscope.metrics import METRICS, Metric, series_kind
 
-__all__ = ["dead_metric", "gradient_flow_image", "unit_health_image"]
+__all__ = ["gradient_flow_image", "panel_metric", "unit_health_image"]
 
 
 def _value(history: History, layer: str, metric: str, step: Optional[int]) -> float:
@@ -67,23 +69,30 @@ def gradient_flow_image(history: History, step: Optional[int] = None) -> Optiona
     """
     from matplotlib.figure import Figure
 
-    layers = [n for n in history.layers("layer") if "grad_norm" in history.metrics(n)]
-    acts = [n for n in history.layers("activation") if "std" in history.metrics(n)]
-    grads = [_value(history, n, "grad_norm", step) for n in layers]
-    backs = [_value(history, n, "grad_out_rms", step) for n in acts]
-    stds = [_value(history, n, "std", step) for n in acts]
+    drawn = [m for m in METRICS.values() if m.image == "gradient_flow"]
+    per_layer = [m for m in drawn if series_kind(m.name) == "layer"]
+    per_site = [m for m in drawn if series_kind(m.name) == "activation"]
+    layers = [n for n in history.layers("layer")
+              if per_layer and per_layer[0].name in history.metrics(n)]
+    acts = [n for n in history.layers("activation")
+            if per_site and per_site[0].name in history.metrics(n)]
     if not layers and not acts:
         return None
     fig = Figure(figsize=(10, 4), dpi=80)
     ax1, ax2 = fig.subplots(1, 2)
     shown = "last step" if step is None else f"step {step}"
-    _depth_plot(ax1, layers, grads, "gradient norm ‖∇W‖ per layer", "C3")
-    _depth_plot(ax2, acts, stds, "activations and the gradient reaching them", "C0",
-                label="activation std")
-    if any(math.isfinite(v) and v > 0 for v in backs):
-        xs = list(range(len(acts)))
-        ax2.plot(xs, [v if v > 0 else math.nan for v in backs], "s--", color="C1",
-                 label="backprop RMS ‖∂L/∂y‖/√n")
+    for i, m in enumerate(per_layer):
+        _depth_plot(ax1, layers, [_value(history, n, m.name, step) for n in layers],
+                    f"{m.label} per layer", f"C{3 + i}")
+    if per_site:
+        first = per_site[0]
+        _depth_plot(ax2, acts, [_value(history, n, first.name, step) for n in acts],
+                    "activations and the gradient reaching them", "C0", label=first.label)
+    for i, m in enumerate(per_site[1:]):
+        values = [_value(history, n, m.name, step) for n in acts]
+        if any(math.isfinite(v) and v > 0 for v in values):
+            ax2.plot(list(range(len(acts))), [v if v > 0 else math.nan for v in values], "s--",
+                     color=f"C{1 + i}", label=m.label)
     if acts:
         ax2.legend(loc="best", fontsize=8)
     fig.suptitle(f"gradient flow ({shown}): input → output, log scale", fontsize=11)
@@ -117,13 +126,10 @@ def _short(names: list[str], width: int = 18) -> list[str]:
     return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
 
 
-def dead_metric(history: History, site: str) -> Optional[str]:
-    """Which unit-death metric a call-site has: ``dead_units_window``, ``dead_units`` or None."""
+def panel_metric(history: History, site: str, candidates: Sequence[str]) -> Optional[str]:
+    """The first of ``candidates`` a call-site has (``dead_units_window``, else ``dead_units``)."""
     ms = history.metrics(site)
-    for m in ("dead_units_window", "dead_units"):
-        if m in ms:
-            return m
-    return None
+    return next((m for m in candidates if m in ms), None)
 
 
 def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.ndarray]:
@@ -142,16 +148,22 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
 
     panels: list[tuple[str, list[tuple[str, str]]]] = []
     acts = history.layers("activation")
-    dead = [(s, m) for s in acts if (m := dead_metric(history, s)) is not None]
-    if dead:
-        panels.append((f"dead units ({dead[0][1]})", dead))
-    sat = [(s, "saturation") for s in acts if "saturation" in history.metrics(s)]
-    if sat:
-        panels.append(("saturated outputs (saturation)", sat))
+    groups: dict[str, list[Metric]] = {}
+    for m in METRICS.values():
+        if m.image == "unit_health":
+            groups.setdefault(m.header or m.name, []).append(m)
+    for specs in groups.values():
+        specs.sort(key=lambda spec: spec.report if spec.report is not None else math.inf)
+        names = [spec.name for spec in specs]
+        rows = [(site, name) for site in acts
+                if (name := panel_metric(history, site, names)) is not None]
+        if rows:
+            label = next(spec.label for spec in specs if spec.name == rows[0][1])
+            panels.append((f"{label} ({rows[0][1]})", rows))
     if not panels:
         return None
-    all_steps = sorted({st for _, rows in panels for s, m in rows
-                        for st in history.series(s, m)[0]})
+    all_steps = sorted({st for _, rows in panels for site, name in rows
+                        for st in history.series(site, name)[0]})
     if not all_steps:
         return None
     if len(all_steps) > max_steps:
@@ -165,8 +177,8 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
     image = None
     for ax, (title, rows) in zip(axes, panels):
         grid = np.full((len(rows), len(all_steps)), np.nan)
-        for i, (s, m) in enumerate(rows):
-            for st, v in zip(*history.series(s, m)):
+        for i, (site, name) in enumerate(rows):
+            for st, v in zip(*history.series(site, name)):
                 j = col.get(st)
                 if j is not None:
                     grid[i, j] = v

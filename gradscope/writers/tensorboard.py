@@ -44,122 +44,43 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
-import re
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from torch.utils.tensorboard import SummaryWriter
 
 from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
-
-__all__ = ["LAYOUT", "TensorBoardWriter", "layers_text", "parse_layers_text", "scalar_tag"]
-
-#: The first custom-scalars section: the key health metrics, always all present
-#: (a chart is empty when a run has no such layer), so that TensorBoard, which
-#: merges the layouts of the runs it shows, keeps this order for every run.
-HEALTH: tuple[str, ...] = ("saturation", "dead_units_window", "std", "grad_out_rms",
-                           "grad_norm", "update_ratio")
-
-#: Further sections of the custom-scalars layout, with the metrics a run has.
-LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("gradscope: forward (activations)", (
-        "dead_units", "zero_frac", "neg_units", "neg_units_window", "neg_frac",
-        "small_deriv", "mean_deriv", "mean", "min", "max", "nonfinite")),
-    ("gradscope: backward (gradients)", (
-        "grad_out_norm", "grad_out_nonfinite", "grad_weight_ratio", "grad_nonfinite")),
-    ("gradscope: updates and weights", ("update_norm", "weight_norm")),
+from gradscope.writers.base import Record, Sink
+from gradscope.writers.layout import (
+    FINDINGS_TAG,
+    GRADIENT_FLOW_TAG,
+    LAYERS_TAG,
+    UNIT_HEALTH_TAG,
+    check_logdir,
+    custom_scalars_layout,
+    findings_markdown,
+    layers_text,
+    scalar_tag,
 )
-HEALTH_SECTION = "gradscope: health (key metrics by layer)"
 
-#: Text tag holding the layer index.
-LAYERS_TAG = "gradscope/layers"
-#: Text tag holding the findings.
-FINDINGS_TAG = "gradscope/findings"
-#: Image tags.
-GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
-UNIT_HEALTH_TAG = "gradscope/unit_health"
+__all__ = ["TensorBoardWriter"]
 
 
-def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
-    """The TensorBoard tag of one series: ``metric/layer``, or ``param/metric/name``.
-
-    Example:
-        >>> scalar_tag("features.3", "dead_units", "activation")
-        'dead_units/features.3'
-        >>> scalar_tag("fc1.weight", "grad_norm", "parameter")
-        'param/grad_norm/fc1.weight'
-    """
-    if kind == "parameter":
-        return f"param/{metric}/{layer}"
-    return f"{metric}/{layer}"
-
-
-def layers_text(infos: Sequence[LayerInfo]) -> str:
-    """The ``gradscope/layers`` text: one JSON object per layer, as a markdown code block."""
-    lines = ["gradscope layer index (read by `gradscope report`):", ""]
-    for info in infos:
-        d = {"name": info.name, "kind": info.kind, "order": info.order, "type": info.type,
-             "family": info.family, "module": info.module, "call": info.call,
-             "shape": list(info.shape) if info.shape is not None else None}
-        lines.append("    " + json.dumps(d))
-    return "\n".join(lines)
-
-
-def parse_layers_text(text: str) -> list[LayerInfo]:
-    """Inverse of :func:`layers_text` (lines that are not layer objects are skipped)."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-            if d.get("shape") is not None:
-                d["shape"] = tuple(d["shape"])
-            out.append(LayerInfo(**d))
-        except (ValueError, TypeError):
-            continue
-    return out
-
-
-def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -> Path:
-    """Create ``logdir`` if needed and prove it is writable; raise a clear error if not."""
-    path = Path(logdir).expanduser()
-    fix = (f"pass a directory you can write to, e.g. {argument}='runs/exp1', or fix its "
-           "permissions")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"watch({argument}={str(logdir)!r}): this path is a file, not a "
-                         f"directory; {fix}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".gradscope-write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"watch({argument}={str(logdir)!r}): cannot write TensorBoard events there "
-            f"({type(err).__name__}: {err.strerror or err}); {fix}"
-        ) from err
-    return path
-
-
-class TensorBoardWriter:
+class TensorBoardWriter(Sink):
     """A sink that writes a gradscope dashboard into one TensorBoard run.
 
     The directory is created and checked at construction, so an unwritable
-    ``logdir`` fails at once with a message naming the path. Afterwards a write
-    error never reaches the training loop: it is reported with one warning and the
-    next flush tries again. Writes run on a background thread (``background=True``);
-    :meth:`flush` and :meth:`close` wait for it.
+    ``logdir`` fails at once with a message naming the path. Writes run on a
+    background thread (``background=True``); :meth:`flush` and :meth:`close` wait
+    for it. A write that fails on that thread is raised by the next call on the
+    caller's thread, where the monitor reports it (one warning) and goes on; the
+    writer keeps taking writes, so it writes again once the cause is gone.
 
     Args:
         logdir: the run directory (one run per directory, as TensorBoard expects).
@@ -225,7 +146,7 @@ class TensorBoardWriter:
         self._layout_metrics: tuple[str, ...] = ()
         self._layers_written: tuple[str, ...] = ()
         self._findings_key: Optional[tuple[Any, ...]] = None
-        self._warned = False
+        self._error: Optional[Exception] = None  # raised on the background thread, not yet reported
         self._closed = False
         self._queue: Optional[queue.Queue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]]] = None
         self._thread: Optional[threading.Thread] = None
@@ -236,7 +157,7 @@ class TensorBoardWriter:
             self._thread.start()
 
     # ------------------------------------------------------------ sink api
-    def write(self, records: Sequence[tuple[int, str, str, float]], history: History) -> None:
+    def write(self, records: Sequence[Record], history: History) -> None:
         """Write one flush: scalars in network order, layout and layer index when new, images."""
         if self._closed or not records:
             return
@@ -247,10 +168,11 @@ class TensorBoardWriter:
         if self.images:
             step = max(r[0] for r in records)
             if time.monotonic() - self._last_image_time >= self.image_interval:
-                self._guard(self._write_images, history, step)
+                self._write_images(history, step)
             else:
                 self._image_pending = (history, step)
         self._submit(self.summary_writer.flush)
+        self._raise_background_error()
 
     def write_histograms(self, histograms: Sequence[Histogram]) -> None:
         """Write device-computed histograms with ``add_histogram_raw``."""
@@ -274,25 +196,23 @@ class TensorBoardWriter:
             return
         if self._queue is not None:
             self._queue.join()
-        self._guard(self.summary_writer.flush)
+        self.summary_writer.flush()
+        self._raise_background_error()
 
     def close(self) -> None:
         """Draw the pending images, finish the background writes, close the file. Safe twice."""
         if self._closed:
             return
-        if self._image_pending is not None:
-            self._guard(self._write_images, *self._image_pending)
-        self._closed = True
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-        self._guard(self.summary_writer.close)
-
-    def __enter__(self) -> TensorBoardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            if self._image_pending is not None:
+                self._write_images(*self._image_pending)
+        finally:
+            self._closed = True
+            if self._queue is not None and self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+            self.summary_writer.close()
+        self._raise_background_error()
 
     def __repr__(self) -> str:
         return f"TensorBoardWriter({str(self.logdir)!r})"
@@ -303,7 +223,7 @@ class TensorBoardWriter:
         if self._queue is not None:
             self._queue.put((fn, args))
         else:
-            self._guard(fn, *args)
+            fn(*args)
 
     def _work(self) -> None:
         """The background thread: run queued writes until the ``None`` sentinel."""
@@ -313,24 +233,21 @@ class TensorBoardWriter:
             try:
                 if job is None:
                     return
-                self._guard(job[0], *job[1])
+                job[0](*job[1])
+            except Exception as err:  # reported on the caller's thread by the next call
+                if self._error is None:
+                    self._error = err
             finally:
                 self._queue.task_done()
 
-    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run one write; a failure warns once and never reaches the training loop."""
-        try:
-            fn(*args)
-        except Exception as err:
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"gradscope: writing TensorBoard events to {str(self.logdir)!r} failed "
-                    f"({type(err).__name__}: {err}); training goes on, later flushes retry "
-                    "and further errors are not reported",
-                    RuntimeWarning, stacklevel=3)
+    def _raise_background_error(self) -> None:
+        """Raise (once) an error the background thread met since the last call."""
+        err, self._error = self._error, None
+        if err is not None:
+            raise RuntimeError(f"writing TensorBoard events to {str(self.logdir)!r} failed: "
+                               f"{type(err).__name__}: {err}") from err
 
-    def _write_scalars(self, records: Sequence[tuple[int, str, str, float]],
+    def _write_scalars(self, records: Sequence[Record],
                        names: Sequence[str], infos: dict[str, LayerInfo]) -> None:
         if tuple(names) != self._layers_written:
             self._layers_written = tuple(names)
@@ -379,38 +296,3 @@ def _has_info(history: History, name: str) -> bool:
     return True
 
 
-def custom_scalars_layout(metrics: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: per section, one ``Multiline`` chart per metric.
-
-    Each chart matches ``^<metric>/`` so every layer of that metric is a line,
-    including layers that appear later in the run. The health section lists
-    :data:`HEALTH` whatever the run has; the other sections only present metrics.
-
-    Example:
-        >>> layout = custom_scalars_layout(["saturation", "grad_out_norm"])
-        >>> list(layout)
-        ['gradscope: health (key metrics by layer)', 'gradscope: backward (gradients)']
-        >>> layout["gradscope: backward (gradients)"]
-        {'grad_out_norm': ['Multiline', ['^grad_out_norm/']]}
-    """
-    present = set(metrics)
-    layout: dict[str, dict[str, list[Any]]] = {
-        HEALTH_SECTION: {m: ["Multiline", [f"^{re.escape(m)}/"]] for m in HEALTH}}
-    known = set(HEALTH)
-    for section, names in LAYOUT:
-        known.update(names)
-        charts = {m: ["Multiline", [f"^{re.escape(m)}/"]] for m in names if m in present}
-        if charts:
-            layout[section] = charts
-    other = {m: ["Multiline", [f"^{re.escape(m)}/"]] for m in metrics if m not in known}
-    if other:
-        layout["gradscope: other"] = other
-    return layout
-
-
-def findings_markdown(findings: Sequence[Any]) -> str:
-    """The findings as a markdown list (the ``gradscope/findings`` text)."""
-    if not findings:
-        return "No findings: no rule of `gradscope.findings` fires on this run so far."
-    # The message already names the layer and the first step.
-    return "\n".join(f"- **{f.severity}** · `{f.rule}`: {f.message}" for f in findings)

@@ -1,4 +1,4 @@
-"""Findings: rules that turn a :class:`gradscope.History` into diagnoses with remedies.
+"""The rules that turn a :class:`gradscope.History` into diagnoses with remedies.
 
 :func:`analyze` applies every rule of :data:`RULES` and returns a list of
 :class:`Finding` (severity, rule, layer, first step seen, a one-line message with
@@ -47,117 +47,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any, Callable, Optional, TypeVar
 
+from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
 
-__all__ = ["RULES", "SEVERITIES", "Finding", "Thresholds", "analyze", "format_findings"]
-
-#: Severities, most serious first.
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis.
-
-    Args:
-        severity: ``"error"`` (training is broken), ``"warning"`` (likely hurts
-            training) or ``"info"`` (a trend worth watching).
-        rule: the rule that fired (a key of :data:`RULES`).
-        layer: the layer or call-site it concerns (``None`` for the whole model).
-        first_step: the step the condition has held since (for ``nonfinite``, the
-            first step a non-finite value was seen).
-        message: one line: what is wrong, where, since when, and the usual remedy.
-        remedy: the remedy part of the message on its own.
-        value: the measured value the rule compared with its threshold.
-        last_step: the latest step the rule looked at.
-    """
-
-    severity: str
-    rule: str
-    layer: Optional[str]
-    first_step: int
-    message: str
-    remedy: str = ""
-    value: float = math.nan
-    last_step: int = -1
-
-    def __str__(self) -> str:
-        return f"[{self.severity}] {self.rule}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The thresholds of the rules in :mod:`gradscope.findings`; every one can be changed.
-
-    Args:
-        window: a condition fires only when it holds on the last ``window``
-            recorded steps of a series (all of them when fewer were recorded).
-        vanishing_ratio: ``vanishing_gradients`` when the first layer's gradient
-            RMS is below this fraction of the last layer's (1e-2: two decades).
-        exploding_ratio: ``exploding_gradients`` when the first layer's gradient
-            RMS is above this multiple of the last layer's.
-        exploding_growth: ``exploding_gradients`` when the total gradient norm
-            exceeds this multiple of its median over the first ``window`` records.
-        saturation: ``saturation`` when more than this fraction of a call-site's
-            outputs lie within ``eps`` of the activation's limits.
-        dead_units: ``dead_units`` when more than this fraction of a ReLU
-            call-site's units are dead (``dead_units_window`` when recorded, i.e.
-            never positive during the monitor's ``dead_window``; else per batch).
-        dead_growth: ``dead_units_growing`` when the dead fraction rose by at
-            least this much since the first record (and is not yet a ``dead_units``).
-        scale_collapse: ``activation_collapse`` when the activation std of the
-            deepest call-site is below this fraction of the first call-site's.
-        scale_blowup: ``activation_blowup`` when it is above this multiple.
-        update_ratio_low: ``update_ratio_low`` when a layer's ``‖Δw‖/‖w‖`` per step
-            is below this (the common rule of thumb is about 1e-3).
-        update_ratio_high: ``update_ratio_high`` when it is above this.
-
-    Example:
-        >>> Thresholds(dead_units=0.5).dead_units
-        0.5
-        >>> Thresholds(saturation=2)
-        Traceback (most recent call last):
-        ...
-        ValueError: Thresholds(saturation=2): a fraction must be in (0, 1), e.g. 0.3
-    """
-
-    window: int = 3
-    vanishing_ratio: float = 1e-2
-    exploding_ratio: float = 1e2
-    exploding_growth: float = 1e2
-    saturation: float = 0.3
-    dead_units: float = 0.3
-    dead_growth: float = 0.2
-    scale_collapse: float = 1e-2
-    scale_blowup: float = 1e2
-    update_ratio_low: float = 1e-5
-    update_ratio_high: float = 1e-1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-            raise ValueError(f"Thresholds(window={self.window!r}): must be an int >= 1")
-        for name in ("saturation", "dead_units", "dead_growth"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ValueError(f"Thresholds({name}={v!r}): a fraction must be in (0, 1), e.g. 0.3")
-        for name in ("vanishing_ratio", "scale_collapse"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ValueError(f"Thresholds({name}={v!r}): must be in (0, 1), e.g. 1e-2")
-        for name in ("exploding_ratio", "exploding_growth", "scale_blowup"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v > 1:
-                raise ValueError(f"Thresholds({name}={v!r}): must be > 1, e.g. 100")
-        lo, hi = self.update_ratio_low, self.update_ratio_high
-        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo < hi):
-            raise ValueError(
-                f"Thresholds(update_ratio_low={lo!r}, update_ratio_high={hi!r}): need "
-                "0 < low < high, e.g. 1e-5 and 1e-1")
-
+__all__ = ["RULES", "analyze", "format_findings"]
 
 # ------------------------------------------------------------------ helpers
 _T = TypeVar("_T")
@@ -514,7 +410,3 @@ def format_findings(findings: Sequence[Finding], *, limit: Optional[int] = None)
         lines.append(f"  ... and {len(findings) - len(shown)} more (monitor.findings())")
     return "\n".join(lines)
 
-
-def threshold_names() -> list[str]:
-    """Names of the configurable thresholds (the fields of :class:`Thresholds`)."""
-    return [f.name for f in fields(Thresholds)]

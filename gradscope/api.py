@@ -1,0 +1,123 @@
+"""The entry point: :func:`watch` validates the options and attaches a :class:`Monitor`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from gradscope.findings import Thresholds
+from gradscope.monitor import Monitor
+from gradscope.options import Definitions, Include, Options
+from gradscope.schedules import Schedule
+
+__all__ = ["watch"]
+
+
+def watch(
+    model: nn.Module,
+    *,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    every: Union[int, Schedule] = 1,
+    flush_every: int = 50,
+    definitions: Optional[Definitions] = None,
+    eps: float = 0.01,
+    delta: float = 0.01,
+    dead_window: int = 100,
+    unit_dim: Optional[int] = None,
+    activations: bool = True,
+    backprop: bool = True,
+    gradients: bool = True,
+    update_ratio: bool = True,
+    record_eval: bool = False,
+    include: Include = None,
+    histogram_every: Union[int, Schedule, None] = 500,
+    histogram_bins: int = 64,
+    sinks: Sequence[Any] = (),
+    logdir: Union[str, os.PathLike, None] = None,
+    findings: Union[bool, Thresholds] = True,
+    summary: bool = True,
+    strict: bool = False,
+    **unknown: Any,
+) -> Monitor:
+    """Attach a :class:`Monitor` to ``model`` and return it.
+
+    Use it as a context manager, or call :meth:`Monitor.close` (or
+    :meth:`Monitor.detach`) when done. Every option is keyword-only and validated
+    here; an error names the option, shows the value and says the fix.
+
+    Args:
+        model: any ``nn.Module``; its code and outputs are left unchanged.
+        optimizer: when given, a step is one ``optimizer.step()``: gradients are
+            read in its step pre-hook (final, and unscaled under a GradScaler) and
+            update ratios across the step. Without it, a step is one training
+            forward and its backward.
+
+        every: sampling: record one step in ``every`` (an int), or the steps a
+            schedule ``step -> bool`` picks (:func:`gradscope.every`,
+            :func:`gradscope.log_schedule`). Other steps cost one check per hook.
+        flush_every: steps between host transfers (one per device per flush).
+
+        definitions: what the statistics mean, as one :class:`gradscope.Definitions`,
+            instead of the four flat keywords below.
+        eps: saturation tolerance: an output within ``eps`` of its family's limit.
+        delta: a local derivative ``f'(x) < delta`` counts as small (``small_deriv``).
+        dead_window: a ReLU unit is dead over the window when it was not positive
+            on any sampled step of the last ``dead_window`` steps.
+        unit_dim: the dimension that indexes units for dead-unit statistics;
+            ``None``: the last for rank <= 3, 1 (channels) for rank 4-5.
+
+        activations: record forward statistics of activation call-sites.
+        backprop: record the gradient flowing back through each call-site's output.
+        gradients: record parameter gradient and weight norms.
+        update_ratio: with ``optimizer``, record ``‖Δw‖/‖w‖`` across each sampled
+            step (keeps a copy of the weights between the step's pre- and post-hook).
+        record_eval: also record forwards made in eval mode (they are steps too
+            without ``optimizer``).
+        include: only monitor modules whose name matches one of these ``fnmatch``
+            patterns, or for which this callable ``(name, module)`` is true.
+        histogram_every: take activation, back-propagated gradient, parameter
+            gradient and weight histograms on these steps (an int or a schedule;
+            ``None`` for never); binned on the device, only when a sink writes them.
+        histogram_bins: equal-width bins per histogram.
+
+        sinks: writers that receive the records at each flush
+            (:class:`gradscope.writers.Sink` subclasses, or objects with a
+            ``write(records, history)`` method); a failing sink warns once and the
+            others and training go on.
+        logdir: write a TensorBoard run there (:attr:`Monitor.writer`); created and
+            checked for write access now.
+        findings: run the rules of :mod:`gradscope.findings` at each flush (for
+            sinks that write findings) and at close: ``True``, ``False`` or a
+            :class:`gradscope.findings.Thresholds`.
+        summary: print a short summary of the findings to stderr at close.
+        strict: raise errors from inside hooks instead of warning once and
+            disabling the call-site that failed.
+
+    Example:
+        >>> import torch, torch.nn as nn, gradscope
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
+        >>> with gradscope.watch(model) as mon:
+        ...     _ = model(torch.randn(8, 4)).sum().backward()
+        >>> sorted(mon.history.metrics("1"))[:3]
+        ['grad_out_nonfinite', 'grad_out_norm', 'grad_out_rms']
+    """
+    flat = dict(every=every, flush_every=flush_every, eps=eps, delta=delta,
+                dead_window=dead_window, unit_dim=unit_dim, activations=activations,
+                backprop=backprop, gradients=gradients, update_ratio=update_ratio,
+                record_eval=record_eval, include=include, histogram_every=histogram_every,
+                histogram_bins=histogram_bins, sinks=sinks, logdir=logdir, findings=findings,
+                summary=summary, strict=strict, **unknown)
+    if definitions is not None:
+        flat["definitions"] = definitions
+    options = Options.build(**flat)
+    monitor = Monitor(model, optimizer=optimizer, options=options)
+    try:
+        return monitor.attach()
+    except BaseException:
+        if monitor.writer is not None and options.logdir is not None:
+            monitor.writer.close()  # the writer made here; user sinks stay theirs
+        raise

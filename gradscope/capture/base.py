@@ -1,0 +1,86 @@
+"""What every capture shares with the monitor: options, the step, the queue, the history.
+
+A capture (module hooks, parameters and optimizer, ...) registers its hooks
+through :meth:`Context.hook`, so that the monitor owns every handle; reads the
+step and whether this forward is recorded from :class:`StepState`, which only
+the monitor changes; queues its statistics on :attr:`Context.queue`; and reports
+an error in a hook through :meth:`Context.failed` (one warning and that
+call-site stops, or a raise with ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from gradscope.histograms import Histogram, decode_histogram, histogram_vector
+from gradscope.history import History
+from gradscope.options import Options
+from gradscope.queue import Entry, Queue
+
+__all__ = ["Context", "StepState"]
+
+
+@dataclass
+class StepState:
+    """The monitor's current step, as the captures see it (the monitor alone changes it)."""
+
+    step: int = 0
+    sampled: bool = True  # the schedule samples this step
+    recording: bool = False  # inside a training forward of a sampled step
+    attached: bool = False
+    hist_step: int = -1  # the step ``hist_due`` was computed for
+    hist_due: bool = False
+
+
+@dataclass
+class Context:
+    """Options, step state, queue and history, shared by the monitor and its captures."""
+
+    options: Options
+    queue: Queue
+    history: History
+    hook: Callable[[RemovableHandle], None]
+    state: StepState = field(default_factory=StepState)
+    histograms_on: bool = False  # some sink writes histograms
+    ready_histograms: list[Histogram] = field(default_factory=list)
+
+    def histogram_step(self) -> bool:
+        """Whether the current step takes histograms (cached per step)."""
+        schedule = self.options.histogram_schedule
+        if schedule is None or not self.histograms_on:
+            return False
+        s = self.state
+        if s.hist_step != s.step:
+            s.hist_step, s.hist_due = s.step, bool(schedule(s.step))
+        return s.hist_due
+
+    def histogram_entry(self, step: int, group: str, name: str, x: Tensor) -> Entry:
+        """The device-side histogram of ``x``, to queue; decoded at the flush into ``ready_histograms``."""
+        with torch.no_grad():
+            vec = histogram_vector(x, self.options.histogram_bins)
+        numel, ready = x.numel(), self.ready_histograms
+
+        def decode(step: int, values: list[float]) -> list[tuple[str, str, float]]:
+            h = decode_histogram(step, group, name, values, numel)
+            if h is not None:
+                ready.append(h)
+            return []
+
+        return Entry(step, vec, decode)  # type: ignore[arg-type]
+
+    def failed(self, what: str, err: Exception) -> None:
+        """An error inside a hook: raise with ``strict=True``, else warn (the caller stops that site)."""
+        if self.options.strict:
+            raise err
+        warnings.warn(
+            f"gradscope: stopped monitoring {what!r} after an error in its hook: "
+            f"{type(err).__name__}: {err}. Training goes on; pass strict=True to raise.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,218 @@
+"""Parameters and the optimizer: gradient norms, weight norms, update ratios.
+
+Every module with parameters of its own is a layer; each of its parameters is
+read through a weak reference (the monitor never keeps the model alive). The
+monitor calls :meth:`ParamCapture.read` when a step's gradients are final (in
+the optimizer's step pre-hook, or when the backward finishes), and, with update
+ratios on, :meth:`ParamCapture.snapshot` before the optimizer step and
+:meth:`ParamCapture.updates` after it. Norms are fused over all parameters of a
+device (``torch._foreach_norm``); each device's values are queued as one vector
+whose decoder is told which values are which.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from gradscope import stats
+from gradscope.capture.base import Context
+from gradscope.history import LayerInfo
+from gradscope.metrics import emitted
+from gradscope.queue import Decoder, Entry
+
+__all__ = ["ParamCapture"]
+
+
+@dataclass
+class _ParamRef:
+    layer: str
+    name: str
+    ref: Callable[[], Optional[Tensor]]
+
+
+@dataclass
+class _Group:
+    """Live parameters of one device that have a gradient, and what a step computes for them."""
+
+    refs: list[_ParamRef]
+    params: list[Tensor]  # detached
+    wnorm: Optional[Tensor] = None  # weight norms before the update
+    before: Optional[list[Tensor]] = None  # weight copies (update ratios)
+
+
+class ParamCapture:
+    """The parameters of a model's layers, and their per-step gradient and update statistics."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.refs: list[_ParamRef] = []
+        self._layer_order: dict[str, int] = {}
+        self._snapshot: list[Tensor] = []  # reused weight-copy buffers
+        self._pending_update: Optional[list[_Group]] = None
+        self._staged: list[Entry] = []  # this step's entries, queued by commit()
+
+    def register(self, model: nn.Module) -> None:
+        """Find the included layers' parameters (again on each attach: never twice)."""
+        self.refs = []
+        seen: set[int] = set()
+        include, history = self.ctx.options.include_fn, self.ctx.history
+        for name, module in model.named_modules():
+            if not include(name, module):
+                continue
+            own = [(n, p) for n, p in module.named_parameters(recurse=False)
+                   if p.requires_grad and id(p) not in seen]
+            if not own:
+                continue
+            layer = name or "(root)"
+            self._layer_order.setdefault(layer, len(self._layer_order))
+            history.add_layer(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
+                                        type=type(module).__name__, module=name))
+            for pname, p in own:
+                seen.add(id(p))
+                full = f"{name}.{pname}" if name else pname
+                self.refs.append(_ParamRef(layer, full, weakref.ref(p)))
+                history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
+                                            type="Parameter", module=name, shape=tuple(p.shape)))
+
+    def layer_of(self) -> dict[str, str]:
+        """Parameter name -> layer name."""
+        return {r.name: r.layer for r in self.refs}
+
+    def commit(self) -> None:
+        """Queue the step's entries (a later read of the same step replaced earlier ones)."""
+        staged, self._staged = self._staged, []
+        self.ctx.queue.add(*staged)
+
+    def clear(self) -> None:
+        """Forget the step in progress and the snapshot buffers (on detach)."""
+        self._pending_update = None
+        self._snapshot = []
+        self._staged = []
+
+    def held(self) -> bool:
+        """Whether a step's weight snapshot is waiting for its update."""
+        return self._pending_update is not None
+
+    # ------------------------------------------------------------ one step
+    def read(self, step: int, *, snapshot: bool = False) -> None:
+        """Stage gradient norms, weight norms and non-finite gradient counts, one vector per device.
+
+        A later read in the same step (another backward without an optimizer, with
+        gradients accumulated) replaces this one; :meth:`commit` queues the last.
+        With ``snapshot``, also copy the weights for :meth:`updates`.
+        """
+        groups = self._groups()
+        staged = self._staged = []
+        with torch.no_grad():
+            for g in groups:
+                grads: list[Tensor] = [r.ref().grad for r in g.refs]  # type: ignore[misc,union-attr]
+                gnorm = stats.foreach_norms(grads)
+                g.wnorm = stats.foreach_norms(g.params)
+                if stats.known_finite(gnorm):  # no NaN/Inf in any gradient: counts are 0
+                    vec, counted = torch.cat([gnorm, g.wnorm]), False
+                else:
+                    vec = torch.cat([gnorm, g.wnorm, stats.foreach_nonfinite_counts(grads)])
+                    counted = True
+                names = [r.name for r in g.refs]
+                parts = ("grad_norm", "weight_norm", "grad_nonfinite") if counted \
+                    else ("grad_norm", "weight_norm")
+                consts = {} if counted else {"grad_nonfinite": 0.0}
+                staged.append(Entry(step, vec, _decoder(names, parts, consts)))
+            if self.ctx.histogram_step():
+                for g in groups:
+                    for r, p in zip(g.refs, g.params):
+                        grad = r.ref().grad  # type: ignore[union-attr]
+                        staged.append(self.ctx.histogram_entry(step, "gradients", r.name, grad))  # type: ignore[arg-type]
+                        staged.append(self.ctx.histogram_entry(step, "weights", r.name, p))
+            if snapshot and groups:
+                bufs = self._snapshot_buffers([p for g in groups for p in g.params])
+                start = 0
+                for g in groups:
+                    g.before = bufs[start:start + len(g.params)]
+                    start += len(g.params)
+                    torch._foreach_copy_(g.before, g.params)
+                self._pending_update = groups
+
+    def updates(self, step: int) -> None:
+        """After the optimizer step: queue ``‖w_after - w_before‖`` per parameter."""
+        groups, self._pending_update = self._pending_update, None
+        for g in groups or ():
+            params = [p for p in (r.ref() for r in g.refs) if p is not None]
+            if len(params) != len(g.refs) or g.wnorm is None or g.before is None:
+                continue
+            with torch.no_grad():
+                torch._foreach_sub_(g.before, [p.detach() for p in params])
+                vec = torch.cat([stats.foreach_norms(g.before), g.wnorm])
+            names = [r.name for r in g.refs]
+            self._staged.append(Entry(step, vec, _decoder(
+                names, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
+
+    def _groups(self) -> list[_Group]:
+        """The live parameters that have a (dense) gradient, one group per device."""
+        groups: dict[torch.device, _Group] = {}
+        for r in self.refs:
+            p = r.ref()
+            if p is None or p.grad is None or p.grad.is_sparse:
+                continue
+            g = groups.get(p.device)
+            if g is None:
+                g = groups[p.device] = _Group([], [])
+            g.refs.append(r)
+            g.params.append(p.detach())
+        return list(groups.values())
+
+    def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """Buffers shaped like ``params``, kept across steps (no per-step allocation)."""
+        bufs = self._snapshot
+        if len(bufs) != len(params) or any(
+                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
+                for b, p in zip(bufs, params)):
+            bufs = self._snapshot = _flat_buffers(params)
+        return bufs
+
+
+def _decoder(names: list[str], parts: Sequence[str], consts: dict[str, float],
+             context: Sequence[str] = ()) -> Decoder:
+    """Decode ``len(parts)`` vectors of one value per parameter, in the order of ``parts``.
+
+    ``consts`` are values known without reading (0 non-finite gradients when every
+    norm was finite); ``context`` parts are read to finish other metrics but not
+    recorded again.
+    """
+    metrics = emitted([p for p in parts if p not in context] + list(consts), context)
+    n, expected = len(names), len(parts) * len(names)
+
+    def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
+        if len(values) != expected:
+            raise ValueError(f"parameter decoder expected {expected} values, got {len(values)} "
+                             "(internal error: queue layout)")
+        out = []
+        for i, name in enumerate(names):
+            v = {part: values[k * n + i] for k, part in enumerate(parts)}
+            v.update(consts)
+            out += [(name, m.name, m.finish(v, (0, 0))) for m in metrics]  # type: ignore[arg-type]
+        return out
+
+    return decode
+
+
+def _flat_buffers(params: list[Tensor]) -> list[Tensor]:
+    """Contiguous buffers shaped like ``params``, carved from one allocation per device/dtype."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    out: list[Optional[Tensor]] = [None] * len(params)
+    for (device, dtype), idx in groups.items():
+        flat = torch.empty(sum(params[i].numel() for i in idx), dtype=dtype, device=device)
+        pos = 0
+        for i in idx:
+            k = params[i].numel()
+            out[i] = flat[pos:pos + k].view(params[i].shape)
+            pos += k
+    return out  # type: ignore[return-value]

@@ -1,0 +1,29 @@
+"""Findings: rules that turn a :class:`gradscope.History` into diagnoses with remedies.
+
+* :mod:`gradscope.findings.thresholds`: :class:`Finding` and :class:`Thresholds`;
+* :mod:`gradscope.findings.rules`: the rules (:data:`RULES`), :func:`analyze` and
+  :func:`format_findings`;
+* :mod:`gradscope.findings.sink`: :class:`FindingsSink`, the sink that runs the
+  rules at each flush for the other sinks and prints the summary at close.
+
+Example:
+    >>> from gradscope.findings import Thresholds, analyze
+    >>> from gradscope.history import History
+    >>> analyze(History(), Thresholds(dead_units=0.5))
+    []
+"""
+
+from gradscope.findings.rules import RULES, analyze, format_findings
+from gradscope.findings.sink import FindingsSink
+from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds, threshold_names
+
+__all__ = [
+    "RULES",
+    "SEVERITIES",
+    "Finding",
+    "FindingsSink",
+    "Thresholds",
+    "analyze",
+    "format_findings",
+    "threshold_names",
+]

@@ -1,0 +1,89 @@
+"""The findings sink: the rules at each flush, handed to the sinks that write them.
+
+:class:`FindingsSink` is a sink like the others. At each flush it applies the
+rules to the history and hands the findings to the monitor's other sinks
+(``write_findings``: TensorBoard's text tab, :class:`gradscope.writers.MemoryWriter`),
+only when one of them writes findings. At close it prints a short summary to
+stderr (``watch(..., summary=False)`` turns that off).
+
+Example:
+    >>> from gradscope.writers import MemoryWriter
+    >>> from gradscope.writers.base import SinkFanout
+    >>> from gradscope.history import History
+    >>> mem = MemoryWriter()
+    >>> sink = FindingsSink(Thresholds(), downstream=SinkFanout([mem]), summary=False)
+    >>> sink.write([(0, "fc1", "grad_norm", 1.0)], History())
+    >>> mem.findings
+    [(0, [])]
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Optional, TextIO
+
+from gradscope.findings.rules import analyze, format_findings
+from gradscope.findings.thresholds import Finding, Thresholds
+from gradscope.history import History
+from gradscope.writers.base import Record, Sink, SinkFanout
+
+__all__ = ["FindingsSink"]
+
+
+class FindingsSink(Sink):
+    """Runs the findings rules for the other sinks, and prints their summary at close.
+
+    Args:
+        thresholds: the rules' thresholds.
+        downstream: the sinks to hand findings to (each isolated from failures).
+        summary: print a summary of the findings to ``stream`` at :meth:`close`.
+        where: a hint appended to the summary (the dashboard command).
+        stream: where the summary goes (default ``sys.stderr``).
+    """
+
+    def __init__(self, thresholds: Thresholds, *, downstream: SinkFanout, summary: bool = True,
+                 where: str = "", stream: Optional[TextIO] = None) -> None:
+        self.thresholds = thresholds
+        self.downstream = downstream
+        self.summary = summary
+        self.where = where
+        self.stream = stream
+        self.latest: list[Finding] = []
+        self._history: Optional[History] = None
+        self._closed = False
+
+    def write(self, records: Sequence[Record], history: History) -> None:
+        """Apply the rules and hand the findings on, when a sink writes findings."""
+        self._history = history
+        if not records or not self.downstream.wants("write_findings"):
+            return
+        self.latest = analyze(history, self.thresholds)
+        self.downstream.emit("write_findings", self.latest, records[-1][0])
+
+    def close(self) -> None:
+        """Print the summary of the findings over the whole run (once; never raises)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.summary or self._history is None:
+            return
+        try:
+            steps = self._history.steps()
+            if not steps:
+                return
+            found = analyze(self._history, self.thresholds)
+            span = f"steps {steps[0]}..{steps[-1]}"
+            stream = self.stream if self.stream is not None else sys.stderr
+            if not found:
+                print(f"gradscope: no findings over {span}{self.where}", file=stream)
+            else:
+                print(f"gradscope: {len(found)} finding(s) over {span}{self.where}\n"
+                      f"{format_findings(found, limit=8)}", file=stream)
+        except Exception as err:  # a summary must never break the user's program
+            warnings.warn(f"gradscope: could not print the findings summary: {err}",
+                          RuntimeWarning, stacklevel=2)
+
+    def __repr__(self) -> str:
+        return "FindingsSink()"

@@ -1,0 +1,344 @@
+"""Metrics by name: every statistic gradscope records is one :class:`Metric` spec.
+
+A spec says what the statistic means (``doc``), which **reductions** it reads
+(computed on the tensor's own device inside a hook, each at most once per call,
+see :mod:`gradscope.reductions`), how the host **finishes** it at the flush (a
+division by an element or unit count, a ratio, a square root), which activation
+**families** have it, and where it is shown: the TensorBoard custom-scalars
+**section** and health chart, the ``gradscope report`` **column** and the
+dashboard **image**. The hot path, the decoders, the TensorBoard layout,
+``gradscope report`` and the figures all read these specs, so adding a metric
+is one entry here (plus a reduction in :mod:`gradscope.reductions` if it needs a
+new one) and its test.
+
+Kinds (where the values come from):
+
+==============  ==============================================================
+``activation``  one activation call: ``y`` (output) and ``x`` (input)
+``window``      an activation call-site's unit window, updated at each step's end
+``backprop``    the gradient flowing back into a call-site's output, ``∂L/∂y``
+``parameter``   a parameter's gradient and weights (a layer combines its
+                parameters as ``aggregate`` says)
+==============  ==============================================================
+
+Example:
+    >>> from gradscope.metrics import METRICS, for_family
+    >>> from gradscope.activations import FAMILIES
+    >>> import torch.nn as nn
+    >>> METRICS["dead_units"].doc
+    'fraction of units (features or channels) that are <= 0 for every sample and position of the batch'
+    >>> [m.name for m in for_family(FAMILIES[nn.Tanh], "activation")][-3:]
+    ['saturation', 'small_deriv', 'mean_deriv']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional
+
+from gradscope.activations import ActivationFamily
+
+__all__ = [
+    "KINDS",
+    "METRICS",
+    "SECTIONS",
+    "Metric",
+    "Shape",
+    "by_kind",
+    "columns",
+    "emitted",
+    "for_family",
+    "health",
+    "layer_values",
+    "ratio",
+    "register",
+    "series_kind",
+]
+
+#: Where a metric's values come from (see the module docstring).
+KINDS = ("activation", "window", "backprop", "parameter")
+#: Dashboard sections after the health section, in order.
+SECTIONS = ("forward", "backward", "update")
+
+
+class Shape(NamedTuple):
+    """What the host needs besides the reduced values: the element and unit counts."""
+
+    numel: int
+    units: int = 0
+
+
+Finish = Callable[[Mapping[str, float], Shape], float]
+
+
+def _everyone(family: Optional[ActivationFamily]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One named statistic.
+
+    Args:
+        name: the series name (``"dead_units"``), as in the history and TensorBoard.
+        kind: one of :data:`KINDS`.
+        doc: the exact definition, one line (the README's tables say the same).
+        needs: the reductions it reads (:mod:`gradscope.reductions`) or, for
+            ``parameter`` metrics, the per-parameter values it is computed from.
+        finish: ``(values, shape) -> value`` on the host; ``values`` maps each of
+            ``needs`` to its reduced value.
+        families: which activation families have it (``activation``/``window``).
+        section: the dashboard section (one of :data:`SECTIONS`).
+        health: its position in the dashboard's health section, if it is there.
+        report: its column's position in ``gradscope report`` tables, if shown.
+        header: the column header when not ``name``; metrics sharing a header
+            share a column, which shows the first one (by ``report``) a layer has.
+        image: the dashboard image that draws it (``"gradient_flow"``, ``"unit_health"``).
+        label: a short human label for charts.
+        aggregate: for ``parameter`` metrics, how a layer combines its parameters'
+            values: ``"norm"`` (square root of the sum of squares), ``"sum"``, or
+            ``None`` (computed by ``finish`` from the layer's combined ``needs``).
+        empty: the value on an empty tensor (no element: nothing to count).
+        reduce: for a statistic whose device side no other metric shares, its own
+            reduction ``call -> part`` (see :mod:`gradscope.reductions`), available
+            to ``needs`` under the metric's name. Then the spec is the whole metric.
+    """
+
+    name: str
+    kind: str
+    doc: str
+    needs: tuple[str, ...]
+    finish: Finish
+    families: Callable[[Optional[ActivationFamily]], bool] = _everyone
+    section: str = "forward"
+    health: Optional[int] = None
+    report: Optional[float] = None
+    header: Optional[str] = None
+    image: Optional[str] = None
+    label: str = ""
+    aggregate: Optional[str] = None
+    empty: float = math.nan
+    reduce: Optional[Callable[[Any], Any]] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Metric({self.name!r}, kind={self.kind!r}): kind must be one of {KINDS}")
+        if self.section not in SECTIONS:
+            raise ValueError(f"Metric({self.name!r}, section={self.section!r}): one of {SECTIONS}")
+        if self.aggregate not in (None, "norm", "sum"):
+            raise ValueError(f"Metric({self.name!r}, aggregate={self.aggregate!r}): "
+                             "'norm', 'sum' or None")
+
+
+# ------------------------------------------------------------- finishing
+def _per_element(need: str) -> Finish:
+    return lambda v, s: v[need] / s.numel
+
+
+def _off_fraction(need: str) -> Finish:
+    return lambda v, s: 1.0 - v[need] / s.numel
+
+
+def _off_units(need: str) -> Finish:
+    return lambda v, s: 1.0 - v[need] / max(s.units, 1)
+
+
+def _per_unit(need: str) -> Finish:
+    return lambda v, s: v[need] / max(s.units, 1)
+
+
+def _value(need: str) -> Finish:
+    return lambda v, s: v[need]
+
+
+def _ratio(a: str, b: str) -> Finish:
+    return lambda v, s: ratio(v[a], v[b])
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b`` with ``x / 0 = inf`` and ``0 / 0 = nan``."""
+    if b == 0:
+        return math.inf if a else math.nan
+    return a / b
+
+
+def _saturating(f: Optional[ActivationFamily]) -> bool:
+    return f is not None and f.saturation is not None
+
+
+def _differentiable(f: Optional[ActivationFamily]) -> bool:
+    return f is not None and f.derivative is not None
+
+
+def _relu(f: Optional[ActivationFamily]) -> bool:
+    return f is not None and f.regime == "relu"
+
+
+def _negative(f: Optional[ActivationFamily]) -> bool:
+    return f is not None and f.regime == "negative"
+
+
+# ----------------------------------------------------------------- specs
+_SPECS = (
+    # -- forward: one activation call ---------------------------------------------
+    Metric("mean", "activation", "mean of y over all elements (NaN/Inf propagate)",
+           ("sum",), _per_element("sum"), label="activation mean"),
+    Metric("std", "activation", "population standard deviation of y (correction=0)",
+           ("ssq",), lambda v, s: math.sqrt(v["ssq"] / s.numel) if v["ssq"] >= 0 else math.nan,
+           health=2, report=3, image="gradient_flow", label="activation std"),
+    Metric("min", "activation", "smallest element of y", ("min",), _value("min")),
+    Metric("max", "activation", "largest element of y", ("max",), _value("max")),
+    Metric("nonfinite", "activation", "count of NaN or ±Inf elements of y",
+           ("nonfinite",), _value("nonfinite"), report=5, empty=0.0),
+    Metric("saturation", "activation",
+           "fraction of elements within eps of the family's limits (softmax: of rows whose "
+           "largest probability is >= 1-eps)",
+           ("saturated",), _value("saturated"), _saturating, health=0, report=0,
+           image="unit_health", label="saturated outputs"),
+    Metric("small_deriv", "activation",
+           "fraction of elements whose local derivative f'(x) < delta", ("deriv_small",),
+           _per_element("deriv_small"), _differentiable),
+    Metric("mean_deriv", "activation",
+           "mean of the local derivative f'(x): the factor the chain rule multiplies by here",
+           ("deriv_sum",), _per_element("deriv_sum"), _differentiable),
+    Metric("zero_frac", "activation", "fraction of elements with y <= 0", ("on",),
+           _off_fraction("on"), _relu),
+    Metric("dead_units", "activation",
+           "fraction of units (features or channels) that are <= 0 for every sample and "
+           "position of the batch", ("active_units",), _off_units("active_units"), _relu,
+           report=1.1, header="dead_units", image="unit_health", label="dead units"),
+    Metric("neg_frac", "activation", "fraction of elements in the negative regime x < 0",
+           ("on",), _off_fraction("on"), _negative),
+    Metric("neg_units", "activation",
+           "fraction of units in the negative regime for every sample and position",
+           ("active_units",), _off_units("active_units"), _negative, report=2.1,
+           header="neg_units"),
+    # -- forward: the unit window, at each step's end ------------------------------
+    Metric("dead_units_window", "window",
+           "fraction of units not positive on any sampled step of the last dead_window steps",
+           ("idle_units",), _per_unit("idle_units"), _relu, health=1, report=1.0, header="dead_units", image="unit_health",
+           label="dead units over the window"),
+    Metric("neg_units_window", "window",
+           "fraction of units in the negative regime on every sampled step of the last "
+           "dead_window steps", ("idle_units",), _per_unit("idle_units"), _negative, report=2.0,
+           header="neg_units"),
+    # -- backward: the gradient reaching a call-site's output ------------------------
+    Metric("grad_out_norm", "backprop", "L2 norm of ∂L/∂y, the gradient flowing back into y",
+           ("norm",), _value("norm"), section="backward"),
+    Metric("grad_out_rms", "backprop", "grad_out_norm / sqrt(y.numel()): comparable across widths",
+           ("norm",), lambda v, s: v["norm"] / math.sqrt(s.numel) if s.numel else math.nan,
+           section="backward", health=3, report=4, image="gradient_flow",
+           label="backprop RMS ‖∂L/∂y‖/√n"),
+    Metric("grad_out_nonfinite", "backprop", "count of NaN/Inf elements of ∂L/∂y",
+           ("nonfinite",), _value("nonfinite"), section="backward", empty=0.0),
+    # -- parameters (and layers: their parameters combined) --------------------------
+    Metric("grad_norm", "parameter", "L2 norm of the gradient (a layer: sqrt of the sum of "
+           "its parameters' squared norms)", ("grad_norm",), _value("grad_norm"),
+           section="backward", health=4, report=0, image="gradient_flow",
+           label="gradient norm ‖∇W‖", aggregate="norm"),
+    Metric("weight_norm", "parameter", "L2 norm of the weights before the optimizer step",
+           ("weight_norm",), _value("weight_norm"), section="update", report=1,
+           aggregate="norm"),
+    Metric("grad_weight_ratio", "parameter", "grad_norm / weight_norm",
+           ("grad_norm", "weight_norm"), _ratio("grad_norm", "weight_norm"),
+           section="backward", report=2, header="grad/weight"),
+    Metric("grad_nonfinite", "parameter", "count of NaN/Inf gradient elements",
+           ("grad_nonfinite",), _value("grad_nonfinite"), section="backward", report=4,
+           aggregate="sum"),
+    Metric("update_norm", "parameter", "‖w_after - w_before‖ across optimizer.step()",
+           ("update_norm",), _value("update_norm"), section="update", aggregate="norm"),
+    Metric("update_ratio", "parameter", "update_norm / weight_norm (rule of thumb ~1e-3)",
+           ("update_norm", "weight_norm"), _ratio("update_norm", "weight_norm"),
+           section="update", health=5, report=3, label="update ratio ‖Δw‖/‖w‖"),
+)
+
+#: Every metric by name, in the order they are recorded.
+METRICS: dict[str, Metric] = {m.name: m for m in _SPECS}
+
+
+def register(metric: Metric) -> Metric:
+    """Add (or replace) a metric; monitors created afterwards record it.
+
+    Example:
+        >>> import torch
+        >>> spec = register(Metric(
+        ...     "abs_mean", "activation", "mean of |y|", ("abs_mean",),
+        ...     lambda v, s: v["abs_mean"] / s.numel, reduce=lambda c: c.y.abs().sum()))
+        >>> del METRICS["abs_mean"]
+    """
+    if not isinstance(metric, Metric):
+        raise TypeError(f"register({metric!r}): pass a gradscope.metrics.Metric")
+    METRICS[metric.name] = metric
+    return metric
+
+
+# ---------------------------------------------------------------- lookups
+def by_kind(*kinds: str) -> list[Metric]:
+    """The metrics of these kinds, in registry order."""
+    return [m for m in METRICS.values() if m.kind in kinds]
+
+
+def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
+    """The metrics of ``kind`` that a call-site of ``family`` gets."""
+    return [m for m in METRICS.values() if m.kind == kind and m.families(family)]
+
+
+def series_kind(metric: str) -> Optional[str]:
+    """The kind of series a metric belongs to: ``"activation"`` (call-sites) or ``"layer"``."""
+    m = METRICS.get(metric)
+    if m is None:
+        return None
+    return "layer" if m.kind == "parameter" else "activation"
+
+
+def health() -> list[Metric]:
+    """The health section's metrics, in order."""
+    return sorted((m for m in METRICS.values() if m.health is not None),
+                  key=lambda m: m.health)  # type: ignore[arg-type,return-value]
+
+
+def columns(kind: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``gradscope report`` columns of a series kind: ``(header, candidate metrics)``.
+
+    Example:
+        >>> columns("activation")[1]
+        ('dead_units', ('dead_units_window', 'dead_units'))
+    """
+    shown = [m for m in METRICS.values() if m.report is not None and series_kind(m.name) == kind]
+    shown.sort(key=lambda m: m.report)  # type: ignore[arg-type,return-value]
+    out: dict[str, list[str]] = {}
+    for m in shown:
+        out.setdefault(m.header or m.name, []).append(m.name)
+    return [(h, tuple(c)) for h, c in out.items()]
+
+
+# ------------------------------------------------------- layer aggregates
+def layer_values(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """A layer's parameter metrics from its parameters' values.
+
+    ``values`` maps a parameter metric to the values of the layer's parameters
+    (one per parameter, all at one step). Metrics with an ``aggregate`` combine
+    them; the others are recomputed by ``finish`` from the combined values.
+
+    Example:
+        >>> layer_values({"grad_norm": [3.0, 4.0], "weight_norm": [10.0, 0.0]})
+        {'grad_norm': 5.0, 'weight_norm': 10.0, 'grad_weight_ratio': 0.5}
+    """
+    out: dict[str, float] = {}
+    for m in by_kind("parameter"):
+        vs = values.get(m.name)
+        if vs is None or m.aggregate is None:
+            continue
+        out[m.name] = math.sqrt(sum(v * v for v in vs)) if m.aggregate == "norm" else sum(vs)
+    for m in by_kind("parameter"):
+        if m.aggregate is None and all(n in out for n in m.needs):
+            out[m.name] = m.finish(out, Shape(0))
+    return out
+
+
+def emitted(parts: Iterable[str], context: Iterable[str] = ()) -> list[Metric]:
+    """Parameter metrics computable from ``parts`` (+ ``context``) that read at least one part."""
+    have, new = set(parts) | set(context), set(parts)
+    return [m for m in by_kind("parameter") if set(m.needs) <= have and set(m.needs) & new]

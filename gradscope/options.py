@@ -1,0 +1,200 @@
+"""The options of :func:`gradscope.watch`, validated once, grouped by concern.
+
+* sampling: ``every``, ``flush_every``;
+* definitions (:class:`Definitions`): ``eps``, ``delta``, ``dead_window``, ``unit_dim``;
+* what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
+  ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``;
+* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``.
+
+Every error names the argument, shows the value and says the fix.
+
+Example:
+    >>> Definitions(eps=0.05).eps
+    0.05
+    >>> Options.build(flush_evry=3)
+    Traceback (most recent call last):
+    ...
+    TypeError: watch() got an unexpected option 'flush_evry'; did you mean 'flush_every'?
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Optional, Union
+
+from torch import nn
+
+from gradscope.findings import Thresholds
+from gradscope.schedules import Schedule, as_schedule
+from gradscope.writers.base import Sink, as_sink
+
+__all__ = ["Definitions", "Include", "Options"]
+
+Include = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
+
+
+# ------------------------------------------------------------------ checks
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"watch({name}={value!r}): must be an int >= {low}")
+
+
+def _check_open_unit(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+        raise ValueError(f"watch({name}={value!r}): must be a number in (0, 1), e.g. 0.01")
+
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """What the activation statistics mean: tolerances and windows.
+
+    Args:
+        eps: saturation tolerance: an output within ``eps`` of its family's limit
+            is saturated.
+        delta: a local derivative ``f'(x) < delta`` is "small" (``small_deriv``).
+        dead_window: a ReLU unit is dead over the window when it was not positive on
+            any sampled step of the last ``dead_window`` steps.
+        unit_dim: the dimension that indexes units for the dead-unit statistics;
+            ``None``: the last one for rank <= 3, 1 (channels) for rank 4-5.
+
+    Example:
+        >>> import gradscope
+        >>> gradscope.Definitions(eps=0.05, dead_window=500).dead_window
+        500
+    """
+
+    eps: float = 0.01
+    delta: float = 0.01
+    dead_window: int = 100
+    unit_dim: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_open_unit("eps", self.eps)
+        _check_open_unit("delta", self.delta)
+        _check_int("dead_window", self.dead_window, 1)
+        if self.unit_dim is not None and (not isinstance(self.unit_dim, int)
+                                          or isinstance(self.unit_dim, bool)):
+            raise TypeError(f"watch(unit_dim={self.unit_dim!r}): pass an int (a dimension "
+                            "index, negative counts from the end) or None for the default")
+
+
+_DEFAULT_DEFINITIONS = Definitions()
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every option of :func:`gradscope.watch` (see its docstring), validated.
+
+    Build one with :meth:`build`, which takes the flat keywords of ``watch``.
+    """
+
+    every: Union[int, Schedule] = 1
+    flush_every: int = 50
+    definitions: Definitions = _DEFAULT_DEFINITIONS
+    activations: bool = True
+    backprop: bool = True
+    gradients: bool = True
+    update_ratio: bool = True
+    record_eval: bool = False
+    include: Include = None
+    histogram_every: Union[int, Schedule, None] = 500
+    histogram_bins: int = 64
+    sinks: tuple[Sink, ...] = ()
+    logdir: Union[str, os.PathLike, None] = None
+    findings: Union[bool, Thresholds] = True
+    summary: bool = True
+    strict: bool = False
+    schedule: Schedule = field(init=False, repr=False)
+    histogram_schedule: Optional[Schedule] = field(init=False, repr=False)
+    include_fn: Callable[[str, nn.Module], bool] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "schedule", as_schedule(self.every, name="every"))
+        _check_int("flush_every", self.flush_every, 1)
+        if not isinstance(self.definitions, Definitions):
+            raise TypeError(f"watch(definitions={self.definitions!r}): pass "
+                            "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
+        for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
+                     "summary", "strict"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"watch({name}={value!r}): pass True or False")
+        set_(self, "histogram_schedule", None if self.histogram_every is None
+             else as_schedule(self.histogram_every, name="histogram_every"))
+        _check_int("histogram_bins", self.histogram_bins, 1)
+        set_(self, "include_fn", _make_filter(self.include))
+        if not isinstance(self.findings, (bool, Thresholds)):
+            raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
+                            "gradscope.findings.Thresholds(...)")
+        if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
+            raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
+
+    @property
+    def thresholds(self) -> Optional[Thresholds]:
+        """The findings' thresholds, or ``None`` when findings are off."""
+        if isinstance(self.findings, Thresholds):
+            return self.findings
+        return Thresholds() if self.findings else None
+
+    @classmethod
+    def build(cls, **options: Any) -> Options:
+        """Options from the flat keywords of :func:`gradscope.watch`.
+
+        Unknown names raise a ``TypeError`` naming the closest valid option. The
+        definitions may be given flat (``eps=0.05``) or grouped
+        (``definitions=Definitions(eps=0.05)``), not both.
+        """
+        flat_defs = {f.name for f in fields(Definitions)}
+        valid = [f.name for f in fields(cls) if f.init] + sorted(flat_defs)
+        for name in options:
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f"; the options are: {', '.join(valid)}"
+                raise TypeError(f"watch() got an unexpected option {name!r}{hint}")
+        given = {k: options.pop(k) for k in list(options) if k in flat_defs}
+        defs = options.get("definitions")
+        if defs is None:
+            options["definitions"] = Definitions(**given)
+        elif isinstance(defs, Definitions):
+            clash = [k for k, v in given.items() if v != getattr(_DEFAULT_DEFINITIONS, k)]
+            if clash:
+                raise TypeError(f"watch(): {', '.join(clash)} given both flat and in "
+                                "definitions=...; pass each definition once")
+        sinks = options.get("sinks", ())
+        if sinks is None or isinstance(sinks, (str, bytes)) or not hasattr(sinks, "__iter__"):
+            raise TypeError(f"watch(sinks={sinks!r}): pass a list of sinks, e.g. "
+                            "sinks=[gradscope.writers.MemoryWriter()], or () for none")
+        options["sinks"] = tuple(as_sink(s) for s in sinks)
+        return cls(**options)
+
+    def with_definitions(self, **changes: Any) -> Options:
+        """A copy with some definitions changed."""
+        return replace(self, definitions=replace(self.definitions, **changes))
+
+
+def _make_filter(include: Include) -> Callable[[str, nn.Module], bool]:
+    if include is None:
+        return lambda name, module: True
+    if callable(include):
+        return include
+    patterns: list[Any]
+    if isinstance(include, str):
+        patterns = [include]
+    else:
+        try:
+            patterns = list(include)
+        except TypeError:
+            patterns = [include]
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"watch(include={include!r}): pass fnmatch patterns (strings) or a callable "
+            "(name, module) -> bool"
+        )
+    return lambda name, module: name == "" or any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -1,0 +1,123 @@
+"""The deferral queue: hook results wait on the device, then cross in one transfer per device.
+
+Hooks hand the queue small 0-d tensors with a **decoder** that was told, when it
+was made, which value is which (never inferring a layout from lengths). Inside a
+hook on the CPU every operation is slow (the training kernels just flushed the
+caches), so :meth:`Queue.defer` only keeps the tensors; at the step's end
+:meth:`Queue.end_step` stacks them, one vector per step and device. At a flush
+:meth:`Queue.drain` concatenates everything queued per device, reads it with
+**one** ``tolist()`` (the only host transfer), and turns the values back into
+records with the decoders.
+
+Example:
+    >>> import torch
+    >>> q = Queue()
+    >>> q.defer(0, torch.device("cpu"), [torch.tensor(2.0)],
+    ...         lambda step, v: [("fc1", "grad_norm", v[0])])
+    >>> q.end_step()
+    >>> q.drain()
+    [Record(step=0, layer='fc1', metric='grad_norm', value=2.0)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from gradscope.writers.base import Record
+
+__all__ = ["Decoder", "Entry", "Queue"]
+
+#: ``(step, values) -> [(layer, metric, value), ...]``; ``values`` are exactly the
+#: values of the tensors the decoder was queued with, in order.
+Decoder = Callable[[int, Sequence[float]], Iterable[tuple[str, str, float]]]
+
+
+@dataclass
+class Entry:
+    """A queued device vector and the decoder of its values."""
+
+    step: int
+    tensor: Tensor
+    decode: Decoder
+
+
+class Queue:
+    """Statistics waiting on their device for the next flush."""
+
+    def __init__(self) -> None:
+        self._pending: list[Entry] = []
+        # hook results of the current step, stacked at its end
+        self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[tuple[int, Decoder]]]] = {}
+
+    def defer(self, step: int, device: torch.device, parts: list[Tensor], decode: Decoder) -> None:
+        """Keep a hook's 0-d results until :meth:`end_step`; ``decode`` gets their values."""
+        batch = self._deferred.get((step, device))
+        if batch is None:
+            batch = self._deferred[(step, device)] = ([], [])
+        batch[0].extend(parts)
+        batch[1].append((len(parts), decode))
+
+    def put(self, step: int, tensor: Tensor, decode: Decoder) -> None:
+        """Queue a ready vector (every element goes to ``decode``)."""
+        self._pending.append(Entry(step, tensor, decode))
+
+    def add(self, *entries: Entry) -> None:
+        """Queue ready entries."""
+        self._pending.extend(entries)
+
+    def end_step(self) -> None:
+        """Stack the deferred results: one queued vector per step and device."""
+        deferred, self._deferred = self._deferred, {}
+        with torch.no_grad():
+            for (step, device), (parts, layout) in deferred.items():
+                vec = (torch.stack([p if p.dtype == torch.float32 else p.float() for p in parts])
+                       if parts else torch.zeros(0, device=device))
+                self._pending.append(Entry(step, vec, _batch_decoder(layout)))
+
+    def drain(self) -> list[Record]:
+        """Everything queued, read with one transfer per device, as records sorted by step."""
+        self.end_step()
+        entries, self._pending = self._pending, []
+        by_device: dict[torch.device, list[Entry]] = {}
+        for e in entries:
+            by_device.setdefault(e.tensor.device, []).append(e)
+        records: list[Record] = []
+        for group in by_device.values():
+            flat = torch.cat([e.tensor.reshape(-1) for e in group]).tolist()  # ok-sync: the flush
+            pos = 0
+            for e in group:
+                n = e.tensor.numel()
+                for layer, metric, value in e.decode(e.step, flat[pos:pos + n]):
+                    records.append(Record(e.step, layer, metric, value))
+                pos += n
+        records.sort(key=lambda r: r[0])
+        return records
+
+    def clear(self) -> None:
+        """Drop what is deferred (the queued vectors stay for the next drain)."""
+        self._deferred.clear()
+
+    def held_bytes(self) -> int:
+        """Bytes of the queued device vectors (what the queue holds between flushes)."""
+        return sum(e.tensor.numel() * e.tensor.element_size() for e in self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending) + len(self._deferred)
+
+
+def _batch_decoder(layout: list[tuple[int, Decoder]]) -> Decoder:
+    """Decode a stacked batch: each part's decoder gets its own slice, by its told size."""
+    def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
+        out: list[tuple[str, str, float]] = []
+        pos = 0
+        for n, sub in layout:
+            out.extend(sub(step, values[pos:pos + n]))
+            pos += n
+        return out
+
+    return decode

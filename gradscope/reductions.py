@@ -1,0 +1,384 @@
+"""The device side of the metrics: named reductions, each computed at most once per call.
+
+A hook hands its tensors to a :class:`Plan` (one per activation family and kind,
+built from the :mod:`gradscope.metrics` specs). The plan computes the reductions
+its metrics need through a call object (:class:`ActivationCall` or
+:class:`GradCall`) that memoises them, so that ``mean`` and ``std`` share one
+sum and ``small_deriv``, ``mean_deriv`` and ``zero_frac`` of a ReLU share one
+count. It returns the 0-d device tensors to queue and a decoder, told which value
+is which, that finishes the metrics on the host at the flush.
+
+A reduction's value (a :data:`Part`) is a 0-d tensor on the device, a Python
+``float`` already known on the host (on the CPU, where reading a value is free:
+see :func:`gradscope.stats.host_readable`), or an :class:`Affine` of a tensor
+(``count * scale + offset``) whose arithmetic is left to the host.
+
+Written for few kernels and no large temporaries: on the CPU each operation
+inside a hook pays tens of microseconds to bring the interpreter back into a
+cache the training kernels just flushed, and each fresh activation-sized
+temporary costs page faults. So the moments come from three reductions of ``y``
+(sum, sum of squares in scratch, min/max), dead units from the per-unit maximum,
+and each count from one 0/1 mask in scratch, computed once and shared.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from gradscope.activations import family_of
+    >>> m = nn.ReLU()
+    >>> v = summarize(family_of(m), m, None, torch.tensor([[1.0, -1.0], [2.0, -3.0]]),
+    ...               eps=0.01, delta=0.01, unit_dim=None)
+    >>> v["zero_frac"], v["dead_units"], v["mean"]
+    (0.5, 0.5, -0.25)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from gradscope import stats
+from gradscope.activations import ActivationFamily
+from gradscope.metrics import METRICS, Metric, Shape, for_family
+
+__all__ = [
+    "ACTIVATION_REDUCTIONS",
+    "BACKPROP_REDUCTIONS",
+    "ONE_PASS_CONDITION",
+    "ActivationCall",
+    "Affine",
+    "GradCall",
+    "Part",
+    "Plan",
+    "summarize",
+]
+
+#: ``mean**2 / var`` above which the one-pass variance ``E[y²] - mean²`` (sums with
+#: ~1e-7 relative error) could lose more than ~1e-5; the two-pass sum is used instead.
+ONE_PASS_CONDITION = 100.0
+
+
+def _reduction(table: dict[str, Callable[[Any], Part]], name: str) -> Callable[[Any], Part]:
+    """The reduction ``name``: a shared one from ``table``, or a metric's own ``reduce``."""
+    fn = table.get(name)
+    if fn is None:
+        spec = METRICS.get(name)
+        fn = spec.reduce if spec is not None else None
+        if fn is None:
+            raise KeyError(f"no reduction named {name!r}: add it to gradscope.reductions or "
+                           "give the metric of that name a reduce= function")
+    return fn
+
+
+class Affine(NamedTuple):
+    """``source * scale + offset``, evaluated on the host once ``source`` is read."""
+
+    source: Tensor
+    scale: float
+    offset: float
+
+
+Part = Union[Tensor, float, Affine]
+
+
+class ActivationCall:
+    """One activation call: its tensors, options, and the reductions computed so far.
+
+    ``y`` is the output and ``x`` the input (``None`` unless the family needs it),
+    both upcast to ``float32`` when in half precision. After the ``active_units``
+    reduction, :attr:`active` holds which units were on (for the unit window).
+    """
+
+    __slots__ = ("_counts", "_parts", "active", "delta", "eps", "family", "module",
+                 "numel", "unit_dim", "units", "x", "y")
+
+    def __init__(self, family: ActivationFamily, module: nn.Module, x: Optional[Tensor],
+                 y: Tensor, *, eps: float, delta: float, unit_dim: Optional[int]) -> None:
+        self.family = family
+        self.module = module
+        self.y = stats.as_float(y)
+        self.x = stats.as_float(x) if x is not None else None
+        self.eps, self.delta, self.unit_dim = eps, delta, unit_dim
+        self.numel = self.y.numel()
+        self.units = 0
+        self.active: Optional[Tensor] = None
+        self._parts: dict[str, Part] = {}
+        self._counts: dict[tuple[float, float], Tensor] = {}
+
+    def part(self, name: str) -> Part:
+        """The reduction ``name`` (computed on first use)."""
+        p = self._parts.get(name)
+        if p is None:
+            p = self._parts[name] = _reduction(ACTIVATION_REDUCTIONS, name)(self)
+        return p
+
+    def inside(self, low: float, high: float) -> Tensor:
+        """How many elements have ``low < y < high`` (an infinite limit is not compared)."""
+        key = (low, high)
+        c = self._counts.get(key)
+        if c is None:
+            y = self.y
+            if high == math.inf:
+                c = stats.count_where(torch.gt, y, low)
+            elif low == -math.inf:
+                c = stats.count_where(torch.lt, y, high)
+            else:  # low < high: #(y > low) - #(y >= high)
+                c = stats.count_where(torch.gt, y, low) - stats.count_where(torch.ge, y, high)
+            self._counts[key] = c
+        return c
+
+
+# ------------------------------------------------------- activation reductions
+def _sum(c: ActivationCall) -> Part:
+    return c.y.sum()
+
+
+def _minmax(c: ActivationCall) -> Part:
+    lo, hi = torch.aminmax(c.y)
+    c._parts["max"] = hi
+    return lo
+
+
+def _max(c: ActivationCall) -> Part:
+    c.part("min")
+    return c._parts["max"]
+
+
+def _ssq(c: ActivationCall) -> Part:
+    """``Σ (y - mean)²``: one-pass on the CPU when well conditioned, else two-pass."""
+    total = c.part("sum")
+    assert isinstance(total, Tensor)
+    n = c.numel
+    if stats.host_readable(total):
+        t, ss = total.item(), stats.sum_squares(c.y).item()  # ok-sync: CPU only
+        mean, var = t / n, ss / n - (t / n) ** 2
+        if math.isfinite(t) and math.isfinite(ss) and var > 0 \
+                and mean * mean <= ONE_PASS_CONDITION * var:
+            return var * n
+    return stats.sum_squares(c.y, total / n)
+
+
+def _nonfinite(c: ActivationCall) -> Part:
+    return _count_nonfinite(c.y, c.part("sum"))
+
+
+def _count_nonfinite(x: Tensor, reduction: Part) -> Part:
+    """NaN/Inf elements of ``x``; 0 without counting when ``reduction`` (its sum or norm,
+    which a NaN/Inf element makes non-finite) is known finite for free (CPU)."""
+    assert isinstance(reduction, Tensor)
+    if stats.known_finite(reduction):
+        return 0.0
+    return stats.nonfinite_count(x)
+
+
+def _saturated(c: ActivationCall) -> Part:
+    assert c.family.saturation is not None
+    return c.family.saturation(c.y, c.module, c.eps)
+
+
+def _deriv_small(c: ActivationCall) -> Part:
+    _derivative(c)
+    return c._parts["deriv_small"]
+
+
+def _deriv_sum(c: ActivationCall) -> Part:
+    _derivative(c)
+    return c._parts["deriv_sum"]
+
+
+def _derivative(c: ActivationCall) -> None:
+    """Both derivative reductions: ``#(f'(x) < delta)`` and ``Σ f'(x)``."""
+    if "deriv_sum" in c._parts:
+        return
+    fam, n = c.family, c.numel
+    if fam.piecewise is not None:  # f' is d_in on low < y < high, d_out elsewhere
+        low, high, d_in, d_out = fam.piecewise(c.module)
+        count = c.inside(low, high)
+        small_in, small_out = float(d_in < c.delta), float(d_out < c.delta)
+        c._parts["deriv_small"] = Affine(count, small_in - small_out, small_out * n)
+        c._parts["deriv_sum"] = Affine(count, d_in - d_out, d_out * n)
+        return
+    small, total = _derivative_sums(fam, c.module, c.x, c.y, c.delta)
+    c._parts["deriv_small"], c._parts["deriv_sum"] = small, total
+
+
+def _derivative_sums(family: ActivationFamily, module: nn.Module, x: Optional[Tensor],
+                     y: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    """``(#(f'(x) < delta), Σ f'(x))``, block by block in CPU scratch memory when it can."""
+    assert family.derivative is not None
+    blocks = None
+    if family.derivative_out and y.device.type == "cpu" and y.ndim > 0 and (
+            x is None or x.shape == y.shape):
+        blocks = stats.row_blocks(y)
+    if blocks is None:  # a GPU (caching allocator), a custom derivative, or huge rows
+        d = family.derivative(x, y, module)
+        return stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)
+    derivative: Callable[..., Tensor] = family.derivative
+    out_buf, work_buf = stats.cpu_scratch(1), stats.cpu_scratch(2)
+    small: Optional[Tensor] = None
+    total: Optional[Tensor] = None
+    for lo, hi in blocks:
+        yb = y[lo:hi]
+        k = yb.numel()
+        d = derivative(None if x is None else x[lo:hi], yb, module,
+                       out=out_buf[:k].view(yb.shape), work=work_buf[:k].view(yb.shape))
+        c, s = stats.count_where(torch.lt, d, delta), d.sum(dtype=torch.float32)
+        small = c if small is None else small.add_(c)
+        total = s if total is None else total.add_(s)
+    assert small is not None and total is not None
+    return small, total
+
+
+def _on(c: ActivationCall) -> Part:
+    """Elements in the "on" regime: ``y > 0`` (ReLU), not negative ``src >= 0`` (others)."""
+    if c.family.regime == "relu":
+        return c.inside(0.0, math.inf)
+    return stats.count_where(torch.ge, _regime_source(c), 0.0)
+
+
+def _regime_source(c: ActivationCall) -> Tensor:
+    """What the negative regime is read from: the input when the family keeps it, else ``y``."""
+    return c.x if (c.family.needs_input and c.x is not None) else c.y
+
+
+def _active_units(c: ActivationCall) -> Part:
+    """Units on for at least one sample/position; sets :attr:`ActivationCall.active`."""
+    ud = stats.resolve_unit_dim(c.y.ndim, c.unit_dim)
+    dims = stats.batch_dims(c.y.ndim, ud)
+    if c.family.regime == "relu":
+        active = (c.y.amax(dim=dims) if dims else c.y) > 0
+    else:
+        src = _regime_source(c)
+        active = (src.amax(dim=dims) if dims else src) >= 0
+    c.active, c.units = active, active.numel()
+    return torch.count_nonzero(active)
+
+
+#: Reductions of an activation call, by name (what :class:`gradscope.metrics.Metric.needs` names).
+ACTIVATION_REDUCTIONS: dict[str, Callable[[ActivationCall], Part]] = {
+    "sum": _sum,
+    "ssq": _ssq,
+    "min": _minmax,
+    "max": _max,
+    "nonfinite": _nonfinite,
+    "saturated": _saturated,
+    "deriv_small": _deriv_small,
+    "deriv_sum": _deriv_sum,
+    "on": _on,
+    "active_units": _active_units,
+}
+
+
+# --------------------------------------------------------- backprop reductions
+class GradCall:
+    """The gradient flowing back into a call-site's output."""
+
+    __slots__ = ("_parts", "grad", "numel", "units")
+
+    def __init__(self, grad: Tensor) -> None:
+        self.grad = grad
+        self.numel = grad.numel()
+        self.units = 0
+        self._parts: dict[str, Part] = {}
+
+    def part(self, name: str) -> Part:
+        """The reduction ``name`` (computed on first use)."""
+        p = self._parts.get(name)
+        if p is None:
+            p = self._parts[name] = _reduction(BACKPROP_REDUCTIONS, name)(self)
+        return p
+
+
+def _grad_norm(c: GradCall) -> Part:
+    return stats.l2_norm(c.grad)
+
+
+def _grad_nonfinite(c: GradCall) -> Part:
+    return _count_nonfinite(c.grad, c.part("norm"))
+
+
+#: Reductions of a back-propagated gradient, by name.
+BACKPROP_REDUCTIONS: dict[str, Callable[[GradCall], Part]] = {
+    "norm": _grad_norm,
+    "nonfinite": _grad_nonfinite,
+}
+
+
+# ---------------------------------------------------------------- the plan
+Decoder = Callable[[int, Sequence[float]], list[tuple[str, str, float]]]
+
+
+class Plan:
+    """The metrics of one kind for one family, and the reductions they need, in order.
+
+    Args:
+        family: the activation family (``None`` for backprop metrics).
+        kind: ``"activation"``, ``"window"`` or ``"backprop"``.
+    """
+
+    def __init__(self, family: Optional[ActivationFamily], kind: str) -> None:
+        self.kind = kind
+        self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind))
+        needs: list[str] = []
+        for m in self.metrics:
+            needs += [n for n in m.needs if n not in needs]
+        self.needs = tuple(needs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The metric names, in order."""
+        return tuple(m.name for m in self.metrics)
+
+    def run(self, call: Union[ActivationCall, GradCall], layer: str
+            ) -> tuple[list[Tensor], Decoder]:
+        """Reduce ``call``; return the device tensors to queue and their decoder."""
+        if call.numel == 0:
+            empty = [(layer, m.name, m.empty) for m in self.metrics]
+            return [], lambda step, values: empty
+        return self.queue([call.part(n) for n in self.needs], layer, call.numel, call.units)
+
+    def queue(self, parts: Sequence[Part], layer: str, numel: int, units: int
+              ) -> tuple[list[Tensor], Decoder]:
+        """The tensors among ``parts`` (each once) and a decoder told where each part is."""
+        tensors: list[Tensor] = []
+        slots: list[tuple[int, float, float, float]] = []  # (tensor index or -1, scale, offset, const)
+        seen: dict[int, int] = {}
+        for p in parts:
+            if isinstance(p, float):
+                slots.append((-1, 0.0, 0.0, p))
+                continue
+            src, scale, offset = (p.source, p.scale, p.offset) if isinstance(p, Affine) \
+                else (p, 1.0, 0.0)
+            i = seen.get(id(src))
+            if i is None:
+                i = seen[id(src)] = len(tensors)
+                tensors.append(src)
+            slots.append((i, scale, offset, 0.0))
+        names, metrics, shape = self.needs, self.metrics, Shape(numel, units)
+        expected = len(tensors)
+
+        def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
+            if len(values) != expected:
+                raise ValueError(f"decoder for {layer!r} expected {expected} values, got "
+                                 f"{len(values)} (internal error: queue layout)")
+            v = {n: (c if i < 0 else values[i] * a + b)
+                 for n, (i, a, b, c) in zip(names, slots)}
+            return [(layer, m.name, m.finish(v, shape)) for m in metrics]
+
+        return tensors, decode
+
+
+def summarize(family: ActivationFamily, module: nn.Module, x: Optional[Tensor], y: Tensor, *,
+              eps: float, delta: float, unit_dim: Optional[int]) -> dict[str, float]:
+    """The forward metrics of one activation call, read back on the host (tests, notebooks).
+
+    The same computation as the monitor's hooks; it reads the values at once, so
+    on a GPU it synchronises. ``x`` is only read when ``family.needs_input``.
+    """
+    call = ActivationCall(family, module, x if family.needs_input else None, y, eps=eps,
+                          delta=delta, unit_dim=unit_dim)
+    tensors, decode = Plan(family, "activation").run(call, "")
+    values = torch.stack([t.float() for t in tensors]).tolist() if tensors else []  # ok-sync: a host read by design
+    return {metric: value for _, metric, value in decode(0, values)}
