@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
@@ -86,6 +87,23 @@ class History:
             )
         steps.append(int(step))
         values.append(float(value))
+
+    def extend(self, records: Iterable[tuple[int, str, str, float]]) -> None:
+        """:meth:`add` for each ``(step, layer, metric, value)``, in order (the flush's bulk path)."""
+        data = self._data
+        for step, layer, metric, value in records:
+            metrics = data.get(layer)
+            if metrics is None:
+                metrics = data[layer] = {}
+            series = metrics.get(metric)
+            if series is None:
+                series = metrics[metric] = ([], [])
+            steps, values = series
+            if steps and steps[-1] >= step:
+                self.add(step, layer, metric, value)  # a repeated step, or an error
+                continue
+            steps.append(step)
+            values.append(float(value))
 
     # -- reading -----------------------------------------------------------
     def layers(self, kind: Optional[str] = None) -> list[str]:

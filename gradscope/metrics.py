@@ -48,6 +48,7 @@ __all__ = [
     "Shape",
     "by_kind",
     "columns",
+    "copies",
     "emitted",
     "for_family",
     "health",
@@ -150,7 +151,16 @@ def _per_unit(need: str) -> Finish:
 
 
 def _value(need: str) -> Finish:
-    return lambda v, s: v[need]
+    def finish(v: Mapping[str, float], s: Shape) -> float:
+        return v[need]
+
+    finish.copies = need  # type: ignore[attr-defined]  # decoders copy the value as it is
+    return finish
+
+
+def copies(metric: Metric) -> Optional[str]:
+    """The reduction a metric's value is, unchanged (``None`` when ``finish`` computes)."""
+    return getattr(metric.finish, "copies", None)
 
 
 def _ratio(a: str, b: str) -> Finish:
@@ -326,16 +336,31 @@ def layer_values(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
         >>> layer_values({"grad_norm": [3.0, 4.0], "weight_norm": [10.0, 0.0]})
         {'grad_norm': 5.0, 'weight_norm': 10.0, 'grad_weight_ratio': 0.5}
     """
+    combined, derived = _parameter_specs()
     out: dict[str, float] = {}
-    for m in by_kind("parameter"):
-        vs = values.get(m.name)
-        if vs is None or m.aggregate is None:
-            continue
-        out[m.name] = math.sqrt(sum(v * v for v in vs)) if m.aggregate == "norm" else sum(vs)
-    for m in by_kind("parameter"):
-        if m.aggregate is None and all(n in out for n in m.needs):
-            out[m.name] = m.finish(out, Shape(0))
+    for name, how in combined:
+        vs = values.get(name)
+        if vs is not None:
+            out[name] = math.sqrt(sum(v * v for v in vs)) if how == "norm" else sum(vs)
+    for m in derived:
+        if all(n in out for n in m.needs):
+            out[m.name] = m.finish(out, _NO_SHAPE)
     return out
+
+
+_NO_SHAPE = Shape(0)
+_param_cache: dict[tuple[str, ...], tuple[list[tuple[str, str]], list[Metric]]] = {}
+
+
+def _parameter_specs() -> tuple[list[tuple[str, str]], list[Metric]]:
+    """Parameter metrics that combine across a layer, and those derived from them (cached)."""
+    key = tuple(METRICS)
+    got = _param_cache.get(key)
+    if got is None:
+        specs = by_kind("parameter")
+        got = _param_cache[key] = ([(m.name, m.aggregate) for m in specs if m.aggregate],
+                                   [m for m in specs if m.aggregate is None])
+    return got
 
 
 def emitted(parts: Iterable[str], context: Iterable[str] = ()) -> list[Metric]:

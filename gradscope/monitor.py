@@ -45,7 +45,6 @@ from torch.utils.hooks import RemovableHandle
 from gradscope.capture import ActivationRecorder, Context, ModuleCapture, ParamCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History
-from gradscope.metrics import METRICS, layer_values
 from gradscope.options import Options
 from gradscope.queue import Queue
 from gradscope.writers.base import Record, Sink, SinkFanout
@@ -194,10 +193,9 @@ class Monitor:
         on :meth:`detach`.
         """
         self._recorder.end_step()
-        records = _with_layers(self._queue.drain(), self._params.layer_of())
+        records = self._params.combine(self._queue.drain())
         self._last_flush_step = self.step
-        for step, layer, metric, value in records:
-            self.history.add(step, layer, metric, value)
+        self.history.extend(records)
         hists, self._ctx.ready_histograms[:] = list(self._ctx.ready_histograms), []
         if records:
             self._sinks.emit("write", records, self.history)
@@ -338,22 +336,3 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
     elif isinstance(obj, dict):
         for o in obj.values():
             yield from _tensors(o)
-
-
-def _with_layers(records: list[Record], layer_of: dict[str, str]) -> list[Record]:
-    """The records plus each layer's values, combined from its parameters' (see metrics)."""
-    acc: dict[tuple[int, str], dict[str, list[float]]] = {}
-    for step, name, metric, value in records:
-        layer = layer_of.get(name)
-        spec = METRICS.get(metric)
-        if layer is None or spec is None or spec.aggregate is None:
-            continue
-        acc.setdefault((step, layer), {}).setdefault(metric, []).append(value)
-    if not acc:
-        return records
-    out = list(records)
-    for (step, layer), values in acc.items():
-        out += [Record(step, layer, m, v) for m, v in layer_values(values).items()]
-    out.sort(key=lambda r: r[0])
-    return out
-

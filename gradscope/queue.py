@@ -13,7 +13,7 @@ Example:
     >>> import torch
     >>> q = Queue()
     >>> q.defer(0, torch.device("cpu"), [torch.tensor(2.0)],
-    ...         lambda step, v: [("fc1", "grad_norm", v[0])])
+    ...         lambda step, v: [Record(step, "fc1", "grad_norm", v[0])])
     >>> q.end_step()
     >>> q.drain()
     [Record(step=0, layer='fc1', metric='grad_norm', value=2.0)]
@@ -32,9 +32,9 @@ from gradscope.writers.base import Record
 
 __all__ = ["Decoder", "Entry", "Queue"]
 
-#: ``(step, values) -> [(layer, metric, value), ...]``; ``values`` are exactly the
-#: values of the tensors the decoder was queued with, in order.
-Decoder = Callable[[int, Sequence[float]], Iterable[tuple[str, str, float]]]
+#: ``(step, values) -> [Record, ...]``; ``values`` are exactly the values of the
+#: tensors the decoder was queued with, in order.
+Decoder = Callable[[int, Sequence[float]], Iterable[Record]]
 
 
 @dataclass
@@ -92,10 +92,10 @@ class Queue:
             pos = 0
             for e in group:
                 n = e.tensor.numel()
-                for layer, metric, value in e.decode(e.step, flat[pos:pos + n]):
-                    records.append(Record(e.step, layer, metric, value))
+                records.extend(e.decode(e.step, flat[pos:pos + n]))
                 pos += n
-        records.sort(key=lambda r: r[0])
+        if len(by_device) > 1:  # each device's records are in step order already
+            records.sort(key=lambda r: r[0])
         return records
 
     def clear(self) -> None:
@@ -112,8 +112,8 @@ class Queue:
 
 def _batch_decoder(layout: list[tuple[int, Decoder]]) -> Decoder:
     """Decode a stacked batch: each part's decoder gets its own slice, by its told size."""
-    def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
-        out: list[tuple[str, str, float]] = []
+    def decode(step: int, values: Sequence[float]) -> list[Record]:
+        out: list[Record] = []
         pos = 0
         for n, sub in layout:
             out.extend(sub(step, values[pos:pos + n]))

@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from gradscope import stats
 from gradscope.activations import ActivationFamily
 from gradscope.metrics import METRICS, Metric, Shape, for_family
+from gradscope.writers.base import Record
+from gradscope.writers.base import record as _record
 
 __all__ = [
     "ACTIVATION_REDUCTIONS",
@@ -307,7 +309,7 @@ BACKPROP_REDUCTIONS: dict[str, Callable[[GradCall], Part]] = {
 
 
 # ---------------------------------------------------------------- the plan
-Decoder = Callable[[int, Sequence[float]], list[tuple[str, str, float]]]
+Decoder = Callable[[int, Sequence[float]], list[Record]]
 
 
 class Plan:
@@ -335,8 +337,8 @@ class Plan:
             ) -> tuple[list[Tensor], Decoder]:
         """Reduce ``call``; return the device tensors to queue and their decoder."""
         if call.numel == 0:
-            empty = [(layer, m.name, m.empty) for m in self.metrics]
-            return [], lambda step, values: empty
+            empty = [(m.name, m.empty) for m in self.metrics]
+            return [], lambda step, values: [Record(step, layer, n, v) for n, v in empty]
         return self.queue([call.part(n) for n in self.needs], layer, call.numel, call.units)
 
     def queue(self, parts: Sequence[Part], layer: str, numel: int, units: int
@@ -359,13 +361,13 @@ class Plan:
         names, metrics, shape = self.needs, self.metrics, Shape(numel, units)
         expected = len(tensors)
 
-        def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
+        def decode(step: int, values: Sequence[float]) -> list[Record]:
             if len(values) != expected:
                 raise ValueError(f"decoder for {layer!r} expected {expected} values, got "
                                  f"{len(values)} (internal error: queue layout)")
             v = {n: (c if i < 0 else values[i] * a + b)
                  for n, (i, a, b, c) in zip(names, slots)}
-            return [(layer, m.name, m.finish(v, shape)) for m in metrics]
+            return [_record(step, layer, m.name, m.finish(v, shape)) for m in metrics]
 
         return tensors, decode
 
@@ -381,4 +383,4 @@ def summarize(family: ActivationFamily, module: nn.Module, x: Optional[Tensor], 
                           delta=delta, unit_dim=unit_dim)
     tensors, decode = Plan(family, "activation").run(call, "")
     values = torch.stack([t.float() for t in tensors]).tolist() if tensors else []  # ok-sync: a host read by design
-    return {metric: value for _, metric, value in decode(0, values)}
+    return {r.metric: r.value for r in decode(0, values)}

@@ -81,7 +81,7 @@ def test_decoders_are_told_their_layout_and_check_it() -> None:
     tensors, decode = Plan(fam, "activation").run(
         ActivationCall(fam, nn.ReLU(), None, y, eps=0.01, delta=0.01, unit_dim=None), "r")
     values = torch.stack([t.float() for t in tensors]).tolist()
-    got = {m: v for _, m, v in decode(0, values)}
+    got = {r.metric: r.value for r in decode(0, values)}
     assert got["zero_frac"] == 0.5 and got["dead_units"] == 0.5
     assert got["mean_deriv"] == 0.5 and got["small_deriv"] == 0.5
     with pytest.raises(ValueError, match=r"expected .* values, got"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -23,8 +23,11 @@ from torch import Tensor, nn
 from gradscope import stats
 from gradscope.capture.base import Context
 from gradscope.history import LayerInfo
-from gradscope.metrics import emitted
+from gradscope.metrics import METRICS, Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
+from gradscope.writers.base import Record, record
+
+_NO_SHAPE = Shape(0)
 
 __all__ = ["ParamCapture"]
 
@@ -42,6 +45,7 @@ class _Group:
 
     refs: list[_ParamRef]
     params: list[Tensor]  # detached
+    layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> indices in refs
     wnorm: Optional[Tensor] = None  # weight norms before the update
     before: Optional[list[Tensor]] = None  # weight copies (update ratios)
 
@@ -56,6 +60,7 @@ class ParamCapture:
         self._snapshot: list[Tensor] = []  # reused weight-copy buffers
         self._pending_update: Optional[list[_Group]] = None
         self._staged: list[Entry] = []  # this step's entries, queued by commit()
+        self._split: set[str] = set()  # layers with parameters on several devices
 
     def register(self, model: nn.Module) -> None:
         """Find the included layers' parameters (again on each attach: never twice)."""
@@ -80,9 +85,15 @@ class ParamCapture:
                 history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
                                             type="Parameter", module=name, shape=tuple(p.shape)))
 
-    def layer_of(self) -> dict[str, str]:
-        """Parameter name -> layer name."""
-        return {r.name: r.layer for r in self.refs}
+    def combine(self, records: list[Record]) -> list[Record]:
+        """Add the values of layers whose parameters sit on several devices (usually none).
+
+        Every other layer is combined by its device's decoder.
+        """
+        if not self._split:
+            return records
+        return combine_split_layers(records, {r.name: r.layer for r in self.refs
+                                              if r.layer in self._split})
 
     def commit(self) -> None:
         """Queue the step's entries (a later read of the same step replaced earlier ones)."""
@@ -123,7 +134,7 @@ class ParamCapture:
                 parts = ("grad_norm", "weight_norm", "grad_nonfinite") if counted \
                     else ("grad_norm", "weight_norm")
                 consts = {} if counted else {"grad_nonfinite": 0.0}
-                staged.append(Entry(step, vec, _decoder(names, parts, consts)))
+                staged.append(Entry(step, vec, _decoder(names, g.layers, parts, consts)))
             if self.ctx.histogram_step():
                 for g in groups:
                     for r, p in zip(g.refs, g.params):
@@ -151,7 +162,7 @@ class ParamCapture:
                 vec = torch.cat([stats.foreach_norms(g.before), g.wnorm])
             names = [r.name for r in g.refs]
             self._staged.append(Entry(step, vec, _decoder(
-                names, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
+                names, g.layers, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
 
     def _groups(self) -> list[_Group]:
         """The live parameters that have a (dense) gradient, one group per device."""
@@ -163,8 +174,17 @@ class ParamCapture:
             g = groups.get(p.device)
             if g is None:
                 g = groups[p.device] = _Group([], [])
+            g.layers.setdefault(r.layer, []).append(len(g.refs))
             g.refs.append(r)
             g.params.append(p.detach())
+        seen: set[str] = set()
+        self._split = set()
+        for g in groups.values():
+            self._split |= seen & set(g.layers)
+            seen |= set(g.layers)
+        for g in groups.values():
+            for layer in self._split & set(g.layers):
+                del g.layers[layer]
         return list(groups.values())
 
     def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
@@ -177,29 +197,58 @@ class ParamCapture:
         return bufs
 
 
-def _decoder(names: list[str], parts: Sequence[str], consts: dict[str, float],
-             context: Sequence[str] = ()) -> Decoder:
+def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str],
+             consts: dict[str, float], context: Sequence[str] = ()) -> Decoder:
     """Decode ``len(parts)`` vectors of one value per parameter, in the order of ``parts``.
 
+    ``layers`` maps each layer whose parameters all sit in this vector to their
+    indices: its values are combined here (:func:`gradscope.metrics.layer_values`).
     ``consts`` are values known without reading (0 non-finite gradients when every
     norm was finite); ``context`` parts are read to finish other metrics but not
     recorded again.
     """
     metrics = emitted([p for p in parts if p not in context] + list(consts), context)
+    wanted = {m.name for m in metrics}
     n, expected = len(names), len(parts) * len(names)
 
-    def decode(step: int, values: Sequence[float]) -> list[tuple[str, str, float]]:
+    def decode(step: int, values: Sequence[float]) -> list[Record]:
         if len(values) != expected:
             raise ValueError(f"parameter decoder expected {expected} values, got {len(values)} "
                              "(internal error: queue layout)")
+        cols: dict[str, Sequence[float]] = {
+            part: values[k * n:(k + 1) * n] for k, part in enumerate(parts)}
+        cols.update({c: [value] * n for c, value in consts.items()})
         out = []
-        for i, name in enumerate(names):
-            v = {part: values[k * n + i] for k, part in enumerate(parts)}
-            v.update(consts)
-            out += [(name, m.name, m.finish(v, (0, 0))) for m in metrics]  # type: ignore[arg-type]
+        for m in metrics:
+            source = copies(m)
+            if source is not None:
+                out += [record(step, name, m.name, v) for name, v in zip(names, cols[source])]
+            else:
+                needed = [cols[need] for need in m.needs]
+                out += [record(step, name, m.name, m.finish(dict(zip(m.needs, vs)), _NO_SHAPE))
+                        for name, *vs in zip(names, *needed)]
+        for layer, idx in layers.items():
+            per = {part: [col[i] for i in idx] for part, col in cols.items()}
+            out += [record(step, layer, m, value) for m, value in layer_values(per).items()
+                    if m in wanted]
         return out
 
     return decode
+
+
+def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:
+    """Layer values of layers whose parameters sit on several devices (``split``: parameter -> layer)."""
+    acc: dict[tuple[int, str], dict[str, list[float]]] = {}
+    for step, name, metric, value in records:
+        layer = split.get(name)
+        spec = METRICS.get(metric)
+        if layer is not None and spec is not None and spec.aggregate is not None:
+            acc.setdefault((step, layer), {}).setdefault(metric, []).append(value)
+    out = list(records)
+    for (step, layer), values in acc.items():
+        out += [Record(step, layer, m, v) for m, v in layer_values(values).items()]
+    out.sort(key=lambda r: r[0])
+    return out
 
 
 def _flat_buffers(params: list[Tensor]) -> list[Tensor]:

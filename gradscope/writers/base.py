@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from gradscope.histograms import Histogram
     from gradscope.history import History
 
-__all__ = ["Record", "Sink", "SinkFanout", "as_sink", "overrides"]
+__all__ = ["Record", "Sink", "SinkFanout", "as_sink", "overrides", "record"]
 
 
 class Record(NamedTuple):
@@ -49,6 +49,14 @@ class Record(NamedTuple):
     layer: str
     metric: str
     value: float
+
+
+def record(step: int, layer: str, metric: str, value: float) -> Record:
+    """``Record(step, layer, metric, value)`` without the keyword handling (a flush makes many)."""
+    return _tuple_new(Record, (step, layer, metric, value))
+
+
+_tuple_new = tuple.__new__
 
 
 class Sink:
