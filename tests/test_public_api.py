@@ -16,7 +16,7 @@ PUBLIC = {
     "gradscope.writers": {"MemoryWriter", "Record", "Sink", "TensorBoardWriter", "scalar_tag"},
     "gradscope.findings": {"RULES", "SEVERITIES", "Finding", "FindingsSink", "Thresholds",
                            "analyze", "format_findings", "threshold_names"},
-    "gradscope.metrics": {"KINDS", "METRICS", "SECTIONS", "Metric", "Shape", "by_kind", "columns",
+    "gradscope.metrics": {"KINDS", "METRICS", "SECTIONS", "Metric", "Shape", "by_kind", "columns", "copies",
                           "emitted", "for_family", "health", "layer_values", "ratio", "register",
                           "series_kind"},
     "gradscope.activations": {"FAMILIES", "SATURATION_RULES", "ActivationFamily", "family_of",
