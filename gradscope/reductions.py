@@ -345,31 +345,57 @@ class Plan:
               ) -> tuple[list[Tensor], Decoder]:
         """The tensors among ``parts`` (each once) and a decoder told where each part is."""
         tensors: list[Tensor] = []
-        slots: list[tuple[int, float, float, float]] = []  # (tensor index or -1, scale, offset, const)
-        seen: dict[int, int] = {}
+        code: list[Union[float, int, tuple[int, float, float]]] = []
         for p in parts:
-            if isinstance(p, float):
-                slots.append((-1, 0.0, 0.0, p))
+            if type(p) is float:  # known on the host
+                code.append(p)
                 continue
-            src, scale, offset = (p.source, p.scale, p.offset) if isinstance(p, Affine) \
-                else (p, 1.0, 0.0)
-            i = seen.get(id(src))
-            if i is None:
-                i = seen[id(src)] = len(tensors)
-                tensors.append(src)
-            slots.append((i, scale, offset, 0.0))
-        names, metrics, shape = self.needs, self.metrics, Shape(numel, units)
-        expected = len(tensors)
+            affine = isinstance(p, Affine)
+            src = p.source if affine else p  # type: ignore[union-attr]
+            for i, t in enumerate(tensors):
+                if t is src:
+                    break
+            else:
+                i = len(tensors)
+                tensors.append(src)  # type: ignore[arg-type]
+            code.append((i, p.scale, p.offset) if affine else i)  # type: ignore[union-attr]
+        return tensors, _Decode(self, layer, numel, units, code, len(tensors))
 
-        def decode(step: int, values: Sequence[float]) -> list[Record]:
-            if len(values) != expected:
-                raise ValueError(f"decoder for {layer!r} expected {expected} values, got "
-                                 f"{len(values)} (internal error: queue layout)")
-            v = {n: (c if i < 0 else values[i] * a + b)
-                 for n, (i, a, b, c) in zip(names, slots)}
-            return [_record(step, layer, m.name, m.finish(v, shape)) for m in metrics]
+    def finish(self, step: int, layer: str, values: dict[str, float], numel: int,
+               units: int) -> list[Record]:
+        """The records of one call, from its reduced values by name."""
+        shape = Shape(numel, units)
+        return [_record(step, layer, m.name, m.finish(values, shape)) for m in self.metrics]
 
-        return tensors, decode
+
+class _Decode:
+    """One call's decoder: which queued value (or host constant, or affine of one) is which reduction.
+
+    A small object rather than a closure: hooks make one per call, and every
+    allocation that lives until the flush adds to the garbage collector's work.
+    """
+
+    __slots__ = ("code", "expected", "layer", "numel", "plan", "units")
+
+    def __init__(self, plan: Plan, layer: str, numel: int, units: int,
+                 code: list[Union[float, int, tuple[int, float, float]]], expected: int) -> None:
+        self.plan, self.layer, self.numel, self.units = plan, layer, numel, units
+        self.code, self.expected = code, expected
+
+    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
+        if len(values) != self.expected:
+            raise ValueError(f"decoder for {self.layer!r} expected {self.expected} values, got "
+                             f"{len(values)} (internal error: queue layout)")
+        v: dict[str, float] = {}
+        for name, c in zip(self.plan.needs, self.code):
+            if type(c) is float:
+                v[name] = c
+            elif type(c) is int:
+                v[name] = values[c]
+            else:
+                i, a, b = c  # type: ignore[misc]
+                v[name] = values[i] * a + b
+        return self.plan.finish(step, self.layer, v, self.numel, self.units)
 
 
 def summarize(family: ActivationFamily, module: nn.Module, x: Optional[Tensor], y: Tensor, *,

@@ -61,6 +61,7 @@ class ParamCapture:
         self._pending_update: Optional[list[_Group]] = None
         self._staged: list[Entry] = []  # this step's entries, queued by commit()
         self._split: set[str] = set()  # layers with parameters on several devices
+        self._decoders: dict[tuple[object, ...], Decoder] = {}
 
     def register(self, model: nn.Module) -> None:
         """Find the included layers' parameters (again on each attach: never twice)."""
@@ -134,7 +135,7 @@ class ParamCapture:
                 parts = ("grad_norm", "weight_norm", "grad_nonfinite") if counted \
                     else ("grad_norm", "weight_norm")
                 consts = {} if counted else {"grad_nonfinite": 0.0}
-                staged.append(Entry(step, vec, _decoder(names, g.layers, parts, consts)))
+                staged.append(Entry(step, vec, self._decoder(names, g.layers, parts, consts)))
             if self.ctx.histogram_step():
                 for g in groups:
                     for r, p in zip(g.refs, g.params):
@@ -161,7 +162,7 @@ class ParamCapture:
                 torch._foreach_sub_(g.before, [p.detach() for p in params])
                 vec = torch.cat([stats.foreach_norms(g.before), g.wnorm])
             names = [r.name for r in g.refs]
-            self._staged.append(Entry(step, vec, _decoder(
+            self._staged.append(Entry(step, vec, self._decoder(
                 names, g.layers, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
 
     def _groups(self) -> list[_Group]:
@@ -186,6 +187,16 @@ class ParamCapture:
             for layer in self._split & set(g.layers):
                 del g.layers[layer]
         return list(groups.values())
+
+    def _decoder(self, names: list[str], layers: dict[str, list[int]], parts: Sequence[str],
+                 consts: dict[str, float], context: Sequence[str] = ()) -> Decoder:
+        """:func:`_decoder`, made once per layout (the same parameters step after step)."""
+        key = (tuple(names), tuple((k, tuple(v)) for k, v in layers.items()), tuple(parts),
+               tuple(consts.items()), tuple(context))
+        dec = self._decoders.get(key)
+        if dec is None:
+            dec = self._decoders[key] = _decoder(names, layers, parts, consts, context)
+        return dec
 
     def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
         """Buffers shaped like ``params``, kept across steps (no per-step allocation)."""
