@@ -352,11 +352,8 @@ class Plan:
                 continue
             affine = isinstance(p, Affine)
             src = p.source if affine else p  # type: ignore[union-attr]
-            for i, t in enumerate(tensors):
-                if t is src:
-                    break
-            else:
-                i = len(tensors)
+            i = next((k for k, t in enumerate(tensors) if t is src), len(tensors))
+            if i == len(tensors):
                 tensors.append(src)  # type: ignore[arg-type]
             code.append((i, p.scale, p.offset) if affine else i)  # type: ignore[union-attr]
         return tensors, _Decode(self, layer, numel, units, code, len(tensors))
