@@ -23,6 +23,7 @@ Example:
 
 from gradscope.activations import ActivationFamily, family_of, register_family
 from gradscope.api import watch
+from gradscope.capture.coverage import Coverage
 from gradscope.findings import Finding, Thresholds
 from gradscope.history import History, LayerInfo
 from gradscope.monitor import Monitor
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationFamily",
+    "Coverage",
     "Definitions",
     "Finding",
     "History",

@@ -103,7 +103,7 @@ def watch(
         >>> with gradscope.watch(model) as mon:
         ...     _ = model(torch.randn(8, 4)).sum().backward()
         >>> sorted(mon.history.metrics("1"))[:3]
-        ['grad_out_nonfinite', 'grad_out_norm', 'grad_out_rms']
+        ['grad_in_nonfinite', 'grad_in_norm', 'grad_in_rms']
     """
     flat = dict(every=every, flush_every=flush_every, eps=eps, delta=delta,
                 dead_window=dead_window, unit_dim=unit_dim, activations=activations,

@@ -17,6 +17,8 @@ Kinds (where the values come from):
 ``activation``  one activation call: ``y`` (output) and ``x`` (input)
 ``window``      an activation call-site's unit window, updated at each step's end
 ``backprop``    the gradient flowing back into a call-site's output, ``∂L/∂y``
+``grad_in``     the gradient the activation passes back to its input, ``∂L/∂x``
+                (with respect to the pre-activation)
 ``parameter``   a parameter's gradient and weights (a layer combines its
                 parameters as ``aggregate`` says)
 ==============  ==============================================================
@@ -25,8 +27,8 @@ Example:
     >>> from gradscope.metrics import METRICS, for_family
     >>> from gradscope.activations import FAMILIES
     >>> import torch.nn as nn
-    >>> METRICS["dead_units"].doc
-    'fraction of units (features or channels) that are <= 0 for every sample and position of the batch'
+    >>> METRICS["grad_in_rms"].doc
+    'grad_in_norm / sqrt(x.numel()): comparable across widths'
     >>> [m.name for m in for_family(FAMILIES[nn.Tanh], "activation")][-3:]
     ['saturation', 'small_deriv', 'mean_deriv']
 """
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "parameter")
+KINDS = ("activation", "window", "backprop", "grad_in", "parameter")
 #: Dashboard sections after the health section, in order.
 SECTIONS = ("forward", "backward", "update")
 
@@ -142,8 +144,9 @@ def _off_fraction(need: str) -> Finish:
     return lambda v, s: 1.0 - v[need] / s.numel
 
 
-def _off_units(need: str) -> Finish:
-    return lambda v, s: 1.0 - v[need] / max(s.units, 1)
+def _idle_units(v: Mapping[str, float], s: Shape) -> float:
+    """Units neither on nor non-finite, as a fraction (dead / negative units)."""
+    return (s.units - v["active_units"] - v["bad_units"]) / max(s.units, 1)
 
 
 def _per_unit(need: str) -> Finish:
@@ -190,6 +193,10 @@ def _negative(f: Optional[ActivationFamily]) -> bool:
     return f is not None and f.regime == "negative"
 
 
+def _has_units(f: Optional[ActivationFamily]) -> bool:
+    return _relu(f) or _negative(f)
+
+
 # ----------------------------------------------------------------- specs
 _SPECS = (
     # -- forward: one activation call ---------------------------------------------
@@ -213,18 +220,23 @@ _SPECS = (
     Metric("mean_deriv", "activation",
            "mean of the local derivative f'(x): the factor the chain rule multiplies by here",
            ("deriv_sum",), _per_element("deriv_sum"), _differentiable),
-    Metric("zero_frac", "activation", "fraction of elements with y <= 0", ("on",),
-           _off_fraction("on"), _relu),
+    Metric("zero_frac", "activation", "fraction of elements with y <= 0 (finite: a NaN/Inf "
+           "element is not zero)", ("off",), _per_element("off"), _relu),
     Metric("dead_units", "activation",
            "fraction of units (features or channels) that are <= 0 for every sample and "
-           "position of the batch", ("active_units",), _off_units("active_units"), _relu,
+           "position of the batch (a unit with a NaN/Inf element is non-finite, not dead)",
+           ("active_units", "bad_units"), _idle_units, _relu,
            report=1.1, header="dead_units", image="unit_health", label="dead units"),
-    Metric("neg_frac", "activation", "fraction of elements in the negative regime x < 0",
-           ("on",), _off_fraction("on"), _negative),
+    Metric("neg_frac", "activation", "fraction of elements in the negative regime x < 0 "
+           "(finite elements)", ("off",), _per_element("off"), _negative),
     Metric("neg_units", "activation",
-           "fraction of units in the negative regime for every sample and position",
-           ("active_units",), _off_units("active_units"), _negative, report=2.1,
+           "fraction of units in the negative regime for every sample and position (a unit "
+           "with a NaN/Inf element is non-finite, not negative)",
+           ("active_units", "bad_units"), _idle_units, _negative, report=2.1,
            header="neg_units"),
+    Metric("nonfinite_units", "activation",
+           "fraction of units with a NaN or ±Inf element in the batch (neither dead nor alive)",
+           ("bad_units",), _per_unit("bad_units"), _has_units),
     # -- forward: the unit window, at each step's end ------------------------------
     Metric("dead_units_window", "window",
            "fraction of units not positive on any sampled step of the last dead_window steps",
@@ -242,6 +254,15 @@ _SPECS = (
            section="backward", health=3, report=4, image="gradient_flow",
            label="backprop RMS ‖∂L/∂y‖/√n"),
     Metric("grad_out_nonfinite", "backprop", "count of NaN/Inf elements of ∂L/∂y",
+           ("nonfinite",), _value("nonfinite"), section="backward", empty=0.0),
+    # -- backward: the gradient the activation passes to its input (pre-activation) -----
+    Metric("grad_in_norm", "grad_in", "L2 norm of ∂L/∂x, the gradient back-propagated "
+           "through the activation to its input (the pre-activation)",
+           ("norm",), _value("norm"), section="backward"),
+    Metric("grad_in_rms", "grad_in", "grad_in_norm / sqrt(x.numel()): comparable across widths",
+           ("norm",), lambda v, s: v["norm"] / math.sqrt(s.numel) if s.numel else math.nan,
+           section="backward", label="pre-activation gradient RMS ‖∂L/∂x‖/√n"),
+    Metric("grad_in_nonfinite", "grad_in", "count of NaN/Inf elements of ∂L/∂x",
            ("nonfinite",), _value("nonfinite"), section="backward", empty=0.0),
     # -- parameters (and layers: their parameters combined) --------------------------
     Metric("grad_norm", "parameter", "L2 norm of the gradient (a layer: sqrt of the sum of "

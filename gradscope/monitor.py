@@ -42,7 +42,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from gradscope.capture import ActivationRecorder, Context, ModuleCapture, ParamCapture
+from gradscope.capture import (
+    ActivationRecorder,
+    Context,
+    Coverage,
+    CoverageTracker,
+    Forward,
+    FunctionalCapture,
+    ModuleCapture,
+    ParamCapture,
+)
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History
 from gradscope.options import Options
@@ -109,7 +118,10 @@ class Monitor:
                             histograms_on=self._sinks.wants("write_histograms"))
         self._ctx.state.sampled = bool(options.schedule(0))
         self._recorder = ActivationRecorder(self._ctx)
-        self._modules = ModuleCapture(self._ctx, self._recorder)
+        self._coverage = CoverageTracker(self._ctx, self._recorder)
+        forward = Forward(self._ctx)
+        self._modules = ModuleCapture(self._ctx, self._recorder, forward)
+        self._functional = FunctionalCapture(self._ctx, self._recorder, forward, self._coverage)
         self._params = ParamCapture(self._ctx)
 
     # ------------------------------------------------------------------ api
@@ -165,6 +177,7 @@ class Monitor:
         finally:
             self._remove_handles()
             self._ctx.state.attached = False
+            self._functional.clear()
             self._modules.clear()
             self._recorder.clear()
             self._queue.clear()
@@ -192,6 +205,7 @@ class Monitor:
         Returns the new records. Called automatically every ``flush_every`` steps and
         on :meth:`detach`.
         """
+        self._coverage.end_step(self._sinks)
         self._recorder.end_step()
         records = self._params.combine(self._queue.drain())
         self._last_flush_step = self.step
@@ -220,6 +234,12 @@ class Monitor:
         """
         return analyze(self.history, thresholds or self.options.thresholds or Thresholds())
 
+    def coverage(self) -> Coverage:
+        """What gradscope sees of the model's activations: call-sites captured by module and
+        by function, unknown activation-like modules, what no hook can see (a
+        :class:`gradscope.Coverage`; printed once after the first monitored step)."""
+        return self._coverage.report()
+
     def held_bytes(self) -> int:
         """Bytes of statistics waiting on the device for the next flush (O(layers))."""
         return self._queue.held_bytes()
@@ -237,6 +257,8 @@ class Monitor:
         hook(model.register_forward_hook(self._root_hook))
         if self.options.activations:
             self._modules.register(model)
+            self._functional.register(model, self._modules.hooked)
+            self._coverage.register(model)
         if self.options.gradients:
             self._params.register(model)
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
@@ -256,7 +278,6 @@ class Monitor:
             if self._step_has_forward:
                 self._end_step()
             self._step_has_forward = True
-        self._modules.start_forward()
         self._ctx.state.recording = counted and self._ctx.state.sampled
 
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -293,6 +314,7 @@ class Monitor:
     def _end_step(self) -> None:
         """The step is over: windows, stacking and the parameters' entries, then the next step."""
         state = self._ctx.state
+        self._coverage.end_step(self._sinks)
         self._recorder.end_step()
         self._queue.end_step()
         self._params.commit()

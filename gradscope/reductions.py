@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gradscope import stats
-from gradscope.activations import ActivationFamily
+from gradscope.activations import ActivationFamily, Source
 from gradscope.metrics import METRICS, Metric, Shape, for_family
 from gradscope.writers.base import Record
 from gradscope.writers.base import record as _record
@@ -96,7 +96,7 @@ class ActivationCall:
     __slots__ = ("_counts", "_parts", "active", "delta", "eps", "family", "module",
                  "numel", "unit_dim", "units", "x", "y")
 
-    def __init__(self, family: ActivationFamily, module: nn.Module, x: Optional[Tensor],
+    def __init__(self, family: ActivationFamily, module: Source, x: Optional[Tensor],
                  y: Tensor, *, eps: float, delta: float, unit_dim: Optional[int]) -> None:
         self.family = family
         self.module = module
@@ -206,7 +206,7 @@ def _derivative(c: ActivationCall) -> None:
     c._parts["deriv_small"], c._parts["deriv_sum"] = small, total
 
 
-def _derivative_sums(family: ActivationFamily, module: nn.Module, x: Optional[Tensor],
+def _derivative_sums(family: ActivationFamily, module: Source, x: Optional[Tensor],
                      y: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """``(#(f'(x) < delta), Σ f'(x))``, block by block in CPU scratch memory when it can."""
     assert family.derivative is not None
@@ -233,11 +233,22 @@ def _derivative_sums(family: ActivationFamily, module: nn.Module, x: Optional[Te
     return small, total
 
 
-def _on(c: ActivationCall) -> Part:
-    """Elements in the "on" regime: ``y > 0`` (ReLU), not negative ``src >= 0`` (others)."""
-    if c.family.regime == "relu":
-        return c.inside(0.0, math.inf)
-    return stats.count_where(torch.ge, _regime_source(c), 0.0)
+def _off(c: ActivationCall) -> Part:
+    """Finite elements in the "off" regime: ``y <= 0`` (ReLU), negative ``src < 0`` (others).
+
+    A NaN or ±Inf element is in neither regime (it is counted by ``nonfinite``). When
+    the output's sum is known finite (CPU), so is every element of ``y`` and of an
+    input it is read from (every built-in family maps a non-finite input to a
+    non-finite output), and the count is ``numel`` minus the elements that are on.
+    """
+    relu = c.family.regime == "relu"
+    src = c.y if relu else _regime_source(c)
+    total = c.part("sum")
+    assert isinstance(total, Tensor)
+    if stats.known_finite(total):
+        on = c.inside(0.0, math.inf) if relu else stats.count_where(torch.ge, src, 0.0)
+        return Affine(on, -1.0, float(c.numel))
+    return stats.count_finite_where(torch.le if relu else torch.lt, src, 0.0)
 
 
 def _regime_source(c: ActivationCall) -> Tensor:
@@ -246,16 +257,32 @@ def _regime_source(c: ActivationCall) -> Tensor:
 
 
 def _active_units(c: ActivationCall) -> Part:
-    """Units on for at least one sample/position; sets :attr:`ActivationCall.active`."""
+    """Finite units on for at least one sample/position; also ``bad_units``, the units with
+    a NaN/Inf element (neither on nor off). Sets :attr:`ActivationCall.active`: the units
+    that are not idle this step (on, or non-finite), for the unit window."""
     ud = stats.resolve_unit_dim(c.y.ndim, c.unit_dim)
     dims = stats.batch_dims(c.y.ndim, ud)
-    if c.family.regime == "relu":
-        active = (c.y.amax(dim=dims) if dims else c.y) > 0
+    relu = c.family.regime == "relu"
+    src = c.y if relu else _regime_source(c)
+    peak = src.amax(dim=dims) if dims else src
+    active = peak > 0 if relu else peak >= 0
+    total = c.part("sum")
+    assert isinstance(total, Tensor)
+    if stats.known_finite(total):
+        c._parts["bad_units"] = 0.0
+        c.active = active
     else:
-        src = _regime_source(c)
-        active = (src.amax(dim=dims) if dims else src) >= 0
-    c.active, c.units = active, active.numel()
+        finite = torch.isfinite(src).all(dim=dims) if dims else torch.isfinite(src)
+        active &= finite
+        c._parts["bad_units"] = torch.count_nonzero(~finite).to(torch.float32)
+        c.active = active | ~finite
+    c.units = active.numel()
     return torch.count_nonzero(active)
+
+
+def _bad_units(c: ActivationCall) -> Part:
+    c.part("active_units")
+    return c._parts["bad_units"]
 
 
 #: Reductions of an activation call, by name (what :class:`gradscope.metrics.Metric.needs` names).
@@ -268,8 +295,9 @@ ACTIVATION_REDUCTIONS: dict[str, Callable[[ActivationCall], Part]] = {
     "saturated": _saturated,
     "deriv_small": _deriv_small,
     "deriv_sum": _deriv_sum,
-    "on": _on,
+    "off": _off,
     "active_units": _active_units,
+    "bad_units": _bad_units,
 }
 
 
@@ -317,7 +345,7 @@ class Plan:
 
     Args:
         family: the activation family (``None`` for backprop metrics).
-        kind: ``"activation"``, ``"window"`` or ``"backprop"``.
+        kind: ``"activation"``, ``"window"``, ``"backprop"`` or ``"grad_in"``.
     """
 
     def __init__(self, family: Optional[ActivationFamily], kind: str) -> None:
@@ -395,7 +423,7 @@ class _Decode:
         return self.plan.finish(step, self.layer, v, self.numel, self.units)
 
 
-def summarize(family: ActivationFamily, module: nn.Module, x: Optional[Tensor], y: Tensor, *,
+def summarize(family: ActivationFamily, module: Source, x: Optional[Tensor], y: Tensor, *,
               eps: float, delta: float, unit_dim: Optional[int]) -> dict[str, float]:
     """The forward metrics of one activation call, read back on the host (tests, notebooks).
 

@@ -35,6 +35,7 @@ from torch import Tensor
 __all__ = [
     "as_float",
     "batch_dims",
+    "count_finite_where",
     "count_where",
     "cpu_scratch",
     "foreach_nonfinite_counts",
@@ -80,9 +81,10 @@ def host_readable(t: Tensor) -> bool:
     statistics never do it; on the CPU there is nothing to wait for, and a few
     functions here use a value they already computed to skip work that cannot
     change the result (see :func:`known_finite`). The results are the same on
-    every device.
+    every device. While ``torch.compile`` traces the caller (a hook traced into a
+    compiled graph) nothing is read either: a read would break the graph.
     """
-    return t.device.type == "cpu"
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def nonfinite_count(x: Tensor) -> Tensor:
@@ -211,6 +213,16 @@ def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
         c = op(block, value, out=scratch[:block.numel()].view(block.shape)).sum()
         total = c if total is None else total.add_(c)
     return total  # type: ignore[return-value]
+
+
+def count_finite_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
+    """How many *finite* elements of ``x`` satisfy ``op(x, value)``, as ``float32``.
+
+    NaN compares false anyway; this also leaves out ``±Inf`` (``-Inf <= 0`` is true).
+    """
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    return torch.count_nonzero(op(x, value) & torch.isfinite(x)).to(torch.float32)
 
 
 def fraction_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:

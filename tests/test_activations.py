@@ -7,27 +7,39 @@ import pytest
 import torch
 from torch import nn
 
-from gradscope.activations import FAMILIES, ActivationFamily, family_of, register_family
+from gradscope.activations import (
+    FAMILIES,
+    ActivationFamily,
+    Params,
+    family_of,
+    register_family,
+)
 from gradscope.reductions import summarize
 
 ELEMENTWISE = [
     nn.Sigmoid(), nn.Tanh(), nn.Softsign(), nn.Hardtanh(-0.5, 1.5), nn.ReLU(), nn.ReLU6(),
     nn.LeakyReLU(0.2), nn.PReLU(3, init=0.3), nn.ELU(alpha=0.7), nn.GELU(),
-    nn.GELU(approximate="tanh"), nn.SiLU(),
+    nn.GELU(approximate="tanh"), nn.SiLU(), nn.Hardswish(), nn.Hardsigmoid(), nn.Mish(),
+    nn.SELU(), nn.CELU(alpha=0.7), nn.Softplus(beta=2.0), nn.Softplus(beta=0.5, threshold=3.0),
+    nn.RReLU(0.1, 0.3).train(), nn.RReLU(0.1, 0.3).eval(),
 ]
 IDS = [
     "sigmoid", "tanh", "softsign", "hardtanh", "relu", "relu6", "leaky_relu", "prelu", "elu",
-    "gelu", "gelu_tanh", "silu",
+    "gelu", "gelu_tanh", "silu", "hardswish", "hardsigmoid", "mish", "selu", "celu", "softplus",
+    "softplus_threshold", "rrelu_train", "rrelu_eval",
 ]
 
 
 @pytest.mark.parametrize("module", ELEMENTWISE, ids=IDS)
 def test_derivative_matches_autograd(module: nn.Module) -> None:
+    """f'(x) as gradscope computes it = the gradient autograd back-propagates (random
+    RReLU slopes included: the derivative is read from this call's own output)."""
     torch.manual_seed(0)
-    # Keep clear of kinks (0, hardtanh limits) where one-sided conventions differ.
+    # Keep clear of kinks (0, the hardtanh/hardswish/hardsigmoid limits) where one-sided
+    # conventions differ.
     x = torch.randn(64, 3) * 4
     x = x[(x.abs() > 1e-3).all(1)]
-    for k in (-0.5, 1.5, 6.0):
+    for k in (-0.5, 1.5, 6.0, -3.0, 3.0):
         x = x[((x - k).abs() > 1e-3).all(1)]
     x.requires_grad_(True)
     y = module(x)
@@ -36,6 +48,32 @@ def test_derivative_matches_autograd(module: nn.Module) -> None:
     assert fam is not None and fam.derivative is not None
     d = fam.derivative(x.detach() if fam.needs_input else None, y.detach(), module)
     torch.testing.assert_close(d.expand_as(g), g, rtol=1e-4, atol=1e-5)
+
+
+PARAMS = [  # (module, the same activation's Params, as a functional call would give them)
+    (nn.LeakyReLU(0.2), Params(negative_slope=0.2)),
+    (nn.ELU(alpha=0.7), Params(alpha=0.7)),
+    (nn.CELU(alpha=2.0), Params(alpha=2.0)),
+    (nn.Hardtanh(-2.0, 0.5), Params(min_val=-2.0, max_val=0.5)),
+    (nn.ReLU6(), Params(min_val=0.0, max_val=6.0)),
+    (nn.GELU(approximate="tanh"), Params(approximate="tanh")),
+    (nn.Softplus(beta=3.0), Params(beta=3.0, threshold=20.0)),
+    (nn.PReLU(init=0.3), Params(weight=torch.tensor([0.3]))),
+    (nn.Softmax(dim=0), Params(dim=0)),
+]
+
+
+@pytest.mark.parametrize("module,params", PARAMS, ids=[type(m).__name__ for m, _ in PARAMS])
+def test_a_calls_params_stand_for_its_module(module: nn.Module, params: Params) -> None:
+    """One family serves modules and functional calls: the summary is the same for both."""
+    fam = family_of(module)
+    assert fam is not None
+    torch.manual_seed(3)
+    x = torch.randn(16, 5) * 3
+    y = module(x).detach()
+    by_module = summarize(fam, module, x, y, eps=0.05, delta=0.05, unit_dim=None)
+    by_params = summarize(fam, params, x, y, eps=0.05, delta=0.05, unit_dim=None)
+    assert by_params == pytest.approx(by_module, nan_ok=True)
 
 
 PIECEWISE = [(m, i) for m, i in zip(ELEMENTWISE, IDS) if family_of(m).piecewise is not None]
@@ -91,10 +129,10 @@ def test_blockwise_scratch_evaluation_matches_whole_tensor(
     fam = family_of(module)
     assert fam is not None
     plain = dataclasses.replace(fam, derivative_out=False, piecewise=None)
+    y = module(x).detach()  # once: RReLU draws its slopes at random
 
     def run(family: ActivationFamily) -> list[float]:
-        values = summarize(family, module, x, module(x).detach(), eps=0.05, delta=0.05,
-                           unit_dim=None)
+        values = summarize(family, module, x, y, eps=0.05, delta=0.05, unit_dim=None)
         return list(values.values())
 
     whole = run(plain)
@@ -140,6 +178,14 @@ def test_softmax_has_saturation_but_no_derivative() -> None:
     assert "mean_deriv" not in s
 
 
+def test_hardsigmoid_and_softplus_saturate_at_their_limits() -> None:
+    s = stats_dict(nn.Hardsigmoid(), torch.tensor([[-4.0, 4.0, 0.0, -2.99]]))
+    assert s["saturation"] == pytest.approx(3 / 4)  # 0, 1, and 0.0017 (x = -2.99) < eps
+    assert s["small_deriv"] == pytest.approx(2 / 4)  # f' = 0 outside (-3, 3), 1/6 inside
+    s = stats_dict(nn.Softplus(), torch.tensor([[-10.0, 0.0, 3.0, -4.0]]))
+    assert s["saturation"] == pytest.approx(1 / 4)  # softplus(-10) = 4.5e-5 < eps, -4: 0.018
+
+
 def test_relu6_saturates_at_six() -> None:
     s = stats_dict(nn.ReLU6(), torch.tensor([[7.0, 3.0, -1.0, 5.995]]))
     assert s["saturation"] == pytest.approx(2 / 4)
@@ -169,10 +215,12 @@ def test_family_lookup_exact_subclass_and_unknown() -> None:
 
     assert family_of(MyReLU()).name == "relu"
     assert family_of(nn.Linear(2, 2)) is None
-    assert family_of(nn.Softplus()) is None  # not guessed at
+    assert family_of(nn.LogSigmoid()) is None  # not guessed at
+    assert family_of(nn.Softmin(dim=1)).name == "softmax"
     assert {f.name for f in FAMILIES.values()} >= {
         "sigmoid", "tanh", "relu", "relu6", "leaky_relu", "prelu", "elu", "gelu", "silu",
-        "softsign", "hardtanh", "softmax"}
+        "softsign", "hardtanh", "softmax", "hardswish", "hardsigmoid", "mish", "selu", "celu",
+        "softplus", "rrelu"}
 
 
 def test_register_family_validates_and_registers() -> None:

@@ -39,7 +39,7 @@ def test_which_families_get_which_metrics() -> None:
     names = {f.name: f for f in FAMILIES.values()}
     relu = [m.name for m in metrics.for_family(names["relu"], "activation")]
     assert relu == ["mean", "std", "min", "max", "nonfinite", "small_deriv", "mean_deriv",
-                    "zero_frac", "dead_units"]
+                    "zero_frac", "dead_units", "nonfinite_units"]
     assert [m.name for m in metrics.for_family(names["gelu"], "window")] == ["neg_units_window"]
     assert [m.name for m in metrics.for_family(names["softmax"], "activation")][-1] == "saturation"
 
@@ -112,4 +112,5 @@ def test_cnn_records_the_same_metric_set_per_family() -> None:
         model(torch.randn(2, 1, 12, 12)).sum().backward()
     expected = {m.name for m in metrics.for_family(FAMILIES[nn.ReLU], "activation")}
     expected |= {m.name for m in metrics.by_kind("backprop")} | {"dead_units_window"}
+    expected |= {m.name for m in metrics.by_kind("grad_in")}
     assert set(mon.history.metrics("features.2")) == expected

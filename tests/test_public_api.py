@@ -10,7 +10,7 @@ import gradscope
 
 PUBLIC = {
     "gradscope": {
-        "ActivationFamily", "Definitions", "Finding", "History", "LayerInfo", "Monitor", "Record",
+        "ActivationFamily", "Coverage", "Definitions", "Finding", "History", "LayerInfo", "Monitor", "Record",
         "Sink", "Thresholds", "__version__", "every", "family_of", "log_schedule",
         "register_family", "watch"},
     "gradscope.writers": {"MemoryWriter", "Record", "Sink", "TensorBoardWriter", "scalar_tag"},
@@ -19,7 +19,8 @@ PUBLIC = {
     "gradscope.metrics": {"KINDS", "METRICS", "SECTIONS", "Metric", "Shape", "by_kind", "columns", "copies",
                           "emitted", "for_family", "health", "layer_values", "ratio", "register",
                           "series_kind"},
-    "gradscope.activations": {"FAMILIES", "SATURATION_RULES", "ActivationFamily", "family_of",
+    "gradscope.activations": {"FAMILIES", "SATURATION_RULES", "ActivationFamily", "Params",
+                              "family_of",
                               "register_family", "softmax_dim"},
     "gradscope.schedules": {"Schedule", "as_schedule", "every", "log_schedule"},
 }

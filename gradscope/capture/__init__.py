@@ -3,9 +3,14 @@
 * :mod:`~gradscope.capture.base`: :class:`Context` and :class:`StepState`, what
   the captures share with the monitor;
 * :mod:`~gradscope.capture.activation`: activation call-sites and what is
-  recorded when one runs (forward statistics, the gradient flowing back, unit
+  recorded when one runs (forward statistics, the gradients flowing back, unit
   windows, histograms), whoever saw it run;
-* :mod:`~gradscope.capture.modules`: forward hooks on activation modules;
+* :mod:`~gradscope.capture.forward`: the forward in progress (call indices, the
+  running modules, the layouts that decide unit dimensions);
+* :mod:`~gradscope.capture.modules`: hooks on activation modules;
+* :mod:`~gradscope.capture.functional`: functional activations (``F.relu``,
+  ``x.sigmoid()``), seen by a ``TorchFunctionMode`` during monitored forwards;
+* :mod:`~gradscope.capture.coverage`: what is and is not seen, reported once;
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
   weight norms, update ratios).
 
@@ -14,7 +19,11 @@ These are internal: use :func:`gradscope.watch`.
 
 from gradscope.capture.activation import ActivationRecorder, Site
 from gradscope.capture.base import Context, StepState
+from gradscope.capture.coverage import Coverage, CoverageTracker
+from gradscope.capture.forward import Forward
+from gradscope.capture.functional import FunctionalCapture
 from gradscope.capture.modules import ModuleCapture
 from gradscope.capture.params import ParamCapture
 
-__all__ = ["ActivationRecorder", "Context", "ModuleCapture", "ParamCapture", "Site", "StepState"]
+__all__ = ["ActivationRecorder", "Context", "Coverage", "CoverageTracker", "Forward",
+           "FunctionalCapture", "ModuleCapture", "ParamCapture", "Site", "StepState"]

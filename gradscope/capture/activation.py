@@ -1,12 +1,18 @@
 """Activation call-sites: what is recorded when an activation runs, whoever saw it run.
 
-The module capture (and any other source of activation calls) finds a call and
-hands its input and output to :meth:`ActivationRecorder.record`, which
+The module capture and the functional capture find a call and hand its input and
+output to :meth:`ActivationRecorder.record`, which
 
 * reduces the output (and the input, for families that need it) with the
   site's :class:`gradscope.reductions.Plan` and defers the result on the queue;
 * registers a tensor hook on the output that reduces the gradient flowing back
   into it (``grad_out_*``), once per step;
+* registers a hook on the output's autograd node, which receives the gradient the
+  activation passes to its input (``grad_in_*``, with respect to the
+  pre-activation): exactly ``∂L/∂x`` of this call when the activation is one
+  autograd operation whose first input is ``x`` (every built-in family but
+  Softsign, which is ``x / (1 + |x|)``); otherwise ``grad_in_*`` is not recorded
+  for the site, and the coverage says so;
 * keeps the units that were on, for the unit window (``dead_units_window``),
   updated at the step's end by :meth:`ActivationRecorder.end_step`;
 * on histogram steps, queues histograms of the output and of its gradient.
@@ -15,24 +21,25 @@ hands its input and output to :meth:`ActivationRecorder.record`, which
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gradscope.activations import ActivationFamily
+from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
 
-__all__ = ["ActivationRecorder", "Site"]
+__all__ = ["ActivationRecorder", "Site", "input_node"]
 
 _NEVER = -(2**62)  # "last active step" of a unit never seen active
 
 
 @dataclass
 class Site:
-    """One activation call-site: a module (or function) and its call index in a forward."""
+    """One activation call-site: a module, or a function called inside a module, and its
+    call index within one forward."""
 
     name: str
     module_name: str
@@ -40,10 +47,31 @@ class Site:
     family: ActivationFamily
     plan: Plan
     window: Plan
+    function: Optional[str] = None  # "relu" for a functional call-site, None for a module's
+    unit_dim: Optional[int] = None  # the dimension of its units (None: the rank rule)
+    grad_in: Optional[bool] = None  # whether grad_in_* can be read exactly (known at a backward)
     last_active: Optional[Tensor] = None  # per unit: the last step it was on
     fwd_step: int = -1
     bwd_step: int = -1
+    gin_step: int = -1
     failed: bool = False
+
+
+def site_name(base: str, call: int) -> str:
+    """A call-site's series name: ``base`` for the first call of a forward, ``base[k]`` after."""
+    return base if call == 0 else f"{base}[{call}]"
+
+
+def input_node(x: Any) -> Any:
+    """The autograd node gradients of ``x`` flow into (``None`` when ``x`` needs none).
+
+    Read *before* the activation runs (an in-place one rewrites ``x.grad_fn``). Autograd
+    nodes cannot be traced by ``torch.compile``: while it traces, ``None`` (no ``grad_in_*``).
+    """
+    if isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled() \
+            and not torch.compiler.is_compiling():
+        return torch.autograd.graph.get_gradient_edge(x).node
+    return None
 
 
 class ActivationRecorder:
@@ -54,16 +82,22 @@ class ActivationRecorder:
         self.sites: dict[tuple[str, int], Site] = {}
         self._plans: dict[tuple[int, str], Plan] = {}
         self._backprop = Plan(None, "backprop")
+        self._grad_in = Plan(None, "grad_in")
         self._windows: list[tuple[Site, Tensor, int]] = []
 
-    def site(self, module_name: str, call: int, family: ActivationFamily, name: str,
-             type_name: str, shape: tuple[int, ...]) -> Site:
-        """The call-site ``(module_name, call)``, declared in the history on first sight."""
-        key = (module_name, call)
+    def site(self, base: str, call: int, family: ActivationFamily, *, module_name: str,
+             type_name: str, shape: tuple[int, ...], unit_dim: Optional[int],
+             function: Optional[str] = None) -> Site:
+        """The call-site ``(base, call)``, declared in the history on first sight.
+
+        ``base`` is the module's name (a module call-site) or ``module:function``.
+        """
+        key = (base, call)
         site = self.sites.get(key)
         if site is None:
+            name = site_name(base, call)
             site = Site(name, module_name, call, family, self._plan(family, "activation"),
-                        self._plan(family, "window"))
+                        self._plan(family, "window"), function, unit_dim)
             self.sites[key] = site
             self.ctx.history.add_layer(LayerInfo(
                 name, kind="activation", order=len(self.sites) - 1, type=type_name,
@@ -77,14 +111,23 @@ class ActivationRecorder:
             plan = self._plans[key] = Plan(family, kind)
         return plan
 
-    def record(self, site: Site, module: nn.Module, x: Optional[Tensor], y: Tensor) -> None:
-        """Record one call of ``site`` (at most once per step); errors stop the site."""
+    def record(self, site: Site, source: Source, x: Optional[Tensor], y: Tensor,
+               x_node: Any = None) -> None:
+        """Record one call of ``site`` (at most once per step); errors stop the site.
+
+        ``source`` is the activation module or the call's :class:`~gradscope.activations.Params`;
+        ``x_node`` the autograd node of the input before the call (:func:`input_node`).
+        """
         step = self.ctx.state.step
         if site.failed or site.fwd_step == step:
             return
         site.fwd_step = step
         try:
-            self._forward(site, module, x, y, step)
+            with torch._C.DisableTorchFunction():  # gradscope's own ops are not the model's
+                self._forward(site, source, x, y, step)
+            if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():
+                y.register_hook(self._backprop_hook(site, step))
+                self._hook_grad_in(site, y, x_node, step)
             if self.ctx.histogram_step():
                 self._histograms(site, y, step)
         except Exception as err:
@@ -95,32 +138,63 @@ class ActivationRecorder:
         site.failed = True
         self.ctx.failed(site.name, err)
 
-    def _forward(self, site: Site, module: nn.Module, x: Optional[Tensor], y: Tensor,
+    def _forward(self, site: Site, source: Source, x: Optional[Tensor], y: Tensor,
                  step: int) -> None:
         d = self.ctx.options.definitions
         with torch.no_grad():
-            call = ActivationCall(site.family, module, x, y.detach(), eps=d.eps, delta=d.delta,
-                                  unit_dim=d.unit_dim)
+            call = ActivationCall(site.family, source, x, y.detach(), eps=d.eps, delta=d.delta,
+                                  unit_dim=site.unit_dim)
             tensors, decode = site.plan.run(call, site.name)
         self.ctx.queue.defer(step, y.device, tensors, decode)
         if call.active is not None and site.window.metrics:
             self._windows.append((site, call.active, step))
-        if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():
-            y.register_hook(self._backprop_hook(site, step, y.numel()))
 
-    def _backprop_hook(self, site: Site, step: int, numel: int) -> Callable[[Tensor], None]:
+    # ------------------------------------------------------------ the backward
+    def backprop(self, site: Site, step: int, grad: Tensor) -> None:
+        """Reduce ``∂L/∂y`` of ``site`` (once per step)."""
+        if not self.ctx.state.attached or site.failed or site.bwd_step == step:
+            return
+        site.bwd_step = step
+        try:
+            with torch.no_grad():
+                tensors, decode = self._backprop.run(GradCall(grad), site.name)
+            self.ctx.queue.defer(step, grad.device, tensors, decode)
+        except Exception as err:
+            self.fail(site, err)
+
+    def grad_in(self, site: Site, step: int, grad: Optional[Tensor]) -> None:
+        """Reduce ``∂L/∂x`` of ``site`` (once per step)."""
+        if grad is None or not self.ctx.state.attached or site.failed or site.gin_step == step:
+            return
+        site.gin_step = step
+        try:
+            with torch.no_grad():
+                tensors, decode = self._grad_in.run(GradCall(grad), site.name)
+            self.ctx.queue.defer(step, grad.device, tensors, decode)
+        except Exception as err:
+            self.fail(site, err)
+
+    def _backprop_hook(self, site: Site, step: int) -> Callable[[Tensor], None]:
         def backprop_hook(grad: Tensor) -> None:
-            if not self.ctx.state.attached or site.failed or site.bwd_step == step:
-                return
-            site.bwd_step = step
-            try:
-                with torch.no_grad():
-                    tensors, decode = self._backprop.run(GradCall(grad), site.name)
-                self.ctx.queue.defer(step, grad.device, tensors, decode)
-            except Exception as err:
-                self.fail(site, err)
+            self.backprop(site, step, grad)
 
         return backprop_hook
+
+    def _hook_grad_in(self, site: Site, y: Tensor, x_node: Any, step: int) -> None:
+        """Hook ``y``'s autograd node when its first input edge is ``x``'s and it has no other
+        input that needs a gradient: its ``grad_inputs[0]`` is then exactly ``∂L/∂x``."""
+        node = y.grad_fn
+        if x_node is None or node is None:  # no gradient reaches x: nothing to measure
+            return
+        exact = _one_op(node, x_node)
+        site.grad_in = exact if site.grad_in is None else site.grad_in and exact
+        if not exact:
+            return
+
+        def grad_in_hook(grad_inputs: Any, grad_outputs: Any) -> None:
+            self.grad_in(site, step, grad_inputs[0])
+
+        node.register_hook(grad_in_hook)
 
     def _histograms(self, site: Site, y: Tensor, step: int) -> None:
         """Histogram of a call-site's output, and of the gradient flowing back through it."""
@@ -140,6 +214,7 @@ class ActivationRecorder:
 
         y.register_hook(backprop_histogram)
 
+    # ------------------------------------------------------------ step's end
     def end_step(self) -> None:
         """Update the unit windows with this step's active units and defer the idle counts."""
         windows, self._windows = self._windows, []
@@ -162,3 +237,13 @@ class ActivationRecorder:
     def held_numel(self) -> int:
         """Elements of the per-unit window state (O(units), independent of the batch)."""
         return sum(s.last_active.numel() for s in self.sites.values() if s.last_active is not None)
+
+
+def _one_op(node: Any, x_node: Any) -> bool:
+    """Whether autograd node ``node`` takes its gradient to ``x_node`` by its first edge and
+    to nothing else that needs one (parameters, like PReLU's weight, aside)."""
+    edges = node.next_functions
+    if not edges or edges[0][0] is not x_node:
+        return False
+    return all(n is None or (n is not x_node and type(n).__name__ == "AccumulateGrad")
+               for n, _ in edges[1:])

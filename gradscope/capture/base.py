@@ -23,7 +23,11 @@ from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
 
-__all__ = ["Context", "StepState"]
+__all__ = ["Context", "StepState", "compiling"]
+
+#: Whether ``torch.compile`` is tracing the code that calls it (a hook traced into a
+#: compiled graph must not branch on the step's state: see :mod:`gradscope.capture.compiled`).
+compiling = torch.compiler.is_compiling
 
 
 @dataclass
@@ -49,6 +53,9 @@ class Context:
     state: StepState = field(default_factory=StepState)
     histograms_on: bool = False  # some sink writes histograms
     ready_histograms: list[Histogram] = field(default_factory=list)
+    #: modules whose inner activations some capture records although no hook of the
+    #: activation captures sees them (fused kernels): the coverage does not list them
+    covered: set[str] = field(default_factory=set)
 
     def histogram_step(self) -> bool:
         """Whether the current step takes histograms (cached per step)."""

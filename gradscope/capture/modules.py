@@ -1,22 +1,28 @@
-"""Activation modules: forward hooks on every module whose type is a known family.
+"""Activation modules: hooks on every module whose type is a known family.
 
-Each activation module gets a forward hook (and, when it runs in place and its
-family needs the input, a pre-hook that keeps a copy of the input before it is
-overwritten). A module called several times per forward (torchvision's ResNet
-reuses one ``relu`` per block) gives one call-site per call: ``layer1.0.relu``,
-``layer1.0.relu[1]``. A module that is both an activation and has parameters
-(PReLU) names its call-site ``name.out``, since ``name`` is its layer.
+Each activation module gets a forward pre-hook and a forward hook. The pre-hook
+marks the module as running (so that the functional capture does not see its own
+``F.relu`` a second time), keeps a copy of the input when the module runs in place
+and its family needs the input, and notes the input's autograd node (for
+``grad_in_*``). The hook hands the call to the
+:class:`~gradscope.capture.activation.ActivationRecorder`. A module called several
+times per forward (torchvision's ResNet reuses one ``relu`` per block) gives one
+call-site per call: ``layer1.0.relu``, ``layer1.0.relu[1]``. A module that is both
+an activation and has parameters (PReLU) names its call-site ``name.out``, since
+``name`` is its layer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import torch
 from torch import Tensor, nn
 
 from gradscope.activations import ActivationFamily, family_of
-from gradscope.capture.activation import ActivationRecorder
-from gradscope.capture.base import Context
+from gradscope.capture.activation import ActivationRecorder, input_node
+from gradscope.capture.base import Context, compiling
+from gradscope.capture.forward import Forward
 
 __all__ = ["ModuleCapture"]
 
@@ -24,28 +30,28 @@ __all__ = ["ModuleCapture"]
 class ModuleCapture:
     """Hooks on activation modules, feeding an :class:`ActivationRecorder`."""
 
-    def __init__(self, ctx: Context, recorder: ActivationRecorder) -> None:
+    def __init__(self, ctx: Context, recorder: ActivationRecorder, forward: Forward) -> None:
         self.ctx = ctx
         self.recorder = recorder
-        self._calls: dict[str, int] = {}
-        self._stash: dict[int, Tensor] = {}
+        self.forward = forward
+        self.hooked: set[int] = set()  # ids of the hooked activation modules
+        self._stash: dict[int, tuple[Optional[Tensor], Any]] = {}  # id -> (input copy, node)
 
     def register(self, model: nn.Module) -> None:
         """Hook every included activation module of ``model``."""
         include = self.ctx.options.include_fn
+        self.hooked = set()
         for name, module in model.named_modules():
             if not include(name, module):
                 continue
             family = family_of(module)
             if family is None:
                 continue
-            if family.needs_input and getattr(module, "inplace", False):
-                self.ctx.hook(module.register_forward_pre_hook(self._stash_hook()))
-            self.ctx.hook(module.register_forward_hook(self._activation_hook(name, family)))
-
-    def start_forward(self) -> None:
-        """A new forward of the model begins: call indices start again at 0."""
-        self._calls.clear()
+            self.hooked.add(id(module))
+            copy = family.needs_input and bool(getattr(module, "inplace", False))
+            self.ctx.hook(module.register_forward_pre_hook(self._pre_hook(copy)))
+            hook = self._activation_hook(name, _base(name, module), family)
+            self.ctx.hook(module.register_forward_hook(hook, always_call=True))
 
     def clear(self) -> None:
         """Drop kept inputs (on detach)."""
@@ -55,37 +61,51 @@ class ModuleCapture:
         """Inputs kept between a pre-hook and its hook (0 outside a forward)."""
         return len(self._stash)
 
-    def _stash_hook(self) -> Callable[[nn.Module, Any], None]:
-        def stash_input(module: nn.Module, args: Any) -> None:
-            if self.ctx.state.recording and args and isinstance(args[0], Tensor):
-                self._stash[id(module)] = args[0].detach().clone()
+    def _pre_hook(self, copy: bool) -> Callable[[nn.Module, Any], None]:
+        def activation_pre_hook(module: nn.Module, args: Any) -> None:
+            if not (compiling() or self.ctx.state.recording):
+                return
+            self.forward.in_activation += 1
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            if x is None:
+                return
+            with torch._C.DisableTorchFunction():  # not the model's own ops
+                kept = x.detach().clone() if copy else None
+                node = input_node(x) if self.ctx.options.backprop else None
+            if kept is not None or node is not None:
+                self._stash[id(module)] = (kept, node)
 
-        return stash_input
+        return activation_pre_hook
 
-    def _activation_hook(self, module_name: str, family: ActivationFamily
+    def _activation_hook(self, module_name: str, base: str, family: ActivationFamily
                          ) -> Callable[[nn.Module, Any, Any], None]:
         def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.ctx.state.recording:
+            if not (compiling() or self.ctx.state.recording):
                 return
-            x = self._stash.pop(id(module), None)
-            call = self._calls.get(module_name, 0)
-            self._calls[module_name] = call + 1
+            self.forward.in_activation -= 1
+            kept, node = self._stash.pop(id(module), (None, None))
+            call = self.forward.next_call(base)
             if not isinstance(output, Tensor) or not output.is_floating_point():
                 return
-            site = self.recorder.sites.get((module_name, call))
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            site = self.recorder.sites.get((base, call))
             if site is None:
-                site = self.recorder.site(module_name, call, family,
-                                          _site_name(module_name, call, module),
-                                          type(module).__name__, tuple(output.shape))
-            if family.needs_input and x is None and args and isinstance(args[0], Tensor):
-                x = args[0]
-            self.recorder.record(site, module, x, output)
+                site = self.recorder.site(
+                    base, call, family, module_name=module_name,
+                    type_name=type(module).__name__, shape=tuple(output.shape),
+                    unit_dim=self.forward.unit_dim(x))
+            if kept is not None:
+                x = kept
+            elif not family.needs_input:
+                x = None
+            self.recorder.record(site, module, x, output, node)
 
         return activation_hook
 
 
-def _site_name(module_name: str, call: int, module: nn.Module) -> str:
+def _base(module_name: str, module: nn.Module) -> str:
+    """A module call-site's name before its call index: the module's, ``.out`` for PReLU."""
     base = module_name or "(root)"
     if any(True for _ in module.parameters(recurse=False)):
         base += ".out"  # the module is also a parameterised layer (PReLU)
-    return base if call == 0 else f"{base}[{call}]"
+    return base

@@ -8,6 +8,8 @@ optional and do nothing unless overridden:
   histograms only when some sink overrides this);
 * ``write_findings(findings, step)``: the findings of :mod:`gradscope.findings`,
   computed at each flush only when some sink overrides this;
+* ``write_coverage(coverage)``: once, after the first monitored step, what
+  gradscope sees of the model's activations (a :class:`gradscope.Coverage`);
 * ``flush()`` and ``close()``.
 
 Objects that do not subclass :class:`Sink` but have a ``write`` method are
@@ -35,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from gradscope.capture.coverage import Coverage
     from gradscope.findings import Finding
     from gradscope.histograms import Histogram
     from gradscope.history import History
@@ -72,6 +75,9 @@ class Sink:
     def write_findings(self, findings: Sequence[Finding], step: int) -> None:
         """Called at each flush with the current findings (optional)."""
 
+    def write_coverage(self, coverage: Coverage) -> None:
+        """Called once, after the first monitored step, with the activation coverage (optional)."""
+
     def flush(self) -> None:
         """Push buffered output to its destination (optional)."""
 
@@ -95,7 +101,7 @@ def overrides(sink: Sink, method: str) -> bool:
 class _Duck(Sink):
     """A sink-like object that does not subclass :class:`Sink`: its methods, looked up once."""
 
-    _OPTIONAL = ("write_histograms", "write_findings", "flush", "close")
+    _OPTIONAL = ("write_histograms", "write_findings", "write_coverage", "flush", "close")
 
     def __init__(self, obj: Any) -> None:
         self.obj = obj
@@ -115,6 +121,10 @@ class _Duck(Sink):
     def write_findings(self, findings: Sequence[Finding], step: int) -> None:
         if "write_findings" in self._methods:
             self._methods["write_findings"](findings, step)
+
+    def write_coverage(self, coverage: Coverage) -> None:
+        if "write_coverage" in self._methods:
+            self._methods["write_coverage"](coverage)
 
     def flush(self) -> None:
         if "flush" in self._methods:

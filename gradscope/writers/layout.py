@@ -28,6 +28,7 @@ from gradscope import metrics
 from gradscope.history import LayerInfo
 
 __all__ = [
+    "COVERAGE_TAG",
     "FINDINGS_TAG",
     "GRADIENT_FLOW_TAG",
     "HEALTH_SECTION",
@@ -54,6 +55,8 @@ SECTION_TITLES = {
 LAYERS_TAG = "gradscope/layers"
 #: Text tag holding the findings.
 FINDINGS_TAG = "gradscope/findings"
+#: Text tag holding the activation coverage.
+COVERAGE_TAG = "gradscope/coverage"
 #: Image tags.
 GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
 UNIT_HEALTH_TAG = "gradscope/unit_health"

@@ -21,6 +21,8 @@ custom scalars                  one chart per metric with every layer as a line:
 ``gradscope/gradient_flow``     image per flush: gradient norm and activation std vs depth
 ``gradscope/unit_health``       image per flush: dead and saturated units, layers × steps
 ``gradscope/findings``          text, rewritten when the findings change
+``gradscope/coverage``          text, once: activation call-sites captured by module and by
+                                function, what no hook can see, unknown activation modules
 ``gradscope/layers``            text: the layer index (kind, order, type, family, shape)
                                 that ``gradscope report`` reads back
 ==============================  ==========================================================
@@ -58,6 +60,7 @@ from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
 from gradscope.writers.base import Record, Sink
 from gradscope.writers.layout import (
+    COVERAGE_TAG,
     FINDINGS_TAG,
     GRADIENT_FLOW_TAG,
     LAYERS_TAG,
@@ -189,6 +192,13 @@ class TensorBoardWriter(Sink):
             return
         self._findings_key = key
         self._submit(self.summary_writer.add_text, FINDINGS_TAG, findings_markdown(findings), step)
+
+    def write_coverage(self, coverage: Any) -> None:
+        """Write what gradscope sees of the model's activations, as markdown text."""
+        if self._closed:
+            return
+        self._submit(self.summary_writer.add_text, COVERAGE_TAG, coverage.markdown(),
+                     coverage.step)
 
     def flush(self) -> None:
         """Wait for the background writes, then push buffered events to disk."""

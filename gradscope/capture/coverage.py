@@ -1,0 +1,189 @@
+"""Coverage: which activations of a model gradscope sees, and which it cannot.
+
+After the first monitored step the :class:`CoverageTracker` reports a
+:class:`Coverage`: the call-sites captured by module hooks and by function, the
+parameterless leaf modules that look like activations but whose family gradscope
+does not know (with the :func:`gradscope.register_family` fix), and what no hook
+can see: activations fused into one kernel (the softmax inside
+``F.scaled_dot_product_attention``, the gates of ``nn.LSTM``/``nn.GRU``/``nn.RNN``
+and their cells). It prints one line to stderr (unless ``summary=False``), hands
+the report to the sinks (``Sink.write_coverage``: TensorBoard's ``gradscope/coverage``
+text) and warns when a model that trains has no captured call-site at all.
+
+A capture that does see inside a fused module (a recurrent capture that records an
+LSTM's gates) adds the module's name to :attr:`Context.covered
+<gradscope.capture.base.Context.covered>`; it is then no longer listed as unseen.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from gradscope.activations import family_of
+from gradscope.capture.activation import ActivationRecorder
+from gradscope.capture.base import Context
+
+__all__ = ["Coverage", "CoverageTracker"]
+
+#: Class names that look like an activation's (with no children and no parameters).
+_ACTIVATION_LIKE = re.compile(
+    r"(?i)(relu|gelu|silu|swish|mish|sigmoid|tanh|softmax|softmin|softplus|softsign|elu|glu"
+    r"|hardswish|shrink|threshold|activation|^act)")
+_FUSED_RNN = (nn.RNNBase, nn.RNNCellBase)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What gradscope sees of a model's activations (``mon.coverage()``).
+
+    Attributes:
+        step: the step it describes (the first monitored one).
+        by_module: call-sites captured by hooks on activation modules.
+        by_function: call-sites captured as functional calls (``F.relu``, ``x.tanh()``).
+        unknown: class names of parameterless leaf modules that look like activations
+            but have no family (and in which no functional activation was seen).
+        unseen: activations no hook can see, one line each.
+        no_grad_in: call-sites whose ``grad_in_*`` cannot be read exactly (the
+            activation is not one autograd operation, like Softsign).
+
+    Example:
+        >>> import torch, torch.nn as nn, torch.nn.functional as F, gradscope
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc, self.act = nn.Linear(4, 4), nn.Tanh()
+        ...     def forward(self, x):
+        ...         return F.relu(self.act(self.fc(x)))
+        >>> net = Net()
+        >>> with gradscope.watch(net, summary=False) as mon:
+        ...     net(torch.randn(2, 4)).sum().backward()
+        >>> mon.coverage().line()
+        'gradscope: 2 activation call-sites captured (1 by module, 1 by function)'
+    """
+
+    step: int
+    by_module: int
+    by_function: int
+    unknown: tuple[str, ...] = ()
+    unseen: tuple[str, ...] = ()
+    no_grad_in: tuple[str, ...] = ()
+
+    @property
+    def captured(self) -> int:
+        """Every captured call-site."""
+        return self.by_module + self.by_function
+
+    def fixes(self) -> list[str]:
+        """One ``register_family`` line per unknown module class."""
+        return [f"gradscope.register_family({name}, gradscope.activations.FAMILIES[nn.X]) "
+                "with nn.X the activation it behaves like" for name in self.unknown]
+
+    def line(self) -> str:
+        """The one-line summary printed to stderr."""
+        parts = [f"gradscope: {self.captured} activation call-sites captured "
+                 f"({self.by_module} by module, {self.by_function} by function)"]
+        if self.unseen:
+            parts.append("not seen: " + "; ".join(self.unseen))
+        if self.unknown:
+            parts.append("unknown activation modules: " + ", ".join(self.unknown)
+                         + " (teach gradscope one with gradscope.register_family)")
+        if self.no_grad_in:
+            parts.append("grad_in_* not measured (not one autograd op) at: "
+                         + ", ".join(self.no_grad_in))
+        return "; ".join(parts)
+
+    def markdown(self) -> str:
+        """The report as markdown (TensorBoard's ``gradscope/coverage`` text)."""
+        lines = [f"**{self.captured} activation call-sites** captured at step {self.step}: "
+                 f"{self.by_module} by module hooks, {self.by_function} as functional calls.", ""]
+        if self.unseen:
+            lines += ["Not seen (fused into one kernel, no hook can see inside):", ""]
+            lines += [f"* {u}" for u in self.unseen] + [""]
+        if self.unknown:
+            lines += ["Modules that look like activations but have no family:", ""]
+            lines += [f"* `{n}`: `{fix}`" for n, fix in zip(self.unknown, self.fixes())] + [""]
+        if self.no_grad_in:
+            lines += ["`grad_in_*` not measured (the activation is not one autograd op): "
+                      + ", ".join(f"`{n}`" for n in self.no_grad_in)]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+class CoverageTracker:
+    """Collects what the captures see and do not see; reports once, after the first step."""
+
+    def __init__(self, ctx: Context, recorder: ActivationRecorder) -> None:
+        self.ctx = ctx
+        self.recorder = recorder
+        self._unknown: dict[str, str] = {}  # module name -> class name
+        self._rnn: dict[str, str] = {}  # module name -> class name
+        self._fused: Counter[tuple[str, str]] = Counter()
+        self._done = False
+        self.first: Any = None  # the first report, once made
+
+    def register(self, model: nn.Module) -> None:
+        """Note the model's unknown activation-like modules and fused recurrent ones."""
+        self._unknown, self._rnn = {}, {}
+        for name, module in model.named_modules():
+            if isinstance(module, _FUSED_RNN):
+                self._rnn[name] = type(module).__name__
+            elif _looks_like_activation(module):
+                self._unknown[name] = type(module).__name__
+
+    def fused(self, module_name: str, what: str) -> None:
+        """A fused call ran in ``module_name`` (during a monitored forward)."""
+        self._fused[(module_name, what)] += 1
+
+    def report(self) -> Coverage:
+        """The coverage as of now."""
+        sites = list(self.recorder.sites.values())
+        in_function = {s.module_name for s in sites if s.function is not None}
+        covered = self.ctx.covered
+        unseen = [f"{what} in {name or '(root)'}" for (name, what) in self._fused
+                  if name not in covered]
+        unseen += [f"gates of {cls} {name or '(root)'!r} (one fused kernel)"
+                   for name, cls in self._rnn.items() if name not in covered]
+        unknown = sorted({cls for name, cls in self._unknown.items() if name not in in_function})
+        return Coverage(
+            step=self.ctx.state.step,
+            by_module=sum(s.function is None for s in sites),
+            by_function=sum(s.function is not None for s in sites),
+            unknown=tuple(unknown), unseen=tuple(unseen),
+            no_grad_in=tuple(s.name for s in sites if s.grad_in is False))
+
+    def end_step(self, sinks: Any) -> None:
+        """At the end of the first monitored step: one line, a warning if nothing was
+        captured, and the report to the sinks."""
+        if self._done or not self.ctx.state.recording or not self.ctx.options.activations:
+            return
+        self._done = True
+        cov = self.first = self.report()
+        if self.ctx.options.summary:
+            print(cov.line(), file=sys.stderr)
+        if not cov.captured:
+            hint = (f"; unknown activation-like modules: {', '.join(cov.unknown)} "
+                    "(gradscope.register_family teaches gradscope one)" if cov.unknown else "")
+            warnings.warn(
+                "gradscope: no activation call-site was captured in the first monitored step, "
+                "so no activation statistic will be recorded (parameter gradients are)"
+                f"{hint}; mon.coverage() says what was and was not seen", RuntimeWarning,
+                stacklevel=4)
+        sinks.emit("write_coverage", cov)
+
+
+def _looks_like_activation(module: nn.Module) -> bool:
+    """A leaf module with no parameters, no family, and an activation's look: defined in
+    ``torch.nn.modules.activation`` or named like one."""
+    if family_of(module) is not None or next(module.children(), None) is not None:
+        return False
+    if next(module.parameters(recurse=False), None) is not None:
+        return False
+    cls = type(module)
+    return cls.__module__ == "torch.nn.modules.activation" or bool(
+        _ACTIVATION_LIKE.search(cls.__name__))
