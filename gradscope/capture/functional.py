@@ -128,12 +128,12 @@ FUNCTIONS: dict[Callable[..., Any], Function] = _table()
 FUSED: dict[Callable[..., Any], str] = {
     F.scaled_dot_product_attention: "softmax fused in F.scaled_dot_product_attention",
     torch._native_multi_head_attention: "softmax fused in the MultiheadAttention fast path",
+    # a mode sees this call, not the softmax inside it (need_weights=True; with False it
+    # calls scaled_dot_product_attention)
+    F.multi_head_attention_forward: "softmax inside F.multi_head_attention_forward",
     torch._transformer_encoder_layer_fwd:
         "activation and softmax fused in the TransformerEncoderLayer fast path",
 }
-
-#: Functions whose inner calls the mode should see (it otherwise sees only the outer one).
-_TRANSPARENT = frozenset({F.multi_head_attention_forward})
 
 
 class _Mode(TorchFunctionMode):
@@ -151,9 +151,6 @@ class _Mode(TorchFunctionMode):
         spec = FUNCTIONS.get(func)
         if spec is not None and not cap.forward.in_activation:
             return cap.call(spec, func, args, kwargs)
-        if func in _TRANSPARENT:
-            with self:
-                return func(*args, **kwargs)
         out = func(*args, **kwargs)
         cap.forward.produced(func, out)
         what = FUSED.get(func)
