@@ -52,6 +52,7 @@ from gradscope.capture import (
     ModuleCapture,
     ParamCapture,
 )
+from gradscope.capture.base import unwrap
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History
 from gradscope.options import Options
@@ -255,6 +256,7 @@ class Monitor:
         hook = self._handles.append
         hook(model.register_forward_pre_hook(self._root_pre_hook))
         hook(model.register_forward_hook(self._root_hook))
+        model = unwrap(model)  # torch.compile(model): hook and name the compiled module's parts
         if self.options.activations:
             self._modules.register(model)
             self._functional.register(model, self._modules.hooked)
@@ -273,6 +275,8 @@ class Monitor:
             h.remove()
 
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
+        if self._ctx.traced():
+            return
         counted = module.training or self.options.record_eval
         if self._optimizer_ref is None and counted:
             if self._step_has_forward:
@@ -281,6 +285,8 @@ class Monitor:
         self._ctx.state.recording = counted and self._ctx.state.sampled
 
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._ctx.traced():
+            return
         state = self._ctx.state
         if not (state.recording and self.options.gradients and self._optimizer_ref is None):
             return

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.histograms import Histogram, decode_histogram, histogram_vector
@@ -23,11 +23,19 @@ from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
 
-__all__ = ["Context", "StepState", "compiling"]
+__all__ = ["Context", "StepState", "compiling", "unwrap"]
 
-#: Whether ``torch.compile`` is tracing the code that calls it (a hook traced into a
-#: compiled graph must not branch on the step's state: see :mod:`gradscope.capture.compiled`).
+#: Whether ``torch.compile`` is tracing the code that calls it.
 compiling = torch.compiler.is_compiling
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper compiles (so that names have no
+    ``_orig_mod.`` prefix), or ``model`` itself."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
 
 
 @dataclass
@@ -40,6 +48,7 @@ class StepState:
     attached: bool = False
     hist_step: int = -1  # the step ``hist_due`` was computed for
     hist_due: bool = False
+    traced: bool = False  # a hook ran while torch.compile traced the model (and did nothing)
 
 
 @dataclass
@@ -56,6 +65,19 @@ class Context:
     #: modules whose inner activations some capture records although no hook of the
     #: activation captures sees them (fused kernels): the coverage does not list them
     covered: set[str] = field(default_factory=set)
+
+    def traced(self) -> bool:
+        """Whether ``torch.compile`` is tracing the hook that asks (noted for the coverage
+        report). A traced hook does nothing: it adds no graph break and no op to the
+        compiled graph, and records nothing."""
+        if compiling():
+            self.state.traced = True
+            return True
+        return False
+
+    def recording(self) -> bool:
+        """Whether a hook should record now: in a monitored forward, not traced."""
+        return not self.traced() and self.state.recording
 
     def histogram_step(self) -> bool:
         """Whether the current step takes histograms (cached per step)."""

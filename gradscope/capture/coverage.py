@@ -37,6 +37,10 @@ _ACTIVATION_LIKE = re.compile(
     r"(?i)(relu|gelu|silu|swish|mish|sigmoid|tanh|softmax|softmin|softplus|softsign|elu|glu"
     r"|hardswish|shrink|threshold|activation|^act)")
 _FUSED_RNN = (nn.RNNBase, nn.RNNCellBase)
+#: What the coverage says when torch.compile traced gradscope's hooks.
+TRACED = ("activations inside torch.compile'd code: gradscope leaves its hooks out of "
+          "compiled graphs (no graph break, nothing recorded there); parameter statistics "
+          "are recorded; watch an uncompiled model to see its activations")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ class CoverageTracker:
                   if name not in covered]
         unseen += [f"gates of {cls} {name or '(root)'!r} (one fused kernel)"
                    for name, cls in self._rnn.items() if name not in covered]
+        if self.ctx.state.traced:
+            unseen.append(TRACED)
         unknown = sorted({cls for name, cls in self._unknown.items() if name not in in_function})
         return Coverage(
             step=self.ctx.state.step,
@@ -169,6 +175,8 @@ class CoverageTracker:
         if not cov.captured:
             hint = (f"; unknown activation-like modules: {', '.join(cov.unknown)} "
                     "(gradscope.register_family teaches gradscope one)" if cov.unknown else "")
+            if self.ctx.state.traced:
+                hint += "; the model runs under torch.compile, whose graphs gradscope's hooks stay out of"
             warnings.warn(
                 "gradscope: no activation call-site was captured in the first monitored step, "
                 "so no activation statistic will be recorded (parameter gradients are)"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradscope.activations import family_of
-from gradscope.capture.base import Context, compiling
+from gradscope.capture.base import Context
 
 __all__ = ["LAYOUTS", "Forward"]
 
@@ -109,13 +109,13 @@ class Forward:
 
     def _enter(self, name: str) -> Callable[[nn.Module, Any], None]:
         def enter(module: nn.Module, args: Any) -> None:
-            if compiling() or self.ctx.state.recording:
+            if self.ctx.recording():
                 self.running.append((name, module))
 
         return enter
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if (compiling() or self.ctx.state.recording) and self.running \
+        if self.ctx.recording() and self.running \
                 and self.running[-1][1] is module:
             self.running.pop()
 

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradscope.activations import FAMILIES, ActivationFamily, Params
 from gradscope.capture.activation import ActivationRecorder, input_node
-from gradscope.capture.base import Context, compiling
+from gradscope.capture.base import Context
 from gradscope.capture.coverage import CoverageTracker
 from gradscope.capture.forward import Forward
 
@@ -187,7 +187,7 @@ class FunctionalCapture:
     def _start(self, module: nn.Module, args: Any) -> None:
         if self._depth:
             self._depth += 1
-        elif compiling() or self.ctx.state.recording:
+        elif self.ctx.recording():
             self.forward.start()
             self._depth = 1
             self._mode.__enter__()

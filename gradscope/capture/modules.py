@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gradscope.activations import ActivationFamily, family_of
 from gradscope.capture.activation import ActivationRecorder, input_node
-from gradscope.capture.base import Context, compiling
+from gradscope.capture.base import Context
 from gradscope.capture.forward import Forward
 
 __all__ = ["ModuleCapture"]
@@ -63,7 +63,7 @@ class ModuleCapture:
 
     def _pre_hook(self, copy: bool) -> Callable[[nn.Module, Any], None]:
         def activation_pre_hook(module: nn.Module, args: Any) -> None:
-            if not (compiling() or self.ctx.state.recording):
+            if not self.ctx.recording():
                 return
             self.forward.in_activation += 1
             x = args[0] if args and isinstance(args[0], Tensor) else None
@@ -80,7 +80,7 @@ class ModuleCapture:
     def _activation_hook(self, module_name: str, base: str, family: ActivationFamily
                          ) -> Callable[[nn.Module, Any, Any], None]:
         def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not (compiling() or self.ctx.state.recording):
+            if not self.ctx.recording():
                 return
             self.forward.in_activation -= 1
             kept, node = self._stash.pop(id(module), (None, None))
