@@ -19,6 +19,10 @@ every 10 steps; and the conventional approaches written here for comparison:
 ``item_hooks`` (forward hooks calling ``.item()`` on per-layer statistics and
 ``grad.norm().item()`` per parameter, every step) and ``tb_histograms``
 (``SummaryWriter.add_histogram`` of every parameter and gradient every step).
+``compiled_every1`` compiles both sides with ``torch.compile`` (``B`` is
+``watch(torch.compile(model))``, every step): gradscope's activation hooks stay out of
+compiled graphs, so ``B`` records parameter statistics only. ``--smoke`` skips it
+unless named in ``--settings`` (compiling every workload takes minutes).
 
 Memory: on CUDA, the extra peak ``torch.cuda.max_memory_allocated`` of a ``B``
 step over an ``A`` step. On CPU there is no allocator counter, so the script
@@ -266,12 +270,19 @@ class TBHistograms:
         self.writer.close()
 
 
-#: setting name -> gradscope.watch options, or a conventional approach's name.
+#: Settings ``--smoke`` leaves out unless named (compiling every workload takes minutes).
+NOT_IN_SMOKE = ("compiled_every1",)
+
+#: setting name -> gradscope.watch options (``compile=True``: both sides compiled), or a
+#: conventional approach's name.
 SETTINGS: dict[str, Any] = {
     "every1": dict(every=1),
     "every10": dict(every=10),
     "every1_no_update_ratio": dict(every=1, update_ratio=False),
     "every1_hist10": dict(every=1, histogram_every=10, sinks=[NullHistogramSink()]),
+    # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope adds to a
+    # compiled model (parameter statistics; its activation hooks stay out of the graph)
+    "compiled_every1": dict(every=1, compile=True),
     "item_hooks": "item_hooks",
     "tb_histograms": "tb_histograms",
 }
@@ -302,15 +313,20 @@ class _Side:
     """A model, its optimizer and (for B) its monitoring."""
 
     def __init__(self, wl: Workload, device: torch.device, setting: Any, tmp: str,
-                 small: bool) -> None:
+                 small: bool, compiled: bool = False) -> None:
         torch.manual_seed(SEED)
         self.model = wl.model(small).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9)
+        if compiled:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.mon: Optional[gradscope.Monitor] = None
         self.conv: Any = None
         if isinstance(setting, dict):
-            self.mon = gradscope.watch(self.model, optimizer=self.opt, summary=False,
-                                       flush_every=FLUSH_EVERY, **setting)
+            options = {k: v for k, v in setting.items() if k != "compile"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # compiled: "no activation call-site captured"
+                self.mon = gradscope.watch(self.model, optimizer=self.opt, summary=False,
+                                           flush_every=FLUSH_EVERY, **options)
         elif setting == "item_hooks":
             self.conv = ItemHooks(self.model)
         elif setting == "tb_histograms":
@@ -368,8 +384,9 @@ def measure(wl: Workload, setting_name: str, device: torch.device, steps: int,
     if setting == "tb_histograms":
         steps = min(steps, SLOW_SETTING_STEPS)
     cuda = device.type == "cuda"
-    a = _Side(wl, device, None, tmp, small)
-    b = _Side(wl, device, setting, tmp, small)
+    compiled = isinstance(setting, dict) and bool(setting.get("compile"))
+    a = _Side(wl, device, None, tmp, small, compiled)
+    b = _Side(wl, device, setting, tmp, small, compiled)
     g = torch.Generator().manual_seed(SEED)
     n = SMOKE_BATCH if small else wl.batch_size
     batches = [(wl.batch(g, n).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
@@ -561,7 +578,7 @@ def main(argv: Optional[list[str]] = None) -> list[Result]:
     if args.smoke:
         steps, warmup = SMOKE_STEPS, SMOKE_WARMUP
     workloads = [w for w in WORKLOADS if args.workloads is None or w.name in args.workloads]
-    settings = args.settings or list(SETTINGS)
+    settings = args.settings or [s for s in SETTINGS if not (args.smoke and s in NOT_IN_SMOKE)]
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.no_cuda:
         devices.append(torch.device("cuda"))
