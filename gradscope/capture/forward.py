@@ -6,8 +6,8 @@
 * **The running modules**: the innermost module running when a function is called
   names its call-site. Only modules that *can* call an activation function are
   tracked (containers, and modules not defined by ``torch.nn``: a ``Linear`` or a
-  ``BatchNorm2d`` never does), by a forward pre-hook and a hook that cost one
-  attribute check on steps that are not recorded. A hooked activation module
+  ``BatchNorm2d`` never does), by global module hooks added for the monitored forward
+  only, so other steps keep PyTorch's hook-free call path. A hooked activation module
   counts as running too, so that ``nn.ReLU.forward``'s own ``F.relu`` is not seen
   a second time.
 * **Layouts**: which dimension indexes the units (features or channels) of an
@@ -28,6 +28,11 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+from torch.utils.hooks import RemovableHandle
 
 from gradscope.activations import family_of
 from gradscope.capture.base import Context
@@ -62,6 +67,8 @@ class Forward:
         self.in_activation = 0  # > 0 while a hooked activation module runs
         self.layouts: dict[tuple[int, ...], int] = {}  # output shape -> unit dimension
         self._root: Callable[[], Optional[nn.Module]] = lambda: None
+        self._names: dict[int, str] = {}  # id -> name of the modules worth tracking
+        self._handles: list[RemovableHandle] = []
 
     def start(self) -> None:
         """A forward of the model begins: indices, running modules and layouts start afresh."""
@@ -96,27 +103,35 @@ class Forward:
 
     # ------------------------------------------------------------ the running modules
     def register(self, model: nn.Module, hooked: set[int]) -> None:
-        """Track the modules of ``model`` that can call an activation function.
+        """Note the modules of ``model`` that can call an activation function, by id.
 
         ``hooked``: ids of the activation modules the module capture hooks (it tells
         this object when they run).
         """
-        for name, module in model.named_modules():
-            if module is model or id(module) in hooked or not _may_call_activations(module):
-                continue
-            self.ctx.hook(module.register_forward_pre_hook(self._enter(name)))
-            self.ctx.hook(module.register_forward_hook(self._leave, always_call=True))
+        self._names = {
+            id(module): name for name, module in model.named_modules()
+            if module is not model and id(module) not in hooked and _may_call_activations(module)}
 
-    def _enter(self, name: str) -> Callable[[nn.Module, Any], None]:
-        def enter(module: nn.Module, args: Any) -> None:
-            if self.ctx.recording():
-                self.running.append((name, module))
+    def track(self) -> None:
+        """Follow the running modules until :meth:`untrack`: global module hooks, added for
+        one monitored forward only (other steps keep PyTorch's hook-free call path)."""
+        self.untrack()
+        self._handles = [register_module_forward_pre_hook(self._enter),
+                         register_module_forward_hook(self._leave, always_call=True)]
 
-        return enter
+    def untrack(self) -> None:
+        """Remove the global hooks of :meth:`track` (idempotent)."""
+        handles, self._handles = self._handles, []
+        for h in handles:
+            h.remove()
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        name = self._names.get(id(module))
+        if name is not None:
+            self.running.append((name, module))
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.ctx.recording() and self.running \
-                and self.running[-1][1] is module:
+        if self.running and self.running[-1][1] is module:
             self.running.pop()
 
 

@@ -179,9 +179,10 @@ class FunctionalCapture:
         self.ctx.hook(model.register_forward_hook(self._stop, always_call=True))
 
     def clear(self) -> None:
-        """Pop the mode if a forward is in progress (on detach)."""
+        """Pop the mode and stop tracking modules if a forward is in progress (on detach)."""
         if self._depth:
             self._depth = 0
+            self.forward.untrack()
             self._mode.__exit__(None, None, None)
 
     def _start(self, module: nn.Module, args: Any) -> None:
@@ -190,6 +191,7 @@ class FunctionalCapture:
         elif self.ctx.recording():
             self.forward.start()
             self._depth = 1
+            self.forward.track()
             self._mode.__enter__()
 
     def _stop(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -197,6 +199,7 @@ class FunctionalCapture:
             return
         self._depth -= 1
         if not self._depth:
+            self.forward.untrack()
             self._mode.__exit__(None, None, None)
 
     def call(self, spec: Function, func: Callable[..., Any], args: tuple[Any, ...],
