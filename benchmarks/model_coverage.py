@@ -1,6 +1,6 @@
 """Activation call-sites gradscope captures on real models, against an independent count.
 
-For each model (random weights, a tiny batch) one training step is run under
+For each model (random weights, batch 2, 32x32 images: ``tests/fixtures/zoo.py``) one training step is run under
 :func:`gradscope.watch`; ``captured`` is the number of activation series in the
 history, ``true`` the number of activation ops that forward ran, counted below
 autograd by ``tests/fixtures/counting.py`` (a ``TorchDispatchMode``; it shares no
@@ -23,75 +23,25 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
-from torch import nn
 
 import gradscope
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fixtures.counting import true_call_sites
-from tests.fixtures.models import MixedActivations
+from tests.fixtures.zoo import ZOO
 
-# ----------------------------------------------------------------- settings
 SEED = 0
-BATCH = 2
-# ---------------------------------------------------------------------------
-
-
-def _tv(name: str, **kw: Any) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
-        import torchvision
-
-        return getattr(torchvision.models, name)(weights=None, **kw)
-
-    return make
-
-
-def _vit() -> nn.Module:
-    from torchvision.models.vision_transformer import VisionTransformer
-
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
-                             hidden_dim=32, mlp_dim=64, num_classes=10)
-
-
-def _encoder(activation: str) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
-        layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, activation=activation,
-                                           batch_first=True)
-        return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-
-    return make
-
-
-def _images(size: int) -> Callable[[], torch.Tensor]:
-    return lambda: torch.randn(BATCH, 3, size, size)
-
-
-#: name -> (model factory, input factory)
-MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], torch.Tensor]]] = {
-    "resnet18": (_tv("resnet18", num_classes=10), _images(32)),
-    "googlenet": (_tv("googlenet", num_classes=10, aux_logits=False, init_weights=True),
-                  _images(64)),
-    "mobilenet_v3_small": (_tv("mobilenet_v3_small", num_classes=10), _images(64)),
-    "efficientnet_b0": (_tv("efficientnet_b0", num_classes=10), _images(32)),
-    "densenet121": (_tv("densenet121", num_classes=10), _images(32)),
-    "convnext_tiny": (_tv("convnext_tiny", num_classes=10), _images(32)),
-    "swin_t": (_tv("swin_t", num_classes=10), _images(32)),
-    "vit_tiny": (_vit, _images(32)),
-    "transformer_relu": (_encoder("relu"), lambda: torch.randn(BATCH, 8, 32)),
-    "transformer_gelu": (_encoder("gelu"), lambda: torch.randn(BATCH, 8, 32)),
-    "mixed": (MixedActivations, lambda: torch.randn(BATCH, 3, 8, 8)),
-}
 
 
 def measure(name: str) -> dict[str, Any]:
     """One training step of model ``name`` under watch(); its counts."""
-    make, inputs = MODELS[name]
+    make, shape = ZOO[name]
     torch.manual_seed(SEED)
     model = make().train()
-    x = inputs()
+    x = torch.randn(shape)
     true = true_call_sites(model, x)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -123,7 +73,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Measure the models and print the table (and ``--json`` rows)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="*", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     rows = []

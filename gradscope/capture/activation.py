@@ -152,27 +152,25 @@ class ActivationRecorder:
     # ------------------------------------------------------------ the backward
     def backprop(self, site: Site, step: int, grad: Tensor) -> None:
         """Reduce ``∂L/∂y`` of ``site`` (once per step)."""
-        if not self.ctx.state.attached or site.failed or site.bwd_step == step:
-            return
-        site.bwd_step = step
-        try:
-            with torch.no_grad():
-                tensors, decode = self._backprop.run(GradCall(grad), site.name)
-            self.ctx.queue.defer(step, grad.device, tensors, decode)
-        except Exception as err:
-            self.fail(site, err)
+        if site.bwd_step != step and self._gradient(site, step, grad, self._backprop):
+            site.bwd_step = step
 
     def grad_in(self, site: Site, step: int, grad: Optional[Tensor]) -> None:
         """Reduce ``∂L/∂x`` of ``site`` (once per step)."""
-        if grad is None or not self.ctx.state.attached or site.failed or site.gin_step == step:
-            return
-        site.gin_step = step
+        if site.gin_step != step and self._gradient(site, step, grad, self._grad_in):
+            site.gin_step = step
+
+    def _gradient(self, site: Site, step: int, grad: Optional[Tensor], plan: Plan) -> bool:
+        """Run a gradient ``plan`` on ``grad`` and defer it; whether it was taken."""
+        if grad is None or not self.ctx.state.attached or site.failed:
+            return False
         try:
             with torch.no_grad():
-                tensors, decode = self._grad_in.run(GradCall(grad), site.name)
+                tensors, decode = plan.run(GradCall(grad), site.name)
             self.ctx.queue.defer(step, grad.device, tensors, decode)
         except Exception as err:
             self.fail(site, err)
+        return True
 
     def _backprop_hook(self, site: Site, step: int) -> Callable[[Tensor], None]:
         def backprop_hook(grad: Tensor) -> None:
