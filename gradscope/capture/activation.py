@@ -28,6 +28,7 @@ from torch import Tensor
 
 from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
+from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
 
@@ -84,6 +85,7 @@ class ActivationRecorder:
         self._backprop = Plan(None, "backprop")
         self._grad_in = Plan(None, "grad_in")
         self._windows: list[tuple[Site, Tensor, int]] = []
+        self.fuser = Fuser(ctx.options.fused)
 
     def site(self, base: str, call: int, family: ActivationFamily, *, module_name: str,
              type_name: str, shape: tuple[int, ...], unit_dim: Optional[int],
@@ -142,12 +144,21 @@ class ActivationRecorder:
                  step: int) -> None:
         d = self.ctx.options.definitions
         with torch.no_grad():
-            call = ActivationCall(site.family, source, x, y.detach(), eps=d.eps, delta=d.delta,
-                                  unit_dim=site.unit_dim)
-            tensors, decode = site.plan.run(call, site.name)
+            fused = self.fuser.run(site.plan, site.family, source, x, y.detach(), eps=d.eps,
+                                   delta=d.delta, unit_dim=site.unit_dim)
+            if fused is not None:
+                vec, active = fused
+                tensors = [vec]
+                decode = site.plan.vector_decoder(site.name, y.numel(),
+                                                  active.numel() if active is not None else 0)
+            else:
+                call = ActivationCall(site.family, source, x, y.detach(), eps=d.eps,
+                                      delta=d.delta, unit_dim=site.unit_dim)
+                tensors, decode = site.plan.run(call, site.name)
+                active = call.active
         self.ctx.queue.defer(step, y.device, tensors, decode)
-        if call.active is not None and site.window.metrics:
-            self._windows.append((site, call.active, step))
+        if active is not None and site.window.metrics:
+            self._windows.append((site, active, step))
 
     # ------------------------------------------------------------ the backward
     def backprop(self, site: Site, step: int, grad: Tensor) -> None:
