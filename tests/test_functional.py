@@ -309,3 +309,17 @@ def test_coverage_line_on_stderr_once_and_warning_when_nothing_is_captured(
     err = capsys.readouterr().err
     assert err.count("gradscope: 0 activation call-sites captured") == 1
     assert "LogSigmoid" in err
+
+
+def test_coverage_is_a_tensorboard_text(tmp_path: Any) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    model = Forms()
+    with gradscope.watch(model, logdir=tmp_path, summary=False, findings=False):
+        model(torch.randn(4, 6)).sum().backward()
+    ea = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    ea.Reload()
+    (event,) = ea.Tensors("gradscope/coverage/text_summary")
+    text = event.tensor_proto.string_val[0].decode()
+    assert "**10 activation call-sites** captured at step 0: 1 by module hooks, 9 as" in text
