@@ -10,8 +10,8 @@ It can also write the two runs the README's figures come from (with whatever
 gradscope is on ``PYTHONPATH``, so the same script measures an older version):
 
 * ``--make grid DIR``: the quick grid's 30 configs on synthetic data, 2 steps each;
-* ``--make resnet50 DIR``: torchvision's ResNet-50 (random weights), one SGD step on
-  a 2x3x32x32 batch, written with ``watch(logdir=DIR)``.
+* ``--make resnet50 DIR``: torchvision's ResNet-50 (random weights), SGD steps
+  (``--steps``, default 1) on random 2x3x32x32 batches, written with ``watch(logdir=DIR)``.
 
 Usage::
 
@@ -87,7 +87,7 @@ def measure(logdir: Path) -> dict[str, Any]:
             "lines": {f"{c} / {t}": n for (c, t), n in lines.items()}}
 
 
-def make(kind: str, out: Path) -> float:
+def make(kind: str, out: Path, steps: int = 1) -> float:
     """Write the ``grid`` or ``resnet50`` example into ``out``; returns the seconds it took."""
     t0 = time.perf_counter()
     if kind == "grid":
@@ -107,9 +107,10 @@ def make(kind: str, out: Path) -> float:
         model = torchvision.models.resnet50()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gradscope.watch(model, optimizer=opt, logdir=out, summary=False):
-            opt.zero_grad()
-            model(torch.randn(*RESNET_INPUT)).logsumexp(1).mean().backward()
-            opt.step()
+            for _ in range(steps):
+                opt.zero_grad()
+                model(torch.randn(*RESNET_INPUT)).logsumexp(1).mean().backward()
+                opt.step()
     return time.perf_counter() - t0
 
 
@@ -117,13 +118,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("logdir", nargs="?", type=Path)
     parser.add_argument("--make", nargs=2, metavar=("grid|resnet50", "DIR"))
+    parser.add_argument("--steps", type=int, default=1, help="--make resnet50: SGD steps")
     parser.add_argument("--json", action="store_true", help="print every chart's count as JSON")
     args = parser.parse_args(argv)
     if args.make:
         kind, out = args.make
         if kind not in ("grid", "resnet50"):
             parser.error(f"--make {kind}: use grid or resnet50")
-        print(f"wrote {kind} into {out} in {make(kind, Path(out)):.1f} s")
+        print(f"wrote {kind} into {out} in {make(kind, Path(out), args.steps):.1f} s")
         return {}
     if args.logdir is None:
         parser.error("give a LOGDIR to measure, or --make")
