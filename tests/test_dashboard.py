@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 import gradscope
 from gradscope import metrics
@@ -96,7 +95,7 @@ def test_30_run_grid_charts_hold_one_line_per_run(quick_grid: Path, lines: Any) 
     assert len(tags) == 30
     counts = chart_lines(layout, tags)
     # The run-level charts come first: one line per run that has the metric.
-    assert list(layout)[0] == RUN_SECTION
+    assert next(iter(layout)) == RUN_SECTION
     run = {title: n for (category, title), n in counts.items() if category == RUN_SECTION}
     assert run == {"worst_saturation": 12, "worst_dead_units": 6, "backprop_log10_ratio": 30,
                    "min_update_ratio": 30, "max_update_ratio": 30, "nonfinite_count": 30}

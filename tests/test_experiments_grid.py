@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from gradscope import cli
 from gradscope.experiments import grid as grid_mod
 from gradscope.experiments import train as train_mod
-from gradscope.experiments.data import synthetic_dataset
 from gradscope.experiments.compare import FULL, QUICK
+from gradscope.experiments.data import synthetic_dataset
 from gradscope.experiments.grid import (
     GridError,
     expand_grid,

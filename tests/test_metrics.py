@@ -14,7 +14,12 @@ from gradscope.activations import FAMILIES
 from gradscope.metrics import METRICS, Metric
 from gradscope.reductions import ActivationCall, Plan
 from gradscope.report import ACTIVATION_COLUMNS, COMPARE, LAYER_COLUMNS
-from gradscope.writers.layout import RUN_SECTION, SECTION_TITLES, custom_scalars_layout, health_title
+from gradscope.writers.layout import (
+    RUN_SECTION,
+    SECTION_TITLES,
+    custom_scalars_layout,
+    health_title,
+)
 from tests.fixtures.models import SmallCNN, mlp
 
 
