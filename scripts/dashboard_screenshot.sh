@@ -4,11 +4,13 @@
 #
 #   scripts/dashboard_screenshot.sh                 # -> docs/*.png (see below)
 #   GRID=/tmp/grid/runs OUT=/tmp/shots scripts/dashboard_screenshot.sh
+#   RESNET=/tmp/r50 scripts/dashboard_screenshot.sh   # reuses /tmp/r50 when it exists
 #
 # * the quick grid (`gradscope compare --quick`, 30 runs; trained first when GRID does
 #   not exist yet, minutes on 2 CPU cores): its Custom Scalars tab -> dashboard.png and
 #   its HParams tab -> dashboard_hparams.png;
-# * a ResNet-50 run (random weights and data, RESNET_STEPS SGD steps, ~1 min on a CPU):
+# * a ResNet-50 run (random weights and data, RESNET_STEPS SGD steps; 30 took 10 min on a
+#   shared, busy 2-core machine):
 #   its Custom Scalars tab -> dashboard_resnet50.png, its Images tab ->
 #   dashboard_images.png, and the two images at full size -> gradient_flow.png,
 #   unit_health.png.
@@ -26,7 +28,9 @@ SIZE=${SIZE:-1600,1400}
 if [ ! -d "$GRID" ]; then
     python -m gradscope compare --quick --no-progress --results-dir "$(dirname "$GRID")"
 fi
-python benchmarks/dashboard_lines.py --make resnet50 "$RESNET" --steps "$RESNET_STEPS"
+if [ ! -d "$RESNET" ]; then
+    python benchmarks/dashboard_lines.py --make resnet50 "$RESNET" --steps "$RESNET_STEPS"
+fi
 mkdir -p "$OUT"
 
 TB=""
