@@ -6,9 +6,10 @@
 #   GRID=/tmp/grid/runs OUT=/tmp/shots scripts/dashboard_screenshot.sh
 #   RESNET=/tmp/r50 scripts/dashboard_screenshot.sh   # reuses /tmp/r50 when it exists
 #
-# * the quick grid (`gradscope compare --quick`, 30 runs; trained first when GRID does
-#   not exist yet, minutes on 2 CPU cores): its Custom Scalars tab -> dashboard.png and
-#   its HParams tab -> dashboard_hparams.png;
+# * the runs under GRID, by default the quick grid (`gradscope compare --quick`, 30 runs,
+#   trained first or finished where results/compare-quick lacks some: 7 min on 2 quiet
+#   CPU cores): its Custom Scalars tab -> dashboard.png, its HParams tab ->
+#   dashboard_hparams.png;
 # * a ResNet-50 run (random weights and data, RESNET_STEPS SGD steps; 30 took 10 min on a
 #   shared, busy 2-core machine):
 #   its Custom Scalars tab -> dashboard_resnet50.png, its Images tab ->
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 # ---- settings -----------------------------------------------------------------
-GRID=${GRID:-results/compare-quick/runs}   # the quick grid's TensorBoard runs
+GRID=${GRID:-}                             # TensorBoard runs of a grid; default: the quick grid
 RESNET=${RESNET:-$(mktemp -d)/resnet50}     # where the ResNet-50 run is written
 RESNET_STEPS=${RESNET_STEPS:-30}
 PORT=${PORT:-6006}
@@ -25,8 +26,9 @@ OUT=${OUT:-docs}
 SIZE=${SIZE:-1600,1400}
 # --------------------------------------------------------------------------------
 
-if [ ! -d "$GRID" ]; then
-    python -m gradscope compare --quick --no-progress --results-dir "$(dirname "$GRID")"
+if [ -z "$GRID" ]; then  # train what is missing of the quick grid (finished runs are skipped)
+    python -m gradscope compare --quick --no-progress --no-plots
+    GRID=results/compare-quick/runs
 fi
 if [ ! -d "$RESNET" ]; then
     python benchmarks/dashboard_lines.py --make resnet50 "$RESNET" --steps "$RESNET_STEPS"
