@@ -112,7 +112,7 @@ def cpu_kernels(t: Tensor) -> bool:
     (Not about synchronisation: see :func:`host_readable`.)
     ``benchmarks/kernel_counts.py`` replaces it to count the accelerator path on a CPU.
     """
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.device.type == "cpu"
 
 
 def nonfinite_count(x: Tensor) -> Tensor:
