@@ -19,6 +19,10 @@ Kinds (where the values come from):
 ``backprop``    the gradient flowing back into a call-site's output, ``∂L/∂y``
 ``parameter``   a parameter's gradient and weights (a layer combines its
                 parameters as ``aggregate`` says)
+``gates``       a recurrent layer's gates and hidden states, replayed on sampled
+                steps (:mod:`gradscope.recurrence`)
+``through_time`` a recurrent layer's profile ``‖∂L/∂h_t‖`` over its time steps,
+                summarised on the host (:func:`gradscope.recurrence.profile_summary`)
 ==============  ==============================================================
 
 Example:
@@ -59,9 +63,10 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "parameter")
+KINDS = ("activation", "window", "backprop", "parameter", "gates", "through_time")
 #: Dashboard sections after the health section, in order.
-SECTIONS = ("forward", "backward", "update")
+SECTIONS = ("forward", "backward", "update", "recurrent")
+_RECURRENT = ("gates", "through_time")
 
 
 class Shape(NamedTuple):
@@ -262,6 +267,55 @@ _SPECS = (
     Metric("update_ratio", "parameter", "update_norm / weight_norm (rule of thumb ~1e-3)",
            ("update_norm", "weight_norm"), _ratio("update_norm", "weight_norm"),
            section="update", health=5, report=3, label="update ratio ‖Δw‖/‖w‖"),
+    # -- recurrent layers: the gradient through time (a profile over t, summarised) ----
+    Metric("grad_h_ratio", "through_time",
+           "‖∂L/∂h‖ at the first step a layer processes over ‖∂L/∂h‖ at its last (≪ 1: the "
+           "gradient vanishes back through time)", ("first", "last"), _ratio("first", "last"),
+           section="recurrent", report=0, header="∂L/∂h first/last",
+           label="‖∂L/∂h_first‖ / ‖∂L/∂h_last‖"),
+    Metric("grad_h_fall", "through_time",
+           "the latest step (0-based, in processing order) at which ‖∂L/∂h_t‖ is below 1% of "
+           "its largest value over the sequence; -1 when it never is",
+           ("fall",), _value("fall"), section="recurrent", report=1, header="falls below 1% at"),
+    Metric("grad_h_first", "through_time",
+           "‖∂L/∂h‖ at the first step a layer processes (L2 norm over batch and hidden units)",
+           ("first",), _value("first"), section="recurrent"),
+    Metric("grad_h_last", "through_time", "‖∂L/∂h‖ at the last step a layer processes",
+           ("last",), _value("last"), section="recurrent"),
+    Metric("seq_len", "through_time", "time steps of the sequence (the longest, when packed)",
+           ("len",), _value("len"), section="recurrent", report=1.5, header="steps"),
+    # -- recurrent layers: hidden states and gates, replayed on sampled steps ---------
+    Metric("hidden_saturation", "gates",
+           "fraction of hidden-state elements with |h| > 1 - eps (tanh RNN, GRU, LSTM "
+           "without projection)", ("hidden_saturated",), _per_element("hidden_saturated"),
+           section="recurrent", report=2, header="saturated h", label="saturated hidden state"),
+    Metric("forget_open", "gates",
+           "LSTM: fraction of forget gates f >= 1 - eps (the cell state is kept: remembering)",
+           ("forget_open",), _per_element("forget_open"), section="recurrent", report=3,
+           header="remembering", label="forget gates >= 1-eps (remembering)"),
+    Metric("forget_shut", "gates",
+           "LSTM: fraction of forget gates f <= eps (the cell state is dropped: forgetting)",
+           ("forget_shut",), _per_element("forget_shut"), section="recurrent", report=4,
+           header="forgetting", label="forget gates <= eps (forgetting)"),
+    Metric("forget_mean", "gates", "LSTM: mean forget gate f", ("forget_sum",),
+           _per_element("forget_sum"), section="recurrent", report=5, header="keep gate mean"),
+    Metric("input_mean", "gates", "LSTM: mean input gate i", ("input_sum",),
+           _per_element("input_sum"), section="recurrent", report=6, header="input/reset mean"),
+    Metric("output_mean", "gates", "LSTM: mean output gate o", ("output_sum",),
+           _per_element("output_sum"), section="recurrent", report=7),
+    Metric("update_open", "gates",
+           "GRU: fraction of update gates z >= 1 - eps (the previous state is kept: remembering)",
+           ("update_open",), _per_element("update_open"), section="recurrent", report=3.1,
+           header="remembering"),
+    Metric("update_shut", "gates",
+           "GRU: fraction of update gates z <= eps (the state is replaced: forgetting)",
+           ("update_shut",), _per_element("update_shut"), section="recurrent", report=4.1,
+           header="forgetting"),
+    Metric("update_mean", "gates", "GRU: mean update gate z (1 keeps the previous state)",
+           ("update_sum",), _per_element("update_sum"), section="recurrent", report=5.1,
+           header="keep gate mean"),
+    Metric("reset_mean", "gates", "GRU: mean reset gate r", ("reset_sum",),
+           _per_element("reset_sum"), section="recurrent", report=6.1, header="input/reset mean"),
 )
 
 #: Every metric by name, in the order they are recorded.
@@ -296,11 +350,13 @@ def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
 
 
 def series_kind(metric: str) -> Optional[str]:
-    """The kind of series a metric belongs to: ``"activation"`` (call-sites) or ``"layer"``."""
+    """The kind of series a metric belongs to: ``"activation"`` (call-sites), ``"layer"`` or ``"recurrent"``."""
     m = METRICS.get(metric)
     if m is None:
         return None
-    return "layer" if m.kind == "parameter" else "activation"
+    if m.kind == "parameter":
+        return "layer"
+    return "recurrent" if m.kind in _RECURRENT else "activation"
 
 
 def health() -> list[Metric]:

@@ -29,8 +29,9 @@ def test_every_recorded_metric_is_a_documented_spec() -> None:
         opt.step()
     recorded = set(mon.history.metrics())
     assert recorded <= set(METRICS)
-    # every spec is recorded by some family of this model
-    assert recorded == set(METRICS)
+    # every spec is recorded by some family of this model (recurrent layers' specs:
+    # tests/test_recurrent.py::test_every_recurrent_spec_is_recorded)
+    assert recorded == set(METRICS) - {m.name for m in metrics.by_kind("gates", "through_time")}
     for m in METRICS.values():
         assert len(m.doc) > 10 and not m.doc.endswith("."), m.name
 

@@ -49,6 +49,9 @@ class Context:
     state: StepState = field(default_factory=StepState)
     histograms_on: bool = False  # some sink writes histograms
     ready_histograms: list[Histogram] = field(default_factory=list)
+    #: module name -> what a capture sees inside it, for modules whose insides no
+    #: module hook reaches (fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``: their gates)
+    covered: dict[str, str] = field(default_factory=dict)
 
     def histogram_step(self) -> bool:
         """Whether the current step takes histograms (cached per step)."""

@@ -33,6 +33,7 @@ __all__ = [
     "HEALTH_SECTION",
     "LAYERS_TAG",
     "SECTION_TITLES",
+    "TIME_GRADIENT_TAG",
     "UNIT_HEALTH_TAG",
     "check_logdir",
     "custom_scalars_layout",
@@ -48,6 +49,7 @@ SECTION_TITLES = {
     "forward": "gradscope: forward (activations)",
     "backward": "gradscope: backward (gradients)",
     "update": "gradscope: updates and weights",
+    "recurrent": "gradscope: recurrent layers (through time, gates)",
 }
 
 #: Text tag holding the layer index.
@@ -57,6 +59,7 @@ FINDINGS_TAG = "gradscope/findings"
 #: Image tags.
 GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
 UNIT_HEALTH_TAG = "gradscope/unit_health"
+TIME_GRADIENT_TAG = "gradscope/time_gradient"
 
 def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
     """The TensorBoard tag of one series: ``metric/layer``, or ``param/metric/name``.
