@@ -343,3 +343,29 @@ def test_time_gradient_image() -> None:
         h.add_profile(s, "rnn.l0", PROFILE, tuple(range(10)), [10.0 ** (k - 9) for k in range(10)])
     img = figures.time_gradient_image(h)
     assert img is not None and img.ndim == 3 and img.shape[2] == 3 and img.dtype.name == "uint8"
+
+
+def test_tensorboard_and_report_show_recurrent_layers(tmp_path: Any) -> None:
+    from gradscope import report
+    from gradscope.writers import TensorBoardWriter
+
+    torch.manual_seed(7)
+    model = Classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, optimizer=opt, sinks=[TensorBoardWriter(tmp_path)],
+                         summary=False) as mon:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(B, 30, F)).square().sum().backward()
+            opt.step()
+    run = report.load_run(tmp_path, tmp_path)
+    assert run is not None
+    assert run.history.value("rnn.l0", "grad_h_ratio") == pytest.approx(
+        mon.history.value("rnn.l0", "grad_h_ratio"), rel=1e-6)
+    text = report.render([run], "text")
+    assert "recurrent layers" in text and "rnn.l0" in text and "∂L/∂h first/last" in text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    assert "gradscope/time_gradient" in ea.Tags()["images"]
