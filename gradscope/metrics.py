@@ -22,7 +22,7 @@ Kinds (where the values come from):
 ``gates``       a recurrent layer's gates and hidden states, replayed on sampled
                 steps (:mod:`gradscope.recurrence`)
 ``through_time`` a recurrent layer's profile ``‖∂L/∂h_t‖`` over its time steps,
-                summarised on the host (:func:`gradscope.recurrence.profile_summary`)
+                summarised on the host (:func:`gradscope.recurrent_stats.profile_summary`)
 ==============  ==============================================================
 
 Example:

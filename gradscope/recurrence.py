@@ -24,7 +24,8 @@ the hidden state at ``t`` through every later step and layer, which a hook on th
 module's output cannot see (it only sees the gradient flowing *into* ``output[t]``
 from above, zero for ``t < T-1`` when only the last step feeds the loss).
 
-Nothing here reads a device value on the host (batch sizes of a packed sequence
+The same step recomputes the gates of one ``nn.LSTMCell``/``nn.GRUCell`` call
+(:func:`cell_gates`). Nothing here reads a device value on the host (batch sizes of a packed sequence
 live on the host already).
 
 Example:
@@ -42,33 +43,25 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gradscope import stats
-from gradscope.reductions import Part, _reduction
-
 __all__ = [
     "CELL_MODES",
-    "FALL_FRACTION",
     "GATES",
-    "GATE_REDUCTIONS",
-    "PROFILE_POINTS",
-    "GateCall",
     "Replay",
     "Unit",
     "bounded_hidden",
+    "cell_gates",
     "cell_mode",
-    "downsample",
     "module_mode",
-    "profile_summary",
     "replay",
+    "row_order",
     "step",
     "time_index",
     "time_major",
@@ -82,11 +75,6 @@ GATES: dict[str, tuple[str, ...]] = {
 }
 #: Cell classes and their mode (``nn.RNNCell`` reads its ``nonlinearity``).
 CELL_MODES: dict[type, str] = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU", nn.RNNCell: "RNN"}
-#: ``grad_h_fall``: the gradient has "fallen" at a step where ``‖∂L/∂h_t‖`` is below
-#: this fraction of its largest value over the sequence.
-FALL_FRACTION = 0.01
-#: A profile over time is kept in the history at this many evenly spaced steps at most.
-PROFILE_POINTS = 64
 _STOCK = {nn.RNN: nn.RNN.forward, nn.LSTM: nn.LSTM.forward, nn.GRU: nn.GRU.forward,
           nn.RNNCell: nn.RNNCell.forward, nn.LSTMCell: nn.LSTMCell.forward,
           nn.GRUCell: nn.GRUCell.forward}
@@ -328,104 +316,40 @@ def _run(mode: str, x: Tensor, batch_sizes: Sequence[int], h: Tensor, c: Optiona
     return Unit(layer, reverse, hidden, gates), h, c
 
 
-# ------------------------------------------------------------- reductions
-class GateCall:
-    """The gates and hidden states of one replayed unit (or a cell's call), to reduce.
-
-    Its reductions (:data:`GATE_REDUCTIONS`) are what the ``gates`` metrics of
-    :mod:`gradscope.metrics` name in ``needs``; :attr:`available` says which this
-    unit has (an LSTM has no update gate, a projected LSTM no bounded hidden state).
-    """
-
-    __slots__ = ("_parts", "available", "eps", "gates", "hidden", "numel", "units")
-
-    def __init__(self, gates: dict[str, Tensor], hidden: Optional[Tensor], *, eps: float) -> None:
-        self.gates, self.hidden, self.eps = gates, hidden, eps
-        sizes = {t.numel() for t in gates.values()} | ({hidden.numel()} if hidden is not None else set())
-        if len(sizes) > 1:
-            raise ValueError(f"GateCall: gates and hidden state differ in size ({sorted(sizes)})")
-        self.numel = sizes.pop() if sizes else 0
-        self.units = 0
-        self._parts: dict[str, Part] = {}
-        names = {f"{g}_sum" for g in gates}
-        names |= {f"{g}_{side}" for g in gates if g in _KEEP_GATES for side in ("open", "shut")}
-        if hidden is not None:
-            names.add("hidden_saturated")
-        self.available = frozenset(names)
-
-    def part(self, name: str) -> Part:
-        """The reduction ``name`` (computed on first use)."""
-        p = self._parts.get(name)
-        if p is None:
-            p = self._parts[name] = _reduction(GATE_REDUCTIONS, name)(self)
-        return p
+Hidden = Union[Tensor, tuple[Tensor, Tensor], None]
 
 
-#: Gates whose value near 1 keeps the previous state (LSTM forget, GRU update).
-_KEEP_GATES = ("forget", "update")
+def row_order(inp: object, hx: Hidden) -> Hidden:
+    """A state ``(layers, B, H)`` in the order of the rows: a packed sequence's sorted order."""
+    idx = inp.sorted_indices if isinstance(inp, PackedSequence) else None
+    if idx is None or hx is None:
+        return hx
+    if isinstance(hx, tuple):
+        return (hx[0].index_select(1, idx), hx[1].index_select(1, idx))
+    return hx.index_select(1, idx)
 
 
-def _hidden_saturated(c: GateCall) -> Part:
-    assert c.hidden is not None
-    edge = 1.0 - c.eps
-    return stats.count_where(torch.gt, c.hidden, edge) + stats.count_where(torch.lt, c.hidden, -edge)
+def batched(t: Tensor) -> Tensor:
+    """An unbatched cell tensor ``(H,)`` as a batch of one."""
+    return t if t.dim() == 2 else t.unsqueeze(0)
 
 
-def _gate_sum(gate: str) -> Callable[[GateCall], Part]:
-    return lambda c: c.gates[gate].sum(dtype=torch.float32)
-
-
-def _gate_open(gate: str) -> Callable[[GateCall], Part]:
-    return lambda c: stats.count_where(torch.ge, c.gates[gate], 1.0 - c.eps)
-
-
-def _gate_shut(gate: str) -> Callable[[GateCall], Part]:
-    return lambda c: stats.count_where(torch.le, c.gates[gate], c.eps)
-
-
-#: Reductions of replayed gates and hidden states, by name.
-GATE_REDUCTIONS: dict[str, Callable[[GateCall], Part]] = {
-    "hidden_saturated": _hidden_saturated,
-    **{f"{g}_sum": _gate_sum(g) for gates in GATES.values() for g in gates},
-    **{f"{g}_open": _gate_open(g) for g in _KEEP_GATES},
-    **{f"{g}_shut": _gate_shut(g) for g in _KEEP_GATES},
-}
-
-
-# --------------------------------------------------------------- profiles
-def profile_summary(norms: Sequence[float]) -> dict[str, float]:
-    """What the ``through_time`` metrics read from one profile ``‖∂L/∂h_k‖``, ``k`` in processing order.
-
-    ``first`` and ``last``: the norms at the first and last step processed;
-    ``fall``: the latest ``k`` with a norm below :data:`FALL_FRACTION` of the
-    largest (``-1`` when there is none, ``nan`` when the profile is zero or not
-    finite); ``len``: the number of steps.
-
-    Example:
-        >>> profile_summary([1e-5, 1e-3, 0.5, 1.0])
-        {'first': 1e-05, 'last': 1.0, 'fall': 1.0, 'len': 4.0}
-    """
-    n = len(norms)
-    if n == 0:
-        return {"first": math.nan, "last": math.nan, "fall": math.nan, "len": 0.0}
-    top = max(norms)
-    fall = math.nan
-    if math.isfinite(top) and top > 0 and all(math.isfinite(v) for v in norms):
-        edge = FALL_FRACTION * top
-        fall = float(next((k for k in range(n - 1, -1, -1) if norms[k] < edge), -1))
-    return {"first": float(norms[0]), "last": float(norms[-1]), "fall": fall, "len": float(n)}
-
-
-def downsample(values: Sequence[float], points: int = PROFILE_POINTS
-               ) -> tuple[tuple[int, ...], list[float]]:
-    """At most ``points`` evenly spaced entries of ``values`` (the first and last included).
-
-    Example:
-        >>> downsample([0.0, 1.0, 2.0, 3.0, 4.0], 3)
-        ((0, 2, 4), [0.0, 2.0, 4.0])
-    """
-    n = len(values)
-    if n <= points:
-        return tuple(range(n)), [float(v) for v in values]
-    idx = tuple(sorted({round(i * (n - 1) / (points - 1)) for i in range(points)}))
-    return idx, [float(values[i]) for i in idx]
+def cell_gates(mode: str, cell: nn.RNNCellBase, x: Tensor, hx: Hidden) -> dict[str, Tensor]:
+    """The sigmoid gates of one cell call (float32), recomputed from its input, state and weights."""
+    if not GATES[mode]:
+        return {}
+    x = batched(x.detach()).float()
+    size = cell.hidden_size
+    if hx is None:
+        h = x.new_zeros(x.shape[0], size)
+        c: Optional[Tensor] = x.new_zeros(x.shape[0], size)
+    elif isinstance(hx, tuple):
+        h, c = batched(hx[0].detach()).float(), batched(hx[1].detach()).float()
+    else:
+        h, c = batched(hx.detach()).float(), None
+    gi = x @ cell.weight_ih.detach().float().t()
+    if cell.bias_ih is not None:
+        gi = gi + cell.bias_ih.detach().float()
+    b_hh = None if cell.bias_hh is None else cell.bias_hh.detach().float()
+    return step(mode, gi, h, c if mode == "LSTM" else None, cell.weight_hh.detach().float(),
+                b_hh)[2]

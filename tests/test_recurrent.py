@@ -15,7 +15,8 @@ import gradscope
 from gradscope import metrics
 from gradscope.capture.recurrent import PROFILE
 from gradscope.history import MAX_PROFILE_ROWS, History
-from gradscope.recurrence import downsample, profile_summary, replay, time_major
+from gradscope.recurrence import replay, time_major
+from gradscope.recurrent_stats import downsample, profile_summary
 from gradscope.writers import figures
 
 CELLS = {"RNN": nn.RNNCell, "LSTM": nn.LSTMCell, "GRU": nn.GRUCell}

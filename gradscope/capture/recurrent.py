@@ -42,7 +42,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -56,18 +56,19 @@ from gradscope.metrics import Shape, by_kind
 from gradscope.queue import Decoder, Entry
 from gradscope.recurrence import (
     GATES,
-    GateCall,
+    Hidden,
     Unit,
+    batched,
     bounded_hidden,
+    cell_gates,
     cell_mode,
-    downsample,
     module_mode,
-    profile_summary,
     replay,
-    step,
+    row_order,
     time_major,
     time_norms,
 )
+from gradscope.recurrent_stats import GateCall, downsample, profile_summary
 from gradscope.reductions import Plan
 from gradscope.writers.base import Record, record
 
@@ -75,8 +76,6 @@ __all__ = ["PROFILE", "RecurrentCapture"]
 
 #: The history profile of ``‖∂L/∂h_k‖`` over processing positions ``k``.
 PROFILE = "grad_h"
-
-Hidden = Union[Tensor, tuple[Tensor, Tensor], None]
 
 
 @dataclass
@@ -211,7 +210,7 @@ class RecurrentCapture:
         elif opts.activations:
             with torch.no_grad():
                 rows, sizes = time_major(inp, batch_first=module.batch_first)
-                r = replay(module, rows, sizes, _row_order(inp, hx), layers=layers)
+                r = replay(module, rows, sizes, row_order(inp, hx), layers=layers)
             self._queue_gates(site, module, r.units, step, (len(sizes), sizes[0] if sizes else 0))
 
     def _await_backward(self, site: _Site, module: nn.RNNBase, inp: Any, hx: Hidden,
@@ -248,7 +247,7 @@ class RecurrentCapture:
                       grads: dict[str, Optional[Tensor]], step: int) -> None:
         rows, sizes = time_major(inp, batch_first=module.batch_first)
         with torch.enable_grad():
-            r = replay(module, rows, sizes, _row_order(inp, hx), inject=True)
+            r = replay(module, rows, sizes, row_order(inp, hx), inject=True)
             outs, ups = [], []
             g_out = grads.get("out")
             if g_out is not None:
@@ -259,7 +258,7 @@ class RecurrentCapture:
                 g = grads.get(role)
                 if g is not None and rec is not None:
                     outs.append(rec)
-                    ups.append(cast(Tensor, _row_order(inp, g.unsqueeze(1) if g.dim() == 2 else g)))
+                    ups.append(cast(Tensor, row_order(inp, g.unsqueeze(1) if g.dim() == 2 else g)))
             if not outs:
                 return
             assert r.inject is not None
@@ -349,8 +348,8 @@ class RecurrentCapture:
         opts = self.ctx.options
         if opts.activations:
             with torch.no_grad():
-                call = GateCall(_cell_gates(site.mode, cast(nn.RNNCellBase, module), x, hx),
-                                _batched(h.detach()) if bounded_hidden(site.mode) else None,
+                call = GateCall(cell_gates(site.mode, cast(nn.RNNCellBase, module), x, hx),
+                                batched(h.detach()) if bounded_hidden(site.mode) else None,
                                 eps=opts.definitions.eps)
                 if call.available:
                     plan = site.plan = site.plan_for(call)
@@ -412,42 +411,6 @@ def _interlayer_dropout(module: nn.Module) -> bool:
 def _version(inp: Any) -> int:
     t = inp.data if isinstance(inp, PackedSequence) else inp
     return int(t._version)
-
-
-def _row_order(inp: Any, hx: Hidden) -> Hidden:
-    """A state in the order of the rows: a packed sequence's sorted order."""
-    idx = inp.sorted_indices if isinstance(inp, PackedSequence) else None
-    if idx is None or hx is None:
-        return hx
-    if isinstance(hx, tuple):
-        return (hx[0].index_select(1, idx), hx[1].index_select(1, idx))
-    return hx.index_select(1, idx)
-
-
-def _batched(t: Tensor) -> Tensor:
-    return t if t.dim() == 2 else t.unsqueeze(0)
-
-
-def _cell_gates(mode: str, cell: nn.RNNCellBase, x: Tensor, hx: Hidden) -> dict[str, Tensor]:
-    """The sigmoid gates of one cell call, recomputed from its input, state and weights."""
-    if not GATES[mode]:
-        return {}
-    x = _batched(x.detach()).float()
-    size = cell.hidden_size
-    if hx is None:
-        h = x.new_zeros(x.shape[0], size)
-        c: Optional[Tensor] = x.new_zeros(x.shape[0], size)
-    elif isinstance(hx, tuple):
-        h, c = _batched(hx[0].detach()).float(), _batched(hx[1].detach()).float()
-    else:
-        h, c = _batched(hx.detach()).float(), None
-    w = {n: (None if p is None else p.detach().float())
-         for n, p in (("w_ih", cell.weight_ih), ("w_hh", cell.weight_hh),
-                      ("b_ih", cell.bias_ih), ("b_hh", cell.bias_hh))}
-    gi = x @ w["w_ih"].t()
-    if w["b_ih"] is not None:
-        gi = gi + w["b_ih"]
-    return step(mode, gi, h, c if mode == "LSTM" else None, w["w_hh"], w["b_hh"])[2]
 
 
 def _reset_cell(site: _Site, step_: int) -> None:
