@@ -316,7 +316,8 @@ def _optimizer_verdict(results: list[RunResult], rd: Path) -> Verdict:
         r = _pick(results, optimizer=o)
         first, spread[o] = _update_spread(_history(rd, r))
         lines.append(f"{o} (lr {r.config.lr:g}): median update ratio ‖Δw‖/‖w‖ of the first layer "
-                     f"{first:.3g}, first/last layer {spread[o]:.3g}; test accuracy {r.test_acc:.3f}")
+                     f"{first:.3g}, first/last layer {spread[o]:.3g}; peak saturated fraction "
+                     f"{_fmt(r.peak_saturation)}; test accuracy {r.test_acc:.3f}")
     moved = {o: spread[o] >= ADAPTIVE_MOVE * spread["sgd"] for o in ADAPTIVE}
     lines.append(f"held = every adaptive optimiser's first/last update ratio is ≥ {ADAPTIVE_MOVE:g}× "
                  f"plain SGD's ({', '.join(f'{o}: {v}' for o, v in moved.items())})")
