@@ -277,10 +277,13 @@ def _rnn_verdict(results: list[RunResult], rd: Path) -> Verdict:
         for m in ("rnn", "lstm", "gru"):
             r = _pick(results, model=m, sequence=seq)
             h = _history(rd, r)
-            fall = statistics.median(h.series(h.layers("recurrent")[-1], "grad_h_fall")[1])
-            lines.append(f"{seq} ({h.value(h.layers('recurrent')[-1], 'seq_len'):.0f} steps) {m}: "
-                         f"median ‖∂L/∂h_0‖/‖∂L/∂h_T‖ {_time(r):.3g}, median last step below 1% "
-                         f"of the largest {fall:g}, test accuracy {r.test_acc:.3f}")
+            layer = h.layers("recurrent")[-1]
+            ratios = h.series(layer, "grad_h_ratio")[1]
+            fall = statistics.median(h.series(layer, "grad_h_fall")[1])
+            lines.append(f"{seq} ({h.value(layer, 'seq_len'):.0f} steps) {m}: "
+                         f"‖∂L/∂h_0‖/‖∂L/∂h_T‖ median {_time(r):.3g} (first sampled step "
+                         f"{ratios[0]:.3g}, last {ratios[-1]:.3g}); median last step below 1% of "
+                         f"the largest {fall:g}; test accuracy {r.test_acc:.3f}")
     rnn = _pick(results, model="rnn", sequence="pixels")
     gated = [_pick(results, model=m, sequence="pixels") for m in ("lstm", "gru")]
     keep = min(_time(g) for g in gated)
