@@ -4,7 +4,8 @@
 * definitions (:class:`Definitions`): ``eps``, ``delta``, ``dead_window``, ``unit_dim``;
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``;
-* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``.
+* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``;
+* how: ``fused`` (compiled statistics kernels).
 
 Every error names the argument, shows the value and says the fix.
 
@@ -109,6 +110,7 @@ class Options:
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
+    fused: str = "off"
     schedule: Schedule = field(init=False, repr=False)
     histogram_schedule: Optional[Schedule] = field(init=False, repr=False)
     include_fn: Callable[[str, nn.Module], bool] = field(init=False, repr=False)
@@ -132,6 +134,10 @@ class Options:
         if not isinstance(self.findings, (bool, Thresholds)):
             raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
                             "gradscope.findings.Thresholds(...)")
+        if self.fused not in ("off", "on", "strict"):
+            raise ValueError(f"watch(fused={self.fused!r}): pass 'off' (eager, the default), 'on' "
+                             "(compiled kernels, eager where compiling fails) or 'strict' (raise "
+                             "where compiling fails)")
         if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
 
