@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,18 @@ def test_dropout_statistics_are_taken_in_training_mode() -> None:
     steps, zero = mon.history.series("2", "zero_frac")
     assert steps == [0, 1, 2]  # the eval forwards are not steps
     assert all(0.4 < z < 0.6 for z in zero), zero
+
+
+def test_recurrent_grid_writes_its_plots(tmp_path: Path) -> None:
+    from gradscope.experiments.grid import run_grid
+
+    data = synthetic_dataset(n_train=64, n_test=16, features=16)
+    cfgs = [RunConfig(model=m, width=4, optimizer="adam", lr=1e-2, steps=4, eval_every=2,
+                      monitor_every=1) for m in ("rnn", "gru")]
+    cfgs.append(RunConfig(depth=1, width=4, steps=4, eval_every=2, monitor_every=1))
+    results = run_grid(cfgs, data, results_dir=tmp_path, progress=False, plots=True,
+                       dashboard_images=False)
+    assert [r.time_ratio is not None for r in results] == [True, True, False]
+    plots = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"test_accuracy.png", "gradient_through_time.png", "gradients_per_layer.png"} <= plots
+    assert "∂L/∂h first/last step" in (tmp_path / "summary.md").read_text(encoding="utf-8")
