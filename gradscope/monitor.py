@@ -51,6 +51,7 @@ from gradscope.capture import (
     FunctionalCapture,
     ModuleCapture,
     ParamCapture,
+    RecurrentCapture,
 )
 from gradscope.capture.base import unwrap
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
@@ -124,6 +125,7 @@ class Monitor:
         self._modules = ModuleCapture(self._ctx, self._recorder, forward)
         self._functional = FunctionalCapture(self._ctx, self._recorder, forward, self._coverage)
         self._params = ParamCapture(self._ctx)
+        self._recurrent = RecurrentCapture(self._ctx)
 
     # ------------------------------------------------------------------ api
     @property
@@ -173,6 +175,7 @@ class Monitor:
         if not self.attached:
             return
         try:
+            self._recurrent.end_step()
             self._params.commit()
             self.flush()
         finally:
@@ -180,6 +183,7 @@ class Monitor:
             self._ctx.state.attached = False
             self._functional.clear()
             self._modules.clear()
+            self._recurrent.clear()
             self._recorder.clear()
             self._queue.clear()
             self._params.clear()
@@ -261,6 +265,7 @@ class Monitor:
             self._modules.register(model)
             self._functional.register(model, self._modules.hooked)
             self._coverage.register(model)
+        self._recurrent.register(model)
         if self.options.gradients:
             self._params.register(model)
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
@@ -282,6 +287,7 @@ class Monitor:
             if self._step_has_forward:
                 self._end_step()
             self._step_has_forward = True
+        self._recurrent.start_forward()
         self._ctx.state.recording = counted and self._ctx.state.sampled
 
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -322,6 +328,7 @@ class Monitor:
         state = self._ctx.state
         self._coverage.end_step(self._sinks)
         self._recorder.end_step()
+        self._recurrent.end_step()
         self._queue.end_step()
         self._params.commit()
         state.step += 1

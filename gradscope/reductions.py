@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import torch
 from torch import Tensor
@@ -51,6 +51,7 @@ __all__ = [
     "ONE_PASS_CONDITION",
     "ActivationCall",
     "Affine",
+    "Call",
     "GradCall",
     "Part",
     "Plan",
@@ -340,17 +341,29 @@ BACKPROP_REDUCTIONS: dict[str, Callable[[GradCall], Part]] = {
 Decoder = Callable[[int, Sequence[float]], list[Record]]
 
 
+class Call(Protocol):
+    """What a :class:`Plan` reduces: element and unit counts, and reductions by name."""
+
+    numel: int
+    units: int
+
+    def part(self, name: str) -> Part: ...
+
+
 class Plan:
     """The metrics of one kind for one family, and the reductions they need, in order.
 
     Args:
         family: the activation family (``None`` for backprop metrics).
-        kind: ``"activation"``, ``"window"``, ``"backprop"`` or ``"grad_in"``.
+        kind: ``"activation"``, ``"window"``, ``"backprop"``, ``"grad_in"`` or ``"gates"``.
+        metrics: these metrics instead of the family's (a recurrent unit's gates).
     """
 
-    def __init__(self, family: Optional[ActivationFamily], kind: str) -> None:
+    def __init__(self, family: Optional[ActivationFamily], kind: str,
+                 metrics: Optional[Sequence[Metric]] = None) -> None:
         self.kind = kind
-        self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind))
+        self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind) if metrics is None
+                                                 else metrics)
         needs: list[str] = []
         for m in self.metrics:
             needs += [n for n in m.needs if n not in needs]
@@ -362,8 +375,7 @@ class Plan:
         """The metric names, in order."""
         return tuple(m.name for m in self.metrics)
 
-    def run(self, call: Union[ActivationCall, GradCall], layer: str
-            ) -> tuple[list[Tensor], Decoder]:
+    def run(self, call: Call, layer: str) -> tuple[list[Tensor], Decoder]:
         """Reduce ``call``; return the device tensors to queue and their decoder."""
         if call.numel == 0:
             empty = [(m.name, m.empty) for m in self.metrics]

@@ -294,9 +294,21 @@ def test_coverage_names_what_is_not_seen() -> None:
     assert (cov.by_module, cov.by_function) == (0, 1)
     assert cov.unknown == ("LogSigmoid",)
     assert any("scaled_dot_product_attention" in u for u in cov.unseen)
-    assert any("LSTM 'lstm'" in u for u in cov.unseen)
+    assert not any("lstm" in u for u in cov.unseen)  # the recurrent capture replays its gates
     assert written == [cov]
     assert "register_family" in cov.markdown() and "LogSigmoid" in cov.line()
+
+
+class OwnLSTM(nn.LSTM):
+    def forward(self, x: torch.Tensor, hx: Any = None) -> Any:  # no replay for an override
+        return super().forward(x, hx)
+
+
+def test_fused_gates_no_capture_replays_are_listed_as_not_seen() -> None:
+    model = nn.Sequential(OwnLSTM(4, 4, batch_first=True))
+    with gradscope.watch(model, summary=False) as mon:
+        model(torch.randn(2, 3, 4))[0].sum().backward()
+    assert any("gates of OwnLSTM '0'" in u for u in mon.coverage().unseen)
 
 
 def test_coverage_line_on_stderr_once_and_warning_when_nothing_is_captured(

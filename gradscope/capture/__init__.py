@@ -12,7 +12,9 @@
   ``x.sigmoid()``), seen by a ``TorchFunctionMode`` during monitored forwards;
 * :mod:`~gradscope.capture.coverage`: what is and is not seen, reported once;
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
-  weight norms, update ratios).
+  weight norms, update ratios);
+* :mod:`~gradscope.capture.recurrent`: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and
+  recurrent cells (the gradient through time, gates and hidden states).
 
 These are internal: use :func:`gradscope.watch`.
 """
@@ -24,6 +26,8 @@ from gradscope.capture.forward import Forward
 from gradscope.capture.functional import FunctionalCapture
 from gradscope.capture.modules import ModuleCapture
 from gradscope.capture.params import ParamCapture
+from gradscope.capture.recurrent import RecurrentCapture
 
 __all__ = ["ActivationRecorder", "Context", "Coverage", "CoverageTracker", "Forward",
-           "FunctionalCapture", "ModuleCapture", "ParamCapture", "Site", "StepState"]
+           "FunctionalCapture", "ModuleCapture", "ParamCapture", "RecurrentCapture", "Site",
+           "StepState"]

@@ -62,9 +62,9 @@ class Context:
     state: StepState = field(default_factory=StepState)
     histograms_on: bool = False  # some sink writes histograms
     ready_histograms: list[Histogram] = field(default_factory=list)
-    #: modules whose inner activations some capture records although no hook of the
-    #: activation captures sees them (fused kernels): the coverage does not list them
-    covered: set[str] = field(default_factory=set)
+    #: module name -> what a capture sees inside it, for modules whose insides no
+    #: module hook reaches (fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``: their gates)
+    covered: dict[str, str] = field(default_factory=dict)
 
     def traced(self) -> bool:
         """Whether ``torch.compile`` is tracing the hook that asks (noted for the coverage
