@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import pytest
@@ -295,6 +296,7 @@ def test_coverage_names_what_is_not_seen() -> None:
     assert cov.unknown == ("LogSigmoid",)
     assert any("scaled_dot_product_attention" in u for u in cov.unseen)
     assert not any("lstm" in u for u in cov.unseen)  # the recurrent capture replays its gates
+    assert cov.replayed == ("lstm",) and "gates replayed in: lstm" in cov.line()
     assert written == [cov]
     assert "register_family" in cov.markdown() and "LogSigmoid" in cov.line()
 
@@ -309,6 +311,15 @@ def test_fused_gates_no_capture_replays_are_listed_as_not_seen() -> None:
     with gradscope.watch(model, summary=False) as mon:
         model(torch.randn(2, 3, 4))[0].sum().backward()
     assert any("gates of OwnLSTM '0'" in u for u in mon.coverage().unseen)
+
+
+def test_a_recurrent_only_model_is_not_warned_about() -> None:
+    model = nn.Sequential(nn.GRU(4, 4, batch_first=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with gradscope.watch(model, summary=False) as mon:
+            model(torch.randn(2, 3, 4))[0].sum().backward()
+    assert mon.coverage().replayed == ("0",)
 
 
 def test_coverage_line_on_stderr_once_and_warning_when_nothing_is_captured(

@@ -56,6 +56,8 @@ class Coverage:
         unseen: activations no hook can see, one line each.
         no_grad_in: call-sites whose ``grad_in_*`` cannot be read exactly (the
             activation is not one autograd operation, like Softsign).
+        replayed: fused modules whose insides another capture records (the recurrent
+            capture's ``nn.LSTM``/``nn.GRU``/``nn.RNN`` gates).
 
     Example:
         >>> import torch, torch.nn as nn, torch.nn.functional as F, gradscope
@@ -78,6 +80,7 @@ class Coverage:
     unknown: tuple[str, ...] = ()
     unseen: tuple[str, ...] = ()
     no_grad_in: tuple[str, ...] = ()
+    replayed: tuple[str, ...] = ()
 
     @property
     def captured(self) -> int:
@@ -93,6 +96,8 @@ class Coverage:
         """The one-line summary printed to stderr."""
         parts = [f"gradscope: {self.captured} activation call-sites captured "
                  f"({self.by_module} by module, {self.by_function} by function)"]
+        if self.replayed:
+            parts.append("recurrent gates replayed in: " + ", ".join(self.replayed))
         if self.unseen:
             parts.append("not seen: " + "; ".join(self.unseen))
         if self.unknown:
@@ -107,6 +112,9 @@ class Coverage:
         """The report as markdown (TensorBoard's ``gradscope/coverage`` text)."""
         lines = [f"**{self.captured} activation call-sites** captured at step {self.step}: "
                  f"{self.by_module} by module hooks, {self.by_function} as functional calls.", ""]
+        if self.replayed:
+            lines += ["Recurrent gates replayed (fused kernels, recorded by the recurrent "
+                      "capture): " + ", ".join(f"`{n}`" for n in self.replayed), ""]
         if self.unseen:
             lines += ["Not seen (fused into one kernel, no hook can see inside):", ""]
             lines += [f"* {u}" for u in self.unseen] + [""]
@@ -161,7 +169,8 @@ class CoverageTracker:
             by_module=sum(s.function is None for s in sites),
             by_function=sum(s.function is not None for s in sites),
             unknown=tuple(unknown), unseen=tuple(unseen),
-            no_grad_in=tuple(s.name for s in sites if s.grad_in is False))
+            no_grad_in=tuple(s.name for s in sites if s.grad_in is False),
+            replayed=tuple(covered))
 
     def end_step(self, sinks: Any) -> None:
         """At the end of the first monitored step: one line, a warning if nothing was
@@ -172,7 +181,7 @@ class CoverageTracker:
         cov = self.first = self.report()
         if self.ctx.options.summary:
             print(cov.line(), file=sys.stderr)
-        if not cov.captured:
+        if not cov.captured and not cov.replayed:
             hint = (f"; unknown activation-like modules: {', '.join(cov.unknown)} "
                     "(gradscope.register_family teaches gradscope one)" if cov.unknown else "")
             if self.ctx.state.traced:
