@@ -37,6 +37,7 @@ __all__ = [
     "batch_dims",
     "count_where",
     "cpu_scratch",
+    "finite_probe",
     "foreach_nonfinite_counts",
     "foreach_norms",
     "fraction",
@@ -108,6 +109,22 @@ def known_finite(reduction: Tensor) -> bool:
     if reduction.ndim == 0:
         return math.isfinite(reduction.item())  # ok-sync: CPU memory, nothing to wait for
     return all(math.isfinite(v) for v in reduction.tolist())  # ok-sync: CPU only (above)
+def finite_probe(x: Tensor) -> Tensor:
+    """A 0-d ``float32`` tensor that is finite exactly when every element of ``x`` is.
+
+    One pass, no temporary: ``max |x|`` (``vector_norm(x, inf)``), in which NaN and
+    ±Inf propagate and nothing overflows (unlike a sum or a 2-norm of huge finite
+    values). For ``float64``, whose finite values may exceed ``float32``'s range, it
+    is multiplied by 0 first (0 if finite, NaN if not). 0 for an empty tensor.
+    """
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    m = torch.linalg.vector_norm(x, math.inf)
+    if m.dtype == torch.float64:
+        m = m * 0.0
+    return m if m.dtype == torch.float32 else m.float()
+
+
 def l2_norm(x: Tensor) -> Tensor:
     """Euclidean norm of all elements of ``x``, accumulated in ``float32``."""
     if x.numel() == 0:

@@ -224,7 +224,9 @@ def test_write_errors_warn_once_and_training_goes_on(tmp_path: Path) -> None:
             opt.step()
         mon.close()
     msgs = [str(w.message) for w in caught if "writing TensorBoard events" in str(w.message)]
-    assert len(msgs) == 1 and "No space left" in msgs[0]
+    # the error once, and at close how much could not be written (never "works again")
+    assert len(msgs) == 2 and all("No space left" in m for m in msgs), msgs
+    assert "failed during this run" in msgs[1] and "scalar values (steps 0..3)" in msgs[1]
     assert mon.history.steps() == [0, 1, 2, 3]
 
 
