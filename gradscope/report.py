@@ -1,16 +1,19 @@
 """``gradscope report LOGDIR``: per-layer tables and findings from TensorBoard runs.
 
-Reads every run under ``LOGDIR`` (a directory holding ``events.out.tfevents.*``
-files) with TensorBoard's own ``EventAccumulator``, keeps the runs that contain
-gradscope tags (``<metric>/<layer>``, ``param/<metric>/<name>``), rebuilds their
-:class:`gradscope.History` and prints, per run, a table of activation call-sites
-and one of parameterised layers at the last step (or the one given by
-``--step``), then the findings of :mod:`gradscope.findings`. With several runs,
-comparison tables put the runs side by side, one per key metric.
+``LOGDIR`` is a run directory, a directory of runs, or one event file. A run is
+recognised by the marker every gradscope writer puts first in its event file
+(the ``gradscope/run`` text, :mod:`gradscope.events`), never by the shape of its
+tags, which other tools share; event files of earlier versions are read when they
+carry gradscope's layer index (``gradscope/layers``), one run per file. Files of
+two runs in one directory are reported as two runs (``dir#<run id>``), never
+merged. Each file is read record by record with its checksums checked: a file
+cut short or corrupt gives a warning on stderr saying how much was read, and what
+was read is reported; nothing in the input makes the command fail with a traceback.
 
-Runs written by earlier versions work as long as the tags are ours: the layer
-index (``gradscope/layers`` text) gives kinds and network order when present;
-without it, kinds come from the metric names and order from the layer names.
+Per run it prints a table of activation call-sites and one of parameterised
+layers at the last step (or the one given by ``--step``), then the findings of
+:mod:`gradscope.findings`. With several runs, comparison tables put the runs side
+by side, one per key metric.
 
 Exit codes: 0 on success, 2 when ``LOGDIR`` does not exist or holds no gradscope run.
 
@@ -27,16 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from gradscope import metrics
+from gradscope.events import LEGACY_TAG, FileRead, Scalar, read_events, read_marker, scalars, texts
 from gradscope.findings import Finding, analyze
-from gradscope.history import History, LayerInfo, encode_value
+from gradscope.history import History, LayerInfo, Retention, encode_value
 
-__all__ = ["RunReport", "configure", "find_runs", "load_run", "render", "run"]
+__all__ = ["RunFiles", "RunReport", "configure", "find_runs", "load_run", "render", "run"]
 
 #: Table columns per series kind, from the metric specs: ``(header, candidate metrics)``
 #: (a layer shows the first candidate it has).
@@ -46,8 +51,14 @@ LAYER_COLUMNS = tuple(metrics.columns("layer"))
 COMPARE = tuple((metrics.series_kind(m.name) or "activation", m.header or m.name)
                 for m in metrics.health())
 
-_SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1,
-                  "compressedHistograms": 1, "audio": 1}
+
+@dataclass
+class RunFiles:
+    """The event files of one gradscope run (oldest first), and the name it is reported under."""
+
+    name: str
+    path: Path
+    files: list[Path]
 
 
 @dataclass
@@ -63,7 +74,8 @@ class RunReport:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope report``."""
-    parser.add_argument("logdir", help="a TensorBoard run directory, or a directory of runs")
+    parser.add_argument("logdir", help="a TensorBoard run directory, a directory of runs, or "
+                                       "one event file")
     parser.add_argument("--step", type=int, default=None,
                         help="report the values at this step (the latest recorded at or "
                              "before it) instead of the last step")
@@ -91,54 +103,90 @@ def report(logdir: Path, *, step: Optional[int] = None, fmt: str = "text",
     if step is not None and step < 0:
         print(f"gradscope report: --step {step} must be >= 0", file=err)
         return 2
-    runs = [r for r in (load_run(p, logdir, step) for p in find_runs(logdir)) if r is not None]
+    runs = [r for r in (load_run(f, step, err) for f in find_runs(logdir, err)) if r is not None]
     if not runs:
         print(f"gradscope report: no gradscope runs under {str(logdir)!r} (no TensorBoard event "
-              "files with gradscope tags such as 'grad_norm/<layer>'); write one with "
-              "gradscope.watch(model, logdir=...)", file=err)
+              "file starting with gradscope's 'gradscope/run' marker, or an earlier version's "
+              "'gradscope/layers' index); write one with gradscope.watch(model, logdir=...)",
+              file=err)
         return 2
     out.write(render(runs, fmt))
     return 0
 
 
-def find_runs(logdir: Path) -> list[Path]:
-    """Directories under ``logdir`` (itself included) that hold event files, sorted."""
+def find_runs(logdir: Path, err: Optional[TextIO] = None) -> list[RunFiles]:
+    """The gradscope runs under ``logdir`` (a directory, searched recursively, or an event file).
+
+    Files are grouped by their marker's run id; files that are not gradscope's are skipped.
+    Unreadable directories are skipped with a warning on ``err``.
+    """
+    root = logdir.parent if logdir.is_file() else logdir
+    by_dir: dict[Path, list[Path]] = {}
     if logdir.is_file():
-        return [logdir.parent] if ".tfevents." in logdir.name else []
-    dirs = {p.parent for p in logdir.rglob("*.tfevents.*") if p.is_file()}
-    return sorted(dirs)
+        by_dir[logdir.parent] = [logdir]
+    else:
+        def skipped(e: OSError) -> None:
+            _warn(err, f"{e.filename}: cannot be listed ({e.strerror or e}); skipped")
+
+        for here, _, names in os.walk(logdir, onerror=skipped):
+            files = sorted(Path(here) / n for n in names if ".tfevents." in n)
+            if files:
+                by_dir[Path(here)] = files
+    out = []
+    for d in sorted(by_dir):
+        groups: dict[str, list[Path]] = {}
+        for f in by_dir[d]:
+            try:
+                marker = read_marker(f)
+            except Exception as e:  # never a traceback for what a file holds
+                _warn(err, f"{f}: unreadable ({type(e).__name__}: {e}); skipped")
+                continue
+            if marker is not None:
+                groups.setdefault(str(marker["run"]), []).append(f)
+        base = "." if d == root else str(d.relative_to(root))
+        for run_id, files in groups.items():
+            out.append(RunFiles(base if len(groups) == 1 else f"{base}#{run_id}", d, files))
+    return out
 
 
-def load_run(path: Path, root: Path, step: Optional[int] = None) -> Optional[RunReport]:
-    """Read one run directory; ``None`` when it has no gradscope tags."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def load_run(run: RunFiles, step: Optional[int] = None,
+             err: Optional[TextIO] = None) -> Optional[RunReport]:
+    """Read one run's event files; ``None`` when they hold no gradscope scalars.
 
-    ea = EventAccumulator(str(path), size_guidance=_SIZE_GUIDANCE)
-    try:
-        ea.Reload()
-    except Exception:  # a corrupt or foreign file is not one of our runs
-        return None
-    tags = ea.Tags()
+    A file cut short or corrupt is read up to the damage, with a warning on ``err``.
+    """
+    index = ""
+    raw: list[Scalar] = []
+    for f in run.files:
+        status = FileRead(f)
+        try:
+            for event in read_events(f, status):
+                for tag, text in texts(event):
+                    if tag == LEGACY_TAG:
+                        index = text
+                raw += scalars((event,))
+        except Exception as e:  # a damaged record the checksums did not catch
+            status.problem = f"unreadable ({type(e).__name__}: {e})"
+        if status.problem is not None:
+            _warn(err, status.describe())
     infos: list[LayerInfo] = []
-    if "gradscope/layers/text_summary" in tags.get("tensors", []):
+    if index:
         from gradscope.writers.layout import parse_layers_text
 
-        events = ea.Tensors("gradscope/layers/text_summary")
-        infos = parse_layers_text(events[-1].tensor_proto.string_val[0].decode("utf-8"))
+        infos = parse_layers_text(index)
     known = {i.name: i for i in infos}
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     kinds: dict[str, str] = {}
-    for tag in tags.get("scalars", []):
+    for s, tag, value in raw:
         parsed = _parse_tag(tag, known)
-        if parsed is None:
+        if parsed is None or (step is not None and s > step):
             continue
         layer, metric, kind = parsed
         kinds.setdefault(layer, kind)
-        series[(layer, metric)] = [(e.step, e.value) for e in ea.Scalars(tag)
-                                   if step is None or e.step <= step]
+        series.setdefault((layer, metric), []).append((s, value))
     if not series:
         return None
-    h = History()
+    h = History(Retention(recent=None))
     for info in infos:
         h.add_layer(info)
     by_kind: dict[str, list[str]] = {}
@@ -150,15 +198,15 @@ def load_run(path: Path, root: Path, step: Optional[int] = None) -> Optional[Run
         for j, name in enumerate(names):
             h.add_layer(LayerInfo(name, kind=kind, order=base + j, type="?"))
     for (layer, metric), points in series.items():
-        last = None
-        for s, v in sorted(points):
-            if s != last:
-                h.add(s, layer, metric, v)
-                last = s
-    steps = h.steps()
-    name = "." if path == root else str(path.relative_to(root))
-    at = steps[-1] if steps else (step or 0)
-    return RunReport(name, path, h, at, analyze(h))
+        for s, v in sorted(points, key=lambda p: p[0]):  # stable: a repeated step's last value wins
+            h.add(s, layer, metric, v)
+    span = h.span()
+    at = span[1] if span else (step or 0)
+    return RunReport(run.name, run.path, h, at, analyze(h))
+
+
+def _warn(err: Optional[TextIO], message: str) -> None:
+    print(f"gradscope report: warning: {message}", file=err if err is not None else sys.stderr)
 
 
 def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str, str]]:
@@ -251,8 +299,8 @@ def render(runs: list[RunReport], fmt: str) -> str:
     md = fmt == "markdown"
     parts = []
     for r in runs:
-        steps = r.history.steps()
-        span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
+        ends = r.history.span()
+        span = f"steps {ends[0]}..{ends[1]}" if ends else "no steps"
         parts.append(f"## run `{r.name}` at step {r.step} ({span})" if md
                      else f"== run {r.name} at step {r.step} ({span}, {r.path})")
         for kind, title in (("activation", "activation call-sites"),
