@@ -36,7 +36,7 @@ def _hook_count(model: nn.Module) -> int:
 def test_a_model_watched_twice_is_refused() -> None:
     model = _mlp()
     with gradscope.watch(model, summary=False) as first:
-        with pytest.raises(RuntimeError, match="already watched.*Close that one first"):
+        with pytest.raises(RuntimeError, match=r"already watched.*Close that one first"):
             gradscope.watch(model, summary=False)
         assert first.attached
     with gradscope.watch(model, summary=False):  # once closed, it can be watched again
@@ -212,7 +212,7 @@ def test_training_one_model_from_two_threads_does_not_crash() -> None:
                     opt.zero_grad()
                     model(torch.randn(4, 4)).sum().backward()
                     opt.step()
-        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as err:  # reported by the assertion below
             errors.append(err)
 
     with warnings.catch_warnings():
@@ -233,7 +233,7 @@ def test_history_retention_keeps_recent_thinned_old_and_the_first_alarm() -> Non
     n = 20_000
     for step in range(n):
         h.add(step, "a", "nonfinite", 1.0 if step in (3_001, 3_002) else 0.0)
-    steps, values = h.series("a", "nonfinite")
+    steps, _ = h.series("a", "nonfinite")
     assert steps[:5] == [0, 1, 2, 3, 4]  # the head
     assert steps[-100:] == list(range(n - 100, n))  # recent steps at full resolution
     assert h.alarm("a", "nonfinite") == (3_001, 1.0) and 3_001 in steps

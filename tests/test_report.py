@@ -242,7 +242,7 @@ def test_watch_refuses_a_logdir_holding_a_run_and_resumes_on_purpose(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _ours(tmp_path, steps=4)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match="already holds a gradscope run.*resume=True"):
+    with pytest.raises(ValueError, match=r"already holds a gradscope run.*resume=True"):
         gradscope.watch(model, logdir=tmp_path)
     with gradscope.watch(model, logdir=tmp_path, resume=True, start_step=4, flush_every=2,
                          summary=False, histogram_every=None):
