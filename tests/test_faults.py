@@ -269,3 +269,14 @@ def test_soak_flush_work_and_memory_stay_flat() -> None:
     assert len(set(reads[1:])) == 1, reads  # the same work at every flush, late or early
     assert mon.history.recorded() == 1200 * kept[0] // 20  # everything was recorded...
     assert max(kept[30:]) <= 1.2 * max(kept[:30])  # ...but what is kept stopped growing
+
+
+@pytest.mark.parametrize("recorded, fires", [(1, False), (2, False), (3, True)])
+def test_findings_need_window_records(recorded: int, fires: bool) -> None:
+    """A series with fewer than ``Thresholds.window`` (3) records fires nothing, however bad."""
+    h = History()
+    h.add_layer(gradscope.history.LayerInfo("act", kind="activation", order=0, type="Tanh",
+                                            family="tanh"))
+    for step in range(recorded):
+        h.add(step, "act", "saturation", 0.99)
+    assert any(f.rule == "saturation" for f in analyze(h)) == fires
