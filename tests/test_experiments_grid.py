@@ -259,3 +259,20 @@ def test_a_data_error_reaches_the_cli_user_as_a_message(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert rc == 2 and "gradscope compare: could not obtain verified MNIST" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(activation="sigmoid", init="small_normal", batchnorm=False),
+     {"vanishing_gradients (fc1)", "update_ratio_low (fc1)"}),
+    (dict(activation="sigmoid", init="small_normal", batchnorm=True), set()),
+    (dict(activation="relu", init="he", batchnorm=False), set()),
+], ids=["ioffe-no-bn", "ioffe-bn", "relu-he"])
+def test_ioffe_setting_gets_a_finding_and_healthy_nets_none(kw, expected):
+    """3x100 sigmoid, N(0, 0.1^2), no BatchNorm: the back-propagated gradient vanishes
+    towards the input, and the findings say so; with BatchNorm, or ReLU + He, nothing fires."""
+    from gradscope.experiments.data import synthetic_dataset
+
+    data = synthetic_dataset(n_train=1024, n_test=256, features=784)
+    cfg = RunConfig(depth=3, width=100, lr=0.1, batch_size=60, steps=60, eval_every=60,
+                    monitor_every=2, **kw)
+    assert set(train_run(cfg, data, progress=False).findings) == expected
