@@ -5,7 +5,8 @@
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
   ``check_nonfinite``, ``retention``, ``start_step``;
-* outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``.
+* outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
+* how: ``fused`` (compiled statistics kernels).
 
 Every error names the argument, shows the value and says the fix.
 
@@ -115,6 +116,7 @@ class Options:
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
+    fused: str = "off"
     schedule: Schedule = field(init=False, repr=False)
     histogram_schedule: Optional[Schedule] = field(init=False, repr=False)
     include_fn: Callable[[str, nn.Module], bool] = field(init=False, repr=False)
@@ -138,6 +140,10 @@ class Options:
         if not isinstance(self.findings, (bool, Thresholds)):
             raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
                             "gradscope.findings.Thresholds(...)")
+        if self.fused not in ("off", "on", "strict"):
+            raise ValueError(f"watch(fused={self.fused!r}): pass 'off' (eager, the default), 'on' "
+                             "(compiled kernels, eager where compiling fails) or 'strict' (raise "
+                             "where compiling fails)")
         if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
         if self.logdir is not None and not os.fspath(self.logdir).strip():
