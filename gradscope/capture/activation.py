@@ -13,9 +13,9 @@ hands its input and output to :meth:`ActivationRecorder.record`, which
 
 On unsampled steps :meth:`ActivationRecorder.check` does only the every-step
 NaN/Inf check: one pass over the output (:func:`gradscope.stats.finite_probe`,
-``max |y|``) and one over the gradient flowing back into it. On the CPU the
+its min and max) and one over the gradient flowing back into it. On the CPU the
 result is read at once (free) and only a non-finite one is queued; on an
-accelerator the 0-d result is queued like any statistic (no host read) and the
+accelerator the two values are queued like any statistic (no host read) and the
 decoder keeps only the non-finite ones. A non-finite value gives a record
 ``nonfinite_check`` (forward) or ``grad_out_nonfinite_check`` (backward) = 1 at
 that step and call-site: "NaN/Inf seen here, not counted".
@@ -74,8 +74,8 @@ class _CheckDecode:
         self.layer, self.metric = layer, metric
 
     def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
-        v = values[0]
-        return [record(step, self.layer, self.metric, 1.0)] if v - v != 0.0 else []
+        bad = any(v - v != 0.0 for v in values)  # NaN or ±Inf
+        return [record(step, self.layer, self.metric, 1.0)] if bad else []
 
 
 class ActivationRecorder:
@@ -152,7 +152,8 @@ class ActivationRecorder:
 
     def _probe(self, step: int, x: Tensor, decode: _CheckDecode) -> None:
         probe = stats.finite_probe(x)
-        if stats.host_readable(probe) and math.isfinite(probe.item()):  # ok-sync: CPU only
+        if stats.host_readable(probe) and all(
+                math.isfinite(v) for v in probe.tolist()):  # ok-sync: CPU only
             return  # nothing to record (the usual case on the CPU)
         self.ctx.queue.defer(step, x.device, [probe], decode)
 
