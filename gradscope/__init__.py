@@ -24,7 +24,7 @@ Example:
 from gradscope.activations import ActivationFamily, family_of, register_family
 from gradscope.api import watch
 from gradscope.findings import Finding, Thresholds
-from gradscope.history import History, LayerInfo
+from gradscope.history import History, LayerInfo, Retention
 from gradscope.monitor import Monitor
 from gradscope.options import Definitions
 from gradscope.schedules import every, log_schedule
@@ -40,6 +40,7 @@ __all__ = [
     "LayerInfo",
     "Monitor",
     "Record",
+    "Retention",
     "Sink",
     "Thresholds",
     "__version__",

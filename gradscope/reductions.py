@@ -156,7 +156,8 @@ def _ssq(c: ActivationCall) -> Part:
     n = c.numel
     if stats.host_readable(total):
         t, ss = total.item(), stats.sum_squares(c.y).item()  # ok-sync: CPU only
-        mean, var = t / n, ss / n - (t / n) ** 2
+        mean = t / n
+        var = ss / n - mean * mean  # a float product overflows to inf (``**`` would raise)
         if math.isfinite(t) and math.isfinite(ss) and var > 0 \
                 and mean * mean <= ONE_PASS_CONDITION * var:
             return var * n
@@ -247,14 +248,18 @@ def _regime_source(c: ActivationCall) -> Tensor:
 
 
 def _active_units(c: ActivationCall) -> Part:
-    """Units on for at least one sample/position; sets :attr:`ActivationCall.active`."""
+    """Units on for at least one sample/position; sets :attr:`ActivationCall.active`.
+
+    A unit with a NaN is counted on (its max is NaN: whether it fired is unknown, and
+    ``nonfinite`` reports the NaN), never dead.
+    """
     ud = stats.resolve_unit_dim(c.y.ndim, c.unit_dim)
     dims = stats.batch_dims(c.y.ndim, ud)
     if c.family.regime == "relu":
-        active = (c.y.amax(dim=dims) if dims else c.y) > 0
+        active = ~((c.y.amax(dim=dims) if dims else c.y) <= 0)
     else:
         src = _regime_source(c)
-        active = (src.amax(dim=dims) if dims else src) >= 0
+        active = ~((src.amax(dim=dims) if dims else src) < 0)
     c.active, c.units = active, active.numel()
     return active.sum(dtype=torch.float32)
 

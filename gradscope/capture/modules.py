@@ -10,6 +10,7 @@ reuses one ``relu`` per block) gives one call-site per call: ``layer1.0.relu``,
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from torch import Tensor, nn
@@ -57,7 +58,8 @@ class ModuleCapture:
 
     def _stash_hook(self) -> Callable[[nn.Module, Any], None]:
         def stash_input(module: nn.Module, args: Any) -> None:
-            if self.ctx.state.recording and args and isinstance(args[0], Tensor):
+            if (self.ctx.state.recording and args and isinstance(args[0], Tensor)
+                    and threading.get_ident() == self.ctx.state.thread):
                 self._stash[id(module)] = args[0].detach().clone()
 
         return stash_input
@@ -65,8 +67,11 @@ class ModuleCapture:
     def _activation_hook(self, module_name: str, family: ActivationFamily
                          ) -> Callable[[nn.Module, Any, Any], None]:
         def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.ctx.state.recording:
+            state = self.ctx.state
+            if not (state.recording or state.checking):
                 return
+            if threading.get_ident() != state.thread:
+                return  # the root hook said so once
             x = self._stash.pop(id(module), None)
             call = self._calls.get(module_name, 0)
             self._calls[module_name] = call + 1
@@ -77,6 +82,9 @@ class ModuleCapture:
                 site = self.recorder.site(module_name, call, family,
                                           _site_name(module_name, call, module),
                                           type(module).__name__, tuple(output.shape))
+            if not state.recording:
+                self.recorder.check(site, output)
+                return
             if family.needs_input and x is None and args and isinstance(args[0], Tensor):
                 x = args[0]
             self.recorder.record(site, module, x, output)
