@@ -25,7 +25,7 @@ from gradscope.activations import ActivationFamily, family_of, register_family
 from gradscope.api import watch
 from gradscope.capture.coverage import Coverage
 from gradscope.findings import Finding, Thresholds
-from gradscope.history import History, LayerInfo
+from gradscope.history import History, LayerInfo, Retention
 from gradscope.monitor import Monitor
 from gradscope.options import Definitions
 from gradscope.schedules import every, log_schedule
@@ -42,6 +42,7 @@ __all__ = [
     "LayerInfo",
     "Monitor",
     "Record",
+    "Retention",
     "Sink",
     "Thresholds",
     "__version__",

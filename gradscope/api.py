@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gradscope.findings import Thresholds
+from gradscope.history import DEFAULT_RETENTION, Retention
 from gradscope.monitor import Monitor
 from gradscope.options import Definitions, Include, Options
 from gradscope.schedules import Schedule
@@ -36,8 +37,12 @@ def watch(
     include: Include = None,
     histogram_every: Union[int, Schedule, None] = 500,
     histogram_bins: int = 64,
+    check_nonfinite: bool = True,
+    retention: Optional[Retention] = DEFAULT_RETENTION,
+    start_step: int = 0,
     sinks: Sequence[Any] = (),
     logdir: Union[str, os.PathLike, None] = None,
+    resume: bool = False,
     findings: Union[bool, Thresholds] = True,
     summary: bool = True,
     strict: bool = False,
@@ -84,13 +89,27 @@ def watch(
             gradient and weight histograms on these steps (an int or a schedule;
             ``None`` for never); binned on the device, only when a sink writes them.
         histogram_bins: equal-width bins per histogram.
+        check_nonfinite: on the steps ``every`` does not sample, still check each
+            activation's output and the gradient reaching it for NaN/Inf (one pass
+            over each; nothing is read back on an accelerator until the flush), so
+            the first non-finite step and layer are exact.
+        retention: how much of each series :attr:`Monitor.history` keeps: a
+            :class:`gradscope.Retention` (default: the last 1000 steps at full
+            resolution, older ones thinned geometrically, the first NaN/Inf and the
+            first points always kept), or ``None`` to keep every point. Sinks
+            (TensorBoard) still receive everything.
+        start_step: the number of the first step (to continue a run restored from
+            a checkpoint).
 
         sinks: writers that receive the records at each flush
             (:class:`gradscope.writers.Sink` subclasses, or objects with a
             ``write(records, history)`` method); a failing sink warns once and the
             others and training go on.
         logdir: write a TensorBoard run there (:attr:`Monitor.writer`); created and
-            checked for write access now.
+            checked for write access now. A directory that already holds a
+            gradscope run is refused (two runs would be merged in TensorBoard).
+        resume: add to the gradscope run already in ``logdir`` on purpose (with
+            ``start_step`` after its last step).
         findings: run the rules of :mod:`gradscope.findings` at each flush (for
             sinks that write findings) and at close: ``True``, ``False`` or a
             :class:`gradscope.findings.Thresholds`.
@@ -117,8 +136,10 @@ def watch(
                 dead_window=dead_window, unit_dim=unit_dim, activations=activations,
                 backprop=backprop, gradients=gradients, update_ratio=update_ratio,
                 record_eval=record_eval, include=include, histogram_every=histogram_every,
-                histogram_bins=histogram_bins, sinks=sinks, logdir=logdir, findings=findings,
-                summary=summary, strict=strict, fused=fused, **unknown)
+                histogram_bins=histogram_bins, check_nonfinite=check_nonfinite,
+                retention=retention, start_step=start_step, sinks=sinks, logdir=logdir,
+                resume=resume, findings=findings, summary=summary, strict=strict, fused=fused,
+                **unknown)
     if definitions is not None:
         flat["definitions"] = definitions
     options = Options.build(**flat)

@@ -8,24 +8,42 @@ more than once per forward gets one series per call-site: the first call keeps
 the module's name, later ones add ``[k]`` (``layer1.0.relu``, ``layer1.0.relu[1]``).
 Parameters are named as in ``named_parameters()`` (``fc1.weight``).
 
+**What is kept** (:class:`Retention`): a run of days must not fill the host, so
+each series keeps its points of the last ``recent`` steps (1000) at full
+resolution, and older ones thinned geometrically: about ``per_octave`` (50)
+points per doubling of their age, so a series of a million steps holds about
+1,500 points (25 kB) and its memory grows with the logarithm of the run. Never dropped: the first ``head`` points of a series (rules compare with the start
+of the run) and its first *alarm*, the first NaN/±Inf value or positive count of
+non-finite elements (a ``*nonfinite*`` metric), which :meth:`History.alarm` returns.
+Everything is still written to TensorBoard at each flush. ``Retention(None)`` (or
+``watch(retention=None)``) keeps every point.
+
 Example:
     >>> h = History()
     >>> h.add_layer(LayerInfo("fc1", kind="layer", order=0, type="Linear"))
     >>> h.add(0, "fc1", "grad_norm", 0.5); h.add(1, "fc1", "grad_norm", 0.25)
     >>> h.series("fc1", "grad_norm")
     ([0, 1], [0.5, 0.25])
+    >>> h = History(Retention(recent=8, per_octave=2, head=1))
+    >>> for step in range(200):
+    ...     h.add(step, "fc1", "grad_norm", 1.0)
+    >>> h.series("fc1", "grad_norm")[0][:9]  # the further back, the sparser
+    [0, 64, 96, 128, 144, 160, 168, 176, 180]
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
-__all__ = ["KINDS", "MAX_PROFILE_ROWS", "History", "LayerInfo", "decode_value", "encode_value"]
+__all__ = ["KINDS", "MAX_PROFILE_ROWS", "History", "LayerInfo", "Retention", "decode_value",
+           "encode_value"]
 
 #: The kinds of series: activation call-sites, parameterised modules, parameters,
 #: recurrent layers (one per layer and direction of an RNN module, or per cell).
@@ -62,12 +80,121 @@ class LayerInfo:
     shape: Optional[tuple[int, ...]] = None
 
 
-class History:
-    """Per-step values of every metric of every layer, in network order."""
+@dataclass(frozen=True)
+class Retention:
+    """How many points of each series a :class:`History` keeps (see the module docstring).
 
-    def __init__(self) -> None:
+    A point ``age`` steps older than the series' last one is kept when it is among
+    the ``head`` first points, is the series' first alarm, or its step is a multiple
+    of the stride of its age: 1 below ``recent`` steps, then, in each octave of age
+    ``[recent·2^(k-1), recent·2^k)``, the power of two that leaves about
+    ``per_octave`` points in it. A series therefore holds about
+    ``recent / every + per_octave · log2(steps / recent)`` points (16 bytes each),
+    at most twice that between two compactions.
+
+    Args:
+        recent: steps kept at full resolution; ``None`` keeps every point of the run.
+        per_octave: points kept per doubling of age beyond ``recent``.
+        head: the first ``head`` points of a series are always kept.
+
+    Example:
+        >>> Retention(recent=500).per_octave
+        50
+        >>> Retention(recent=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Retention(recent=0): must be an int >= 1, or None to keep every point
+    """
+
+    recent: Optional[int] = 1000
+    per_octave: int = 50
+    head: int = 10
+
+    def __post_init__(self) -> None:
+        if self.recent is not None and (not isinstance(self.recent, int)
+                                        or isinstance(self.recent, bool) or self.recent < 1):
+            raise ValueError(f"Retention(recent={self.recent!r}): must be an int >= 1, or None "
+                             "to keep every point")
+        for name, low in (("per_octave", 1), ("head", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"Retention({name}={v!r}): must be an int >= {low}")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether points are ever dropped."""
+        return self.recent is not None
+
+    def stride(self, age: int) -> int:
+        """The step stride kept at ``age`` steps before the last point (1 when recent)."""
+        recent = self.recent
+        if recent is None or age < recent:
+            return 1
+        k = (age // recent).bit_length()  # age in [recent·2^(k-1), recent·2^k)
+        per = -(-(recent << (k - 1)) // self.per_octave)
+        return 1 << (per - 1).bit_length()
+
+
+#: The default retention (what ``watch(retention=...)`` defaults to).
+DEFAULT_RETENTION = Retention()
+#: Points a series may grow by (at least) between two compactions.
+_SLACK = 64
+
+
+class _Series:
+    """One metric of one layer: steps and values in typed arrays, and its first alarm."""
+
+    __slots__ = ("alarm", "compact_at", "counts", "head", "head_end", "steps", "total", "values")
+
+    def __init__(self, metric: str, head: int = 0) -> None:
+        self.steps = array("q")
+        self.values = array("d")
+        self.counts = "nonfinite" in metric  # a count of NaN/Inf elements: > 0 is an alarm
+        self.alarm: Optional[tuple[int, float]] = None  # (step, value) of the first alarm
+        self.total = 0  # points ever added (thinned ones included)
+        self.head = head  # the first ``head`` points are always kept
+        self.head_end = -1  # step of the last of them
+        self.compact_at = _SLACK
+
+    def append(self, step: int, value: float) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+        self.total += 1
+        if self.total <= self.head:
+            self.head_end = step
+        if self.alarm is None and (value - value != 0.0 or (self.counts and value > 0.0)):
+            self.alarm = (step, value)
+
+    def thin(self, keep: Retention) -> None:
+        """Drop the points :class:`Retention` no longer keeps (amortised O(1) per point)."""
+        steps, values = self.steps, self.values
+        last, head_end = steps[-1], self.head_end
+        alarm = self.alarm[0] if self.alarm is not None else None
+        stride = keep.stride
+        kept = [i for i, s in enumerate(steps)
+                if s <= head_end or s == alarm or s % stride(last - s) == 0]
+        if len(kept) < len(steps):
+            self.steps = array("q", (steps[i] for i in kept))
+            self.values = array("d", (values[i] for i in kept))
+        self.compact_at = len(self.steps) + max(_SLACK, len(self.steps) // 2)
+
+
+class History:
+    """Per-step values of every metric of every layer, in network order.
+
+    Args:
+        retention: how many points each series keeps (:class:`Retention`); the
+            default keeps the last 1000 at full resolution and up to 1000 older
+            ones thinned geometrically.
+    """
+
+    def __init__(self, retention: Optional[Retention] = None) -> None:
+        if retention is not None and not isinstance(retention, Retention):
+            raise TypeError(f"History(retention={retention!r}): pass a gradscope.Retention")
+        self.retention = retention if retention is not None else DEFAULT_RETENTION
+        self._bounded = self.retention.bounded
         self._layers: dict[str, LayerInfo] = {}
-        self._data: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+        self._data: dict[str, dict[str, _Series]] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
 
     # -- writing -----------------------------------------------------------
@@ -80,35 +207,42 @@ class History:
 
     def add(self, step: int, layer: str, metric: str, value: float) -> None:
         """Record ``value`` for ``(step, layer, metric)``; a repeated step replaces the value."""
-        series = self._data.setdefault(layer, {}).setdefault(metric, ([], []))
-        steps, values = series
+        metrics = self._data.setdefault(layer, {})
+        series = metrics.get(metric)
+        if series is None:
+            series = metrics[metric] = _Series(metric, self.retention.head)
+        steps = series.steps
         if steps and steps[-1] == step:
-            values[-1] = float(value)
+            series.values[-1] = float(value)
+            if series.alarm is not None and series.alarm[0] == step:
+                series.alarm = (step, float(value))
             return
         if steps and steps[-1] > step:
             raise ValueError(
                 f"History.add: step {step} for {layer}/{metric} is older than the last "
                 f"recorded step {steps[-1]}; steps must not go backwards"
             )
-        steps.append(int(step))
-        values.append(float(value))
+        series.append(int(step), float(value))
+        if self._bounded and len(series.steps) >= series.compact_at:
+            series.thin(self.retention)
 
     def extend(self, records: Iterable[tuple[int, str, str, float]]) -> None:
         """:meth:`add` for each ``(step, layer, metric, value)``, in order (the flush's bulk path)."""
-        data = self._data
+        data, bounded, head = self._data, self._bounded, self.retention.head
         for step, layer, metric, value in records:
             metrics = data.get(layer)
             if metrics is None:
                 metrics = data[layer] = {}
             series = metrics.get(metric)
             if series is None:
-                series = metrics[metric] = ([], [])
-            steps, values = series
+                series = metrics[metric] = _Series(metric, head)
+            steps = series.steps
             if steps and steps[-1] >= step:
                 self.add(step, layer, metric, value)  # a repeated step, or an error
                 continue
-            steps.append(step)
-            values.append(float(value))
+            series.append(step, float(value))
+            if bounded and len(steps) >= series.compact_at:
+                series.thin(self.retention)
 
     def add_profile(self, step: int, layer: str, metric: str, positions: Sequence[int],
                     values: Sequence[float]) -> None:
@@ -160,36 +294,56 @@ class History:
             return list(self._data.get(layer, {}))
         return sorted({m for d in self._data.values() for m in d})
 
-    def series(self, layer: str, metric: str) -> tuple[list[int], list[float]]:
-        """``(steps, values)`` of one metric of one layer (copies)."""
+    def _series(self, layer: str, metric: str) -> _Series:
         try:
-            steps, values = self._data[layer][metric]
+            return self._data[layer][metric]
         except KeyError:
             raise KeyError(
                 f"no series {metric!r} for layer {layer!r}; "
                 f"its metrics: {self.metrics(layer) if layer in self._data else 'unknown layer'}"
             ) from None
-        return list(steps), list(values)
+
+    def series(self, layer: str, metric: str) -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of one metric of one layer (copies of the points kept)."""
+        s = self._series(layer, metric)
+        return s.steps.tolist(), s.values.tolist()
+
+    def since(self, layer: str, metric: str, step: int) -> tuple[Sequence[int], Sequence[float]]:
+        """``(steps, values)`` of the points after ``step`` (what a rule has not seen yet).
+
+        Costs the number of points returned (a binary search finds the first), so
+        reading what is new at each flush does not grow with the run.
+        """
+        s = self._series(layer, metric)
+        i = bisect.bisect_right(s.steps, step)
+        return s.steps[i:], s.values[i:]
+
+    def alarm(self, layer: str, metric: str) -> Optional[tuple[int, float]]:
+        """``(step, value)`` of the first NaN/±Inf value (or positive non-finite count), or ``None``.
+
+        Kept for the whole run, whatever was thinned.
+        """
+        return self._series(layer, metric).alarm
 
     def value(self, layer: str, metric: str, step: Optional[int] = None) -> float:
         """The value at ``step`` (the last recorded one when ``None``)."""
-        steps, values = self.series(layer, metric)
-        if not steps:
+        s = self._series(layer, metric)
+        if not s.steps:
             raise KeyError(f"{layer}/{metric} has no values yet")
         if step is None:
-            return values[-1]
-        try:
-            return values[steps.index(step)]
-        except ValueError:
-            raise KeyError(f"{layer}/{metric} has no value at step {step}") from None
+            return s.values[-1]
+        i = bisect.bisect_left(s.steps, step)
+        if i == len(s.steps) or s.steps[i] != step:
+            raise KeyError(f"{layer}/{metric} has no value at step {step}")
+        return s.values[i]
 
     def last(self, metric: str, kind: Optional[str] = None) -> dict[str, float]:
         """``{layer: last value}`` of ``metric`` over layers that have it, in network order."""
         out = {}
         for name in self.layers(kind):
             s = self._data.get(name, {}).get(metric)
-            if s and s[0]:
-                out[name] = s[1][-1]
+            if s is not None and s.steps:
+                out[name] = s.values[-1]
         return out
 
     def at(self, step: int, metric: str, kind: Optional[str] = None) -> dict[str, float]:
@@ -197,21 +351,38 @@ class History:
         out = {}
         for name in self.layers(kind):
             s = self._data.get(name, {}).get(metric)
-            if s and step in s[0]:
-                out[name] = s[1][s[0].index(step)]
+            if s is None:
+                continue
+            i = bisect.bisect_left(s.steps, step)
+            if i < len(s.steps) and s.steps[i] == step:
+                out[name] = s.values[i]
         return out
 
     def steps(self) -> list[int]:
-        """Every step with at least one value, ascending."""
-        return sorted({s for d in self._data.values() for st, _ in d.values() for s in st})
+        """Every step with at least one value kept, ascending."""
+        return sorted({s for d in self._data.values() for series in d.values()
+                       for s in series.steps})
+
+    def span(self) -> Optional[tuple[int, int]]:
+        """``(first, last)`` step recorded, or ``None`` when empty; costs the number of series."""
+        ends = [(s.steps[0], s.steps[-1]) for d in self._data.values() for s in d.values()
+                if s.steps]
+        if not ends:
+            return None
+        return min(a for a, _ in ends), max(b for _, b in ends)
+
+    def recorded(self) -> int:
+        """Values recorded over the whole run, thinned ones included."""
+        return sum(s.total for d in self._data.values() for s in d.values())
 
     def __len__(self) -> int:
-        return sum(len(st) for d in self._data.values() for st, _ in d.values())
+        """Values kept."""
+        return sum(len(s.steps) for d in self._data.values() for s in d.values())
 
     def __repr__(self) -> str:
-        steps = self.steps()
-        span = f"steps {steps[0]}..{steps[-1]}" if steps else "empty"
-        return f"History({len(self._layers)} layers, {len(self)} values, {span})"
+        span = self.span()
+        where = f"steps {span[0]}..{span[1]}" if span else "empty"
+        return f"History({len(self._layers)} layers, {len(self)} values, {where})"
 
     # -- persistence -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -220,7 +391,8 @@ class History:
             "version": 1,
             "layers": [_info_to_dict(self._layers[n]) for n in self.layers() if n in self._layers],
             "data": {
-                layer: {m: [st, [encode_value(v) for v in vs]] for m, (st, vs) in d.items()}
+                layer: {m: [s.steps.tolist(), [encode_value(v) for v in s.values]]
+                        for m, s in d.items()}
                 for layer, d in self._data.items()
             },
         }
@@ -233,17 +405,18 @@ class History:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict`."""
-        h = cls()
+    def from_dict(cls, d: dict[str, Any], retention: Optional[Retention] = None) -> History:
+        """Inverse of :meth:`to_dict` (every saved point is kept; later ones follow ``retention``)."""
+        h = cls(retention)
         for info in d.get("layers", []):
             if info.get("shape") is not None:
                 info = {**info, "shape": tuple(info["shape"])}
             h.add_layer(LayerInfo(**info))
         for layer, metrics in d.get("data", {}).items():
             for metric, (steps, values) in metrics.items():
-                h._data.setdefault(layer, {})[metric] = (list(steps),
-                                                         [decode_value(v) for v in values])
+                s = h._data.setdefault(layer, {})[metric] = _Series(metric, h.retention.head)
+                for step, v in zip(steps, values):
+                    s.append(int(step), decode_value(v))
         for p in d.get("profiles", []):
             prof = h._profiles[(p["layer"], p["metric"])] = _Profile(stride=int(p.get("stride", 1)))
             prof.steps = [int(s) for s in p["steps"]]

@@ -17,6 +17,12 @@ What is a step:
 * without, one training forward of the model (and its backward). Parameter
   gradients are read when that backward finishes.
 
+Only the training thread's forwards and optimizer steps count (the thread that
+called ``watch()`` or ``attach()``; see :mod:`gradscope.capture.base`). A model is
+watched by one attached monitor at a time. The model's hooks hold the monitor
+weakly: a monitor dropped without :meth:`Monitor.close` is closed when it is
+garbage-collected (its queue flushed, its hooks removed), with a warning.
+
 Example:
     >>> import torch, torch.nn as nn, gradscope
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
@@ -34,6 +40,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+import warnings
 import weakref
 from collections.abc import Iterable
 from typing import Any, Optional
@@ -55,12 +63,15 @@ from gradscope.capture import (
 )
 from gradscope.capture.base import unwrap
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
-from gradscope.history import History
-from gradscope.options import Options
+from gradscope.history import History, Retention
+from gradscope.options import Options, check_model
 from gradscope.queue import Queue
 from gradscope.writers.base import Record, Sink, SinkFanout
 
 __all__ = ["Monitor"]
+
+#: The attached monitor of each watched model (both held weakly).
+_WATCHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
 
 
 class Monitor:
@@ -103,14 +114,15 @@ class Monitor:
             options = Options.build(**flat)
         elif flat:
             raise TypeError(f"Monitor(): pass options=... or flat keywords, not both ({sorted(flat)})")
+        check_model(options, model, optimizer)
         self.options = options
-        self.history = History()
+        self.history = History(options.retention or Retention(recent=None))
         self._model_ref = weakref.ref(model)
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._handles: list[RemovableHandle] = []
         self._closed = False
         self._step_has_forward = False
-        self._last_flush_step = 0
+        self._last_flush_step = options.start_step
         self._bw_queued = False
 
         self._sinks, self.writer = _make_sinks(options)
@@ -118,7 +130,8 @@ class Monitor:
         self._queue = Queue()
         self._ctx = Context(options, self._queue, self.history, self._handles.append,
                             histograms_on=self._sinks.wants("write_histograms"))
-        self._ctx.state.sampled = bool(options.schedule(0))
+        self._ctx.state.step = options.start_step
+        self._ctx.state.sampled = self._ctx.sample(options.start_step)
         self._recorder = ActivationRecorder(self._ctx)
         self._coverage = CoverageTracker(self._ctx, self._recorder)
         forward = Forward(self._ctx)
@@ -162,12 +175,21 @@ class Monitor:
         model = self._model_ref()
         if model is None:
             raise RuntimeError("the watched model no longer exists")
+        ref = _WATCHED.get(model)
+        other = ref() if ref is not None else None
+        if other is not None and other is not self and other.attached:
+            raise RuntimeError(
+                f"this {type(model).__name__} is already watched by an attached {other!r}; two "
+                "monitors would hook it twice and record every step twice. Close that one "
+                "first (mon.close()), or give the one monitor several sinks=[...]")
         try:
             self._register(model)
         except BaseException:
             self._remove_handles()
             raise
+        self._ctx.state.thread = threading.get_ident()
         self._ctx.state.attached = True
+        _WATCHED[model] = weakref.ref(self)
         return self
 
     def detach(self) -> None:
@@ -182,6 +204,9 @@ class Monitor:
             self._remove_handles()
             self._ctx.state.attached = False
             self._functional.clear()
+            model = self._model_ref()
+            if model is not None and _WATCHED.get(model, lambda: None)() is self:
+                del _WATCHED[model]
             self._modules.clear()
             self._recurrent.clear()
             self._recorder.clear()
@@ -200,6 +225,20 @@ class Monitor:
 
     def __enter__(self) -> Monitor:
         return self.attach()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not hasattr(self, "_params"):  # closed, or half-made
+            return
+        if self.attached:
+            warnings.warn(
+                f"gradscope: {self!r} was garbage-collected without close(): it was closed "
+                "now (what it had queued was flushed to its sinks, its hooks removed). Keep "
+                "it (mon = gradscope.watch(...)) and call mon.close(), or use `with "
+                "gradscope.watch(...) as mon:`", RuntimeWarning, stacklevel=2)
+        try:
+            self.close()
+        except Exception:  # nothing may be raised from a finaliser
+            pass
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -258,8 +297,8 @@ class Monitor:
     # -------------------------------------------------------------- hooks
     def _register(self, model: nn.Module) -> None:
         hook = self._handles.append
-        hook(model.register_forward_pre_hook(self._root_pre_hook))
-        hook(model.register_forward_hook(self._root_hook))
+        hook(model.register_forward_pre_hook(_weak(self._root_pre_hook)))
+        hook(model.register_forward_hook(_weak(self._root_hook)))
         model = unwrap(model)  # torch.compile(model): hook and name the compiled module's parts
         if self.options.activations:
             self._modules.register(model)
@@ -270,8 +309,8 @@ class Monitor:
             self._params.register(model)
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
         if opt is not None:
-            hook(opt.register_step_pre_hook(self._opt_pre_hook))
-            hook(opt.register_step_post_hook(self._opt_post_hook))
+            hook(opt.register_step_pre_hook(_weak(self._opt_pre_hook)))
+            hook(opt.register_step_post_hook(_weak(self._opt_post_hook)))
 
     def _remove_handles(self) -> None:
         handles = list(self._handles)
@@ -280,21 +319,26 @@ class Monitor:
             h.remove()
 
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
-        if self._ctx.traced():
+        if self._ctx.traced() or not self._ctx.on_training_thread():
             return
         counted = module.training or self.options.record_eval
         if self._optimizer_ref is None and counted:
             if self._step_has_forward:
                 self._end_step()
             self._step_has_forward = True
+        self._modules.start_forward()
         self._recurrent.start_forward()
-        self._ctx.state.recording = counted and self._ctx.state.sampled
+        state = self._ctx.state
+        state.recording = counted and state.sampled
+        state.checking = counted and not state.sampled and self.options.check_nonfinite
 
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._ctx.traced():
             return
         state = self._ctx.state
         if not (state.recording and self.options.gradients and self._optimizer_ref is None):
+            return
+        if threading.get_ident() != state.thread:
             return
         if not torch.is_grad_enabled():
             return
@@ -316,10 +360,12 @@ class Monitor:
             self._params.read(step)  # accumulated gradients: the last backward of the step wins
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._ctx.state.sampled and self.options.gradients:
+        if self._ctx.state.sampled and self.options.gradients and self._ctx.on_training_thread():
             self._params.read(self.step, snapshot=self.record_update_ratio)
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._ctx.on_training_thread():
+            return
         self._params.updates(self.step)
         self._end_step()
 
@@ -332,8 +378,8 @@ class Monitor:
         self._queue.end_step()
         self._params.commit()
         state.step += 1
-        state.sampled = bool(self.options.schedule(state.step))
-        state.recording = False
+        state.sampled = self._ctx.sample(state.step)
+        state.recording = state.checking = False
         self._step_has_forward = False
         if state.step - self._last_flush_step >= self.options.flush_every:
             self.flush()
@@ -346,7 +392,7 @@ def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     if options.logdir is not None:
         from gradscope.writers import TensorBoardWriter
 
-        tb = TensorBoardWriter(options.logdir)  # raises here on a bad logdir
+        tb = TensorBoardWriter(options.logdir, resume=options.resume)  # raises on a bad logdir
         sinks.append(tb)
         writer: Optional[Any] = tb
     else:
@@ -359,6 +405,19 @@ def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
         fanout.sinks.insert(0, FindingsSink(thresholds, downstream=fanout,
                                             summary=options.summary, where=where))
     return fanout, writer
+
+
+def _weak(method: Any) -> Any:
+    """A hook calling ``method`` while its object lives: the model must not keep the monitor alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        if torch.compiler.is_compiling():  # traced by torch.compile: stay out of the graph
+            return None  # (a WeakMethod call would break it; see Context.traced)
+        m = ref()
+        return m(*args) if m is not None else None
+
+    return call
 
 
 def _tensors(obj: Any) -> Iterable[Tensor]:

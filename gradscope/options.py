@@ -3,8 +3,9 @@
 * sampling: ``every``, ``flush_every``;
 * definitions (:class:`Definitions`): ``eps``, ``delta``, ``dead_window``, ``unit_dim``;
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
-  ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``;
-* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``;
+  ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
+  ``check_nonfinite``, ``retention``, ``start_step``;
+* outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
 * how: ``fused`` (compiled statistics kernels).
 
 Every error names the argument, shows the value and says the fix.
@@ -30,10 +31,11 @@ from typing import Any, Callable, Optional, Union
 from torch import nn
 
 from gradscope.findings import Thresholds
+from gradscope.history import DEFAULT_RETENTION, Retention
 from gradscope.schedules import Schedule, as_schedule
 from gradscope.writers.base import Sink, as_sink
 
-__all__ = ["Definitions", "Include", "Options"]
+__all__ = ["Definitions", "Include", "Options", "check_model"]
 
 Include = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 
@@ -105,8 +107,12 @@ class Options:
     include: Include = None
     histogram_every: Union[int, Schedule, None] = 500
     histogram_bins: int = 64
+    check_nonfinite: bool = True
+    retention: Optional[Retention] = DEFAULT_RETENTION
+    start_step: int = 0
     sinks: tuple[Sink, ...] = ()
     logdir: Union[str, os.PathLike, None] = None
+    resume: bool = False
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
@@ -123,7 +129,7 @@ class Options:
             raise TypeError(f"watch(definitions={self.definitions!r}): pass "
                             "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "summary", "strict"):
+                     "check_nonfinite", "resume", "summary", "strict"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"watch({name}={value!r}): pass True or False")
@@ -140,6 +146,16 @@ class Options:
                              "where compiling fails)")
         if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
+        if self.logdir is not None and not os.fspath(self.logdir).strip():
+            raise ValueError(f"watch(logdir={self.logdir!r}): an empty path would write into the "
+                             "current directory; pass a run directory such as 'runs/exp1'")
+        if self.resume and self.logdir is None:
+            raise ValueError("watch(resume=True) continues the TensorBoard run in logdir=...; "
+                             "pass logdir too")
+        if self.retention is not None and not isinstance(self.retention, Retention):
+            raise TypeError(f"watch(retention={self.retention!r}): pass gradscope.Retention("
+                            "recent=..., per_octave=...), or None to keep every point")
+        _check_int("start_step", self.start_step, 0)
 
     @property
     def thresholds(self) -> Optional[Thresholds]:
@@ -183,6 +199,36 @@ class Options:
     def with_definitions(self, **changes: Any) -> Options:
         """A copy with some definitions changed."""
         return replace(self, definitions=replace(self.definitions, **changes))
+
+
+def check_model(options: Options, model: nn.Module, optimizer: Any) -> None:
+    """Options that only make sense with this model: ``include`` and ``optimizer``.
+
+    Raises:
+        ValueError: ``include`` selects no activation and no parameterised module,
+            or ``optimizer`` holds none of the model's trainable parameters.
+    """
+    from gradscope.activations import family_of
+
+    if options.include is not None:
+        chosen = [n for n, m in model.named_modules() if n and options.include_fn(n, m)
+                  and (family_of(m) is not None or any(True for _ in m.parameters(recurse=False)))]
+        if not chosen:
+            names = [n for n, _ in model.named_modules() if n]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise ValueError(
+                f"watch(include={options.include!r}) selects no activation or parameterised "
+                f"module of this model, so nothing would be recorded; its modules are: "
+                f"{shown or '(none)'}. Pass fnmatch patterns of these names (e.g. 'encoder.*')")
+    if optimizer is not None:
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if trainable and not any(id(p) in held for p in trainable):
+            raise ValueError(
+                f"watch(optimizer=...): the {type(optimizer).__name__} holds none of the model's "
+                f"{len(trainable)} trainable parameters, so its step() would not train this "
+                "model; pass the optimizer made from this model's parameters, or none (a step "
+                "is then one forward and its backward)")
 
 
 def _make_filter(include: Include) -> Callable[[str, nn.Module], bool]:

@@ -156,7 +156,8 @@ def _ssq(c: ActivationCall) -> Part:
     n = c.numel
     if stats.host_readable(total):
         t, ss = total.item(), stats.sum_squares(c.y).item()  # ok-sync: CPU only
-        mean, var = t / n, ss / n - (t / n) ** 2
+        mean = t / n
+        var = ss / n - mean * mean  # a float product overflows to inf (``**`` would raise)
         if math.isfinite(t) and math.isfinite(ss) and var > 0 \
                 and mean * mean <= ONE_PASS_CONDITION * var:
             return var * n

@@ -1,20 +1,23 @@
 """``gradscope report LOGDIR``: per-layer tables and findings from TensorBoard runs.
 
-Reads every run under ``LOGDIR`` (a directory holding ``events.out.tfevents.*``
-files) with TensorBoard's own ``EventAccumulator``, keeps the runs that contain
-gradscope tags (``<metric>/<layer>``, ``param/<metric>/<name>``), rebuilds their
-:class:`gradscope.History` and prints, per run, a table of activation call-sites,
-one of parameterised layers and one of recurrent layers (when there are any) at the last step (or the one given by
-``--step``), then the findings of :mod:`gradscope.findings`. With several runs,
-a ranked table comes first: one row per run, worst first (most error findings,
-then warnings, then infos), with the run-level health values
-(:mod:`gradscope.runlevel`) and the rules that fired; the per-run detail
-follows in that order. Up to :data:`SIDE_BY_SIDE` runs, comparison tables then
-put the runs side by side, one per key metric.
+``LOGDIR`` is a run directory, a directory of runs, or one event file. A run is
+recognised by the marker every gradscope writer puts first in its event file
+(the ``gradscope/run`` text, :mod:`gradscope.events`), never by the shape of its
+tags, which other tools share; event files of earlier versions are read when they
+carry gradscope's layer index (``gradscope/layers``), one run per file. Files of
+two runs in one directory are reported as two runs (``dir#<run id>``), never
+merged. Each file is read record by record with its checksums checked: a file
+cut short or corrupt gives a warning on stderr saying how much was read, and what
+was read is reported; nothing in the input makes the command fail with a traceback.
 
-Runs written by earlier versions work as long as the tags are ours: the layer
-index (``gradscope/layers`` text) gives kinds and network order when present;
-without it, kinds come from the metric names and order from the layer names.
+Per run it prints a table of activation call-sites, one of parameterised layers
+and one of recurrent layers (when there are any) at the last step (or the one
+given by ``--step``), then the findings of :mod:`gradscope.findings`. With
+several runs, a ranked table comes first: one row per run, worst first (most
+error findings, then warnings, then infos), with the run-level health values
+(:mod:`gradscope.runlevel`) and the rules that fired; the per-run detail follows
+in that order. Up to :data:`SIDE_BY_SIDE` runs, comparison tables then put the
+runs side by side, one per key metric.
 
 Exit codes: 0 on success, 2 when ``LOGDIR`` does not exist or holds no gradscope run.
 
@@ -33,15 +36,16 @@ import json
 import math
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from gradscope import metrics
-from gradscope.findings import SEVERITIES, Finding, analyze
-from gradscope.history import History, LayerInfo, encode_value
+from gradscope.findings import SEVERITIES
+from gradscope.history import History, encode_value
+from gradscope.runs import RunFiles, RunReport, find_runs, load_run
 
-__all__ = ["RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
+__all__ = ["RunFiles", "RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
            "run_health"]
 
 #: Table columns per series kind, from the metric specs: ``(header, candidate metrics)``
@@ -61,24 +65,11 @@ SIDE_BY_SIDE = 6
 WIDTH = 120
 _SHORT_SEVERITY = {"error": "err", "warning": "warn"}
 
-_SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1,
-                  "compressedHistograms": 1, "audio": 1}
-
-
-@dataclass
-class RunReport:
-    """One run read back: its name, history (up to ``step``) and findings."""
-
-    name: str
-    path: Path
-    history: History
-    step: int
-    findings: list[Finding]
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope report``."""
-    parser.add_argument("logdir", help="a TensorBoard run directory, or a directory of runs")
+    parser.add_argument("logdir", help="a TensorBoard run directory, a directory of runs, or "
+                                       "one event file")
     parser.add_argument("--step", type=int, default=None,
                         help="report the values at this step (the latest recorded at or "
                              "before it) instead of the last step")
@@ -106,96 +97,15 @@ def report(logdir: Path, *, step: Optional[int] = None, fmt: str = "text",
     if step is not None and step < 0:
         print(f"gradscope report: --step {step} must be >= 0", file=err)
         return 2
-    runs = [r for r in (load_run(p, logdir, step) for p in find_runs(logdir)) if r is not None]
+    runs = [r for r in (load_run(f, step, err) for f in find_runs(logdir, err)) if r is not None]
     if not runs:
         print(f"gradscope report: no gradscope runs under {str(logdir)!r} (no TensorBoard event "
-              "files with gradscope tags such as 'grad_norm/<layer>'); write one with "
-              "gradscope.watch(model, logdir=...)", file=err)
+              "file starting with gradscope's 'gradscope/run' marker, or an earlier version's "
+              "'gradscope/layers' index); write one with gradscope.watch(model, logdir=...)",
+              file=err)
         return 2
     out.write(render(runs, fmt))
     return 0
-
-
-def find_runs(logdir: Path) -> list[Path]:
-    """Directories under ``logdir`` (itself included) that hold event files, sorted."""
-    if logdir.is_file():
-        return [logdir.parent] if ".tfevents." in logdir.name else []
-    dirs = {p.parent for p in logdir.rglob("*.tfevents.*") if p.is_file()}
-    return sorted(dirs)
-
-
-def load_run(path: Path, root: Path, step: Optional[int] = None) -> Optional[RunReport]:
-    """Read one run directory; ``None`` when it has no gradscope tags."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(path), size_guidance=_SIZE_GUIDANCE)
-    try:
-        ea.Reload()
-    except Exception:  # a corrupt or foreign file is not one of our runs
-        return None
-    tags = ea.Tags()
-    infos: list[LayerInfo] = []
-    if "gradscope/layers/text_summary" in tags.get("tensors", []):
-        from gradscope.writers.layout import parse_layers_text
-
-        events = ea.Tensors("gradscope/layers/text_summary")
-        infos = parse_layers_text(events[-1].tensor_proto.string_val[0].decode("utf-8"))
-    known = {i.name: i for i in infos}
-    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    kinds: dict[str, str] = {}
-    for tag in tags.get("scalars", []):
-        parsed = _parse_tag(tag, known)
-        if parsed is None:
-            continue
-        layer, metric, kind = parsed
-        kinds.setdefault(layer, kind)
-        series[(layer, metric)] = [(e.step, e.value) for e in ea.Scalars(tag)
-                                   if step is None or e.step <= step]
-    if not series:
-        return None
-    h = History()
-    for info in infos:
-        h.add_layer(info)
-    by_kind: dict[str, list[str]] = {}
-    for layer in sorted(kinds, key=_natural):
-        if layer not in known:
-            by_kind.setdefault(kinds[layer], []).append(layer)
-    for kind, names in by_kind.items():
-        base = sum(1 for i in infos if i.kind == kind)
-        for j, name in enumerate(names):
-            h.add_layer(LayerInfo(name, kind=kind, order=base + j, type="?"))
-    for (layer, metric), points in series.items():
-        last = None
-        for s, v in sorted(points):
-            if s != last:
-                h.add(s, layer, metric, v)
-                last = s
-    steps = h.steps()
-    name = "." if path == root else str(path.relative_to(root))
-    at = steps[-1] if steps else (step or 0)
-    return RunReport(name, path, h, at, analyze(h))
-
-
-def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str, str]]:
-    """``(layer, metric, kind)`` of one of our scalar tags, ``None`` for any other tag."""
-    if tag.startswith("param/"):
-        metric, _, name = tag[len("param/"):].partition("/")
-        if name and (metrics.series_kind(metric) == "layer" or name in known):
-            return name, metric, "parameter"
-        return None
-    metric, _, layer = tag.partition("/")
-    if not layer:
-        return None
-    if layer in known and known[layer].kind != "parameter":
-        return layer, metric, known[layer].kind
-    kind = metrics.series_kind(metric)
-    return (layer, metric, kind) if kind in ("activation", "layer") else None
-
-
-def _natural(name: str) -> list[Any]:
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 # ------------------------------------------------------------------ tables
@@ -327,8 +237,8 @@ def render(runs: list[RunReport], fmt: str) -> str:
         parts.append(_ranked(runs, md))
         parts.append("")
     for r in runs:
-        steps = r.history.steps()
-        span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
+        ends = r.history.span()
+        span = f"steps {ends[0]}..{ends[1]}" if ends else "no steps"
         parts.append(f"## run `{r.name}` at step {r.step} ({span})" if md
                      else f"== run {r.name} at step {r.step} ({span}, {r.path})")
         for kind, title in (("activation", "activation call-sites"),

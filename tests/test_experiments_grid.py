@@ -296,3 +296,54 @@ def test_findings_are_grouped_by_rule():
 
     assert train_mod._findings(Mon()) == ["saturation (act1, act2)", "nonfinite"]
     assert train_mod._findings(object()) == []  # a gradscope without findings
+
+
+def test_every_bad_grid_value_is_listed_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("gradscope.experiments.data.load_mnist",
+                        lambda *a, **k: pytest.fail("loaded data for an invalid grid"))
+    rc = cli.main(["compare", "--activations", "swish", "--width", "-3", "--lr", "0",
+                   "--optimizer", "lion", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    for bad in ("activation='swish'", "width=-3", "lr=0", "optimizer='lion'"):
+        assert bad in err, (bad, err)
+
+
+def test_results_dir_that_is_a_file_fails_before_loading_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("gradscope.experiments.data.load_mnist",
+                        lambda *a, **k: pytest.fail("loaded data before checking --results-dir"))
+    f = tmp_path / "results.txt"
+    f.write_text("not a directory")
+    for cmd in (["compare", "--quick"], ["preset", "he2015", "--quick"]):
+        assert cli.main([*cmd, "--results-dir", str(f)]) == 2
+        assert "is a file; pass a directory" in capsys.readouterr().err
+
+
+def test_a_data_error_reaches_the_cli_user_as_a_message(tmp_path, monkeypatch, capsys):
+    from gradscope.experiments import data
+
+    def broken(*a, **k):
+        raise data.DataError("could not obtain verified MNIST in /x: no network")
+
+    monkeypatch.setattr(data, "load_mnist", broken)
+    rc = cli.main(["compare", "--quick", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "gradscope compare: could not obtain verified MNIST" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(activation="sigmoid", init="small_normal", batchnorm=False),
+     {"vanishing_gradients (fc1)", "update_ratio_low (fc1)"}),
+    (dict(activation="sigmoid", init="small_normal", batchnorm=True), set()),
+    (dict(activation="relu", init="he", batchnorm=False), set()),
+], ids=["ioffe-no-bn", "ioffe-bn", "relu-he"])
+def test_ioffe_setting_gets_a_finding_and_healthy_nets_none(kw, expected):
+    """3x100 sigmoid, N(0, 0.1^2), no BatchNorm: the back-propagated gradient vanishes
+    towards the input, and the findings say so; with BatchNorm, or ReLU + He, nothing fires."""
+    from gradscope.experiments.data import synthetic_dataset
+
+    data = synthetic_dataset(n_train=1024, n_test=256, features=784)
+    cfg = RunConfig(depth=3, width=100, lr=0.1, batch_size=60, steps=60, eval_every=60,
+                    monitor_every=2, **kw)
+    assert set(train_run(cfg, data, progress=False).findings) == expected

@@ -10,7 +10,8 @@ import gradscope
 
 PUBLIC = {
     "gradscope": {
-        "ActivationFamily", "Coverage", "Definitions", "Finding", "History", "LayerInfo", "Monitor", "Record",
+        "ActivationFamily", "Coverage", "Definitions", "Finding", "History", "LayerInfo", "Monitor",
+        "Record", "Retention",
         "Sink", "Thresholds", "__version__", "every", "family_of", "log_schedule",
         "register_family", "watch"},
     "gradscope.writers": {"MemoryWriter", "Record", "Sink", "TensorBoardWriter", "scalar_tag"},

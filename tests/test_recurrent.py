@@ -359,7 +359,8 @@ def test_tensorboard_and_report_show_recurrent_layers(tmp_path: Any) -> None:
             opt.zero_grad()
             model(torch.randn(B, 30, F)).square().sum().backward()
             opt.step()
-    run = report.load_run(tmp_path, tmp_path)
+    (found,) = report.find_runs(tmp_path)
+    run = report.load_run(found)
     assert run is not None
     assert run.history.value("rnn.l0", "grad_h_ratio") == pytest.approx(
         mon.history.value("rnn.l0", "grad_h_ratio"), rel=1e-6)

@@ -123,8 +123,15 @@ def test_markdown_report_and_step(runs: tuple[Path, dict[str, gradscope.Monitor]
     assert "runs side by side" not in out
 
 
-def test_old_runs_without_layer_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_old_runs_with_a_layer_index_but_no_marker(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Files of earlier versions (a layer index, no run marker) are still read."""
+    from gradscope.history import LayerInfo
+    from gradscope.writers.layout import LAYERS_TAG, layers_text
+
     with SummaryWriter(str(tmp_path / "old")) as w:
+        w.add_text(LAYERS_TAG, layers_text([LayerInfo("relu1", kind="activation", order=0,
+                                                       type="ReLU", family="relu")]), 0)
         for step in range(4):
             w.add_scalar("grad_norm/fc1", 1e-7, step)
             w.add_scalar("grad_norm/fc2", 1.0, step)
@@ -163,3 +170,100 @@ def test_negative_step_exit_2(runs: tuple[Path, dict[str, gradscope.Monitor]]) -
     err = io.StringIO()
     assert report(runs[0], step=-1, out=io.StringIO(), err=err) == 2
     assert "--step -1" in err.getvalue()
+
+
+# ------------------------------------------------------------ robustness
+def _ours(logdir: Path, steps: int = 6, value: float = 0.5) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with gradscope.watch(model, logdir=logdir, flush_every=2, summary=False,
+                         histogram_every=None):
+        for _ in range(steps):
+            model(torch.randn(4, 4)).sum().backward()
+
+
+def _event_file(d: Path) -> Path:
+    (path,) = sorted(d.glob("*tfevents*"))
+    return path
+
+
+def test_an_event_file_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _ours(tmp_path / "a")
+    code, out, err = _report(capsys, _event_file(tmp_path / "a"), "--format", "json")
+    assert code == 0 and err == ""
+    (r,) = json.loads(out)["runs"]
+    assert r["step"] == 5 and [la["name"] for la in r["layers"]] == ["0", "2"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "garbage"])
+def test_damaged_files_warn_with_how_much_was_read(tmp_path: Path, damage: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A cut-short or corrupt file is read up to the damage, said on stderr; never a traceback."""
+    _ours(tmp_path, steps=10)
+    path = _event_file(tmp_path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 3])
+    elif damage == "corrupt":
+        cut = len(data) // 3
+        path.write_bytes(data[:cut] + bytes(b ^ 0xFF for b in data[cut:cut + 8]) + data[cut + 8:])
+    else:
+        path.write_bytes(data + b"\x00\x01garbage")
+    code, out, err = _report(capsys, tmp_path, "--format", "json")
+    assert code == 0
+    assert f"warning: {path}:" in err and "the rest is ignored" in err
+    assert ("truncated" in err) if damage != "corrupt" else ("checksum mismatch" in err)
+    assert f"of {path.stat().st_size:,} bytes" in err
+    (r,) = json.loads(out)["runs"]
+    if damage == "garbage":
+        assert r["step"] == 9  # everything before the garbage
+    else:
+        assert 0 < r["step"] < 9
+
+
+def test_not_an_event_file_and_a_foreign_run_exit_2(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Another tool's tags that look like ours are not taken for a gradscope run."""
+    with SummaryWriter(str(tmp_path / "rl")) as w:
+        for step in range(3):
+            w.add_scalar("std/returns", 1.0, step)
+            w.add_scalar("mean/returns", 1.0, step)
+            w.add_scalar("grad_norm/total", 1.0, step)
+    code, out, err = _report(capsys, tmp_path)
+    assert code == 2 and "no gradscope runs" in err and out == ""
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello")
+    code, out, err = _report(capsys, junk)
+    assert code == 2 and "no gradscope runs" in err and "Traceback" not in err
+
+
+def test_two_runs_in_one_directory_are_never_merged(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs in one directory (watch() refuses that; another writer may not) are two runs."""
+    from gradscope.events import RUN_TAG, marker_text
+
+    for run_id, value in (("run1", 1.0), ("run2", 2.0)):
+        with SummaryWriter(str(tmp_path), filename_suffix=run_id) as w:
+            w.add_text(RUN_TAG, marker_text(run_id), 0)
+            for step in range(3):
+                w.add_scalar("grad_norm/fc1", value, step)
+    code, out, _ = _report(capsys, tmp_path, "--format", "json")
+    assert code == 0
+    runs = {r["name"]: r for r in json.loads(out)["runs"]}
+    assert set(runs) == {".#run1", ".#run2"}
+    assert {name: [la["metrics"]["grad_norm"] for la in r["layers"]]
+            for name, r in runs.items()} == {".#run1": [1.0], ".#run2": [2.0]}
+
+
+def test_watch_refuses_a_logdir_holding_a_run_and_resumes_on_purpose(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _ours(tmp_path, steps=4)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match=r"already holds a gradscope run.*resume=True"):
+        gradscope.watch(model, logdir=tmp_path)
+    with gradscope.watch(model, logdir=tmp_path, resume=True, start_step=4, flush_every=2,
+                         summary=False, histogram_every=None):
+        for _ in range(4):
+            model(torch.randn(4, 4)).sum().backward()
+    code, out, _ = _report(capsys, tmp_path, "--format", "json")
+    (r,) = json.loads(out)["runs"]  # one run, continued
+    assert code == 0 and r["name"] == "." and r["step"] == 7

@@ -224,7 +224,9 @@ def test_write_errors_warn_once_and_training_goes_on(tmp_path: Path) -> None:
             opt.step()
         mon.close()
     msgs = [str(w.message) for w in caught if "writing TensorBoard events" in str(w.message)]
-    assert len(msgs) == 1 and "No space left" in msgs[0]
+    # the error once, and at close how much could not be written (never "works again")
+    assert len(msgs) == 2 and all("No space left" in m for m in msgs), msgs
+    assert "failed during this run" in msgs[1] and "scalar values (steps 0..3)" in msgs[1]
     assert mon.history.steps() == [0, 1, 2, 3]
 
 
@@ -290,3 +292,41 @@ def test_cpu_histogram_shortcut_bins_like_the_device_path(
     general = histogram_vector(x, 16)
     assert torch.equal(fast[5:], general[5:])  # identical bin counts
     torch.testing.assert_close(fast[:5], general[:5], rtol=1e-5, atol=1e-6)
+
+
+def test_a_dead_tensorboard_writer_thread_is_replaced_and_losses_counted(tmp_path: Path) -> None:
+    """A full disk kills TensorBoard's own writer thread (every later write raises): the
+    writer opens a new event file of the same run, and says what was lost."""
+    from gradscope.events import runs_in
+    from gradscope.writers import TensorBoardWriter
+
+    writer = TensorBoardWriter(tmp_path, images=False, background=False)
+    record_writer = writer.summary_writer._get_file_writer().event_writer._async_writer._writer
+    real, state = record_writer.write, {"fail": False}
+
+    def write(data: bytes) -> None:
+        if state["fail"]:
+            raise OSError(28, "No space left on device")
+        real(data)
+
+    record_writer.write = write
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, optimizer=opt, sinks=[writer], flush_every=1,
+                             summary=False, histogram_every=None):
+            for step in range(6):
+                state["fail"] = step in (1, 2)
+                opt.zero_grad()
+                model(torch.randn(4, 6)).sum().backward()
+                opt.step()
+    said = [str(w.message) for w in caught if "No space left" in str(w.message)]
+    assert any("works again" in m for m in said) and "failed during this run" in said[-1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    steps = sorted({e.step for e in ea.Scalars(ea.Tags()["scalars"][0])})
+    assert steps[-3:] == [3, 4, 5]  # written again after the disk was freed
+    assert len(runs_in(tmp_path)) == 1  # the new event file belongs to the same run

@@ -16,21 +16,34 @@ output to :meth:`ActivationRecorder.record`, which
 * keeps the units that were on, for the unit window (``dead_units_window``),
   updated at the step's end by :meth:`ActivationRecorder.end_step`;
 * on histogram steps, queues histograms of the output and of its gradient.
+
+On unsampled steps :meth:`ActivationRecorder.check` does only the every-step
+NaN/Inf check: one pass over the output (:func:`gradscope.stats.finite_probe`,
+its min and max) and one over the gradient flowing back into it. On the CPU the
+result is read at once (free) and only a non-finite one is queued; on an
+accelerator the two values are queued like any statistic (no host read) and the
+decoder keeps only the non-finite ones. A non-finite value gives a record
+``nonfinite_check`` (forward) or ``grad_out_nonfinite_check`` (backward) = 1 at
+that step and call-site: "NaN/Inf seen here, not counted".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
+from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
 from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
+from gradscope.writers.base import Record, record
 
 __all__ = ["ActivationRecorder", "Site", "input_node"]
 
@@ -56,6 +69,24 @@ class Site:
     bwd_step: int = -1
     gin_step: int = -1
     failed: bool = False
+    checks: tuple[_CheckDecode, _CheckDecode] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.checks = (_CheckDecode(self.name, "nonfinite_check"),
+                       _CheckDecode(self.name, "grad_out_nonfinite_check"))
+
+
+class _CheckDecode:
+    """Decoder of an every-step check: a record only when the probe was not finite."""
+
+    __slots__ = ("layer", "metric")
+
+    def __init__(self, layer: str, metric: str) -> None:
+        self.layer, self.metric = layer, metric
+
+    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
+        bad = any(v - v != 0.0 for v in values)  # NaN or ±Inf
+        return [record(step, self.layer, self.metric, 1.0)] if bad else []
 
 
 def site_name(base: str, call: int) -> str:
@@ -134,6 +165,40 @@ class ActivationRecorder:
                 self._histograms(site, y, step)
         except Exception as err:
             self.fail(site, err)
+
+    def check(self, site: Site, y: Tensor) -> None:
+        """The every-step NaN/Inf check of an unsampled step's call (once per step)."""
+        step = self.ctx.state.step
+        if site.failed or site.fwd_step == step:
+            return
+        site.fwd_step = step
+        try:
+            with torch.no_grad():
+                self._probe(step, y.detach(), site.checks[0])
+            if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():
+                y.register_hook(self._check_hook(site, step))
+        except Exception as err:
+            self.fail(site, err)
+
+    def _check_hook(self, site: Site, step: int) -> Callable[[Tensor], None]:
+        def check_hook(grad: Tensor) -> None:
+            if not self.ctx.state.attached or site.failed or site.bwd_step == step:
+                return
+            site.bwd_step = step
+            try:
+                with torch.no_grad():
+                    self._probe(step, grad, site.checks[1])
+            except Exception as err:
+                self.fail(site, err)
+
+        return check_hook
+
+    def _probe(self, step: int, x: Tensor, decode: _CheckDecode) -> None:
+        probe = stats.finite_probe(x)
+        if stats.host_readable(probe) and all(
+                math.isfinite(v) for v in probe.tolist()):  # ok-sync: CPU only
+            return  # nothing to record (the usual case on the CPU)
+        self.ctx.queue.defer(step, x.device, [probe], decode)
 
     def fail(self, site: Site, err: Exception) -> None:
         """Stop monitoring ``site`` after an error in one of its hooks (or raise, if strict)."""
@@ -235,7 +300,7 @@ class ActivationRecorder:
                     last = site.last_active = torch.full(active.shape, _NEVER, dtype=torch.long,
                                                          device=active.device)
                 last.masked_fill_(active, step)
-                idle = torch.count_nonzero(last <= step - window)
+                idle = torch.count_nonzero(last <= max(step - window, _NEVER))
                 tensors, decode = site.window.queue([idle], site.name, 0, active.numel())
                 self.ctx.queue.defer(step, active.device, tensors, decode)
 

@@ -2,14 +2,23 @@
 
 A capture (module hooks, parameters and optimizer, ...) registers its hooks
 through :meth:`Context.hook`, so that the monitor owns every handle; reads the
-step and whether this forward is recorded from :class:`StepState`, which only
-the monitor changes; queues its statistics on :attr:`Context.queue`; and reports
-an error in a hook through :meth:`Context.failed` (one warning and that
-call-site stops, or a raise with ``strict=True``).
+step and whether this forward is recorded (or only checked for NaN/Inf) from
+:class:`StepState`, which only the monitor changes; queues its statistics on
+:attr:`Context.queue`; and reports an error in a hook through
+:meth:`Context.failed` (one warning and that call-site stops, or a raise with
+``strict=True``).
+
+**The training thread** is the thread that attached the monitor (called
+``watch()`` or ``attach()``). Only its forwards and optimizer steps are steps and
+are recorded; a forward run by another thread (an evaluation thread, a
+``DataParallel`` replica) is ignored, and said once (:meth:`Context.on_training_thread`).
+So the monitor's state is only ever changed by one thread, and training one
+model from two threads records the attaching thread's steps and never fails.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -45,7 +54,9 @@ class StepState:
     step: int = 0
     sampled: bool = True  # the schedule samples this step
     recording: bool = False  # inside a training forward of a sampled step
+    checking: bool = False  # inside a training forward of an unsampled step: NaN/Inf check only
     attached: bool = False
+    thread: int = 0  # ident of the training thread (the one that attached)
     hist_step: int = -1  # the step ``hist_due`` was computed for
     hist_due: bool = False
     traced: bool = False  # a hook ran while torch.compile traced the model (and did nothing)
@@ -65,6 +76,36 @@ class Context:
     #: module name -> what a capture sees inside it, for modules whose insides no
     #: module hook reaches (fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``: their gates)
     covered: dict[str, str] = field(default_factory=dict)
+    _said: set[str] = field(default_factory=set)  # the one-time warnings already given
+
+    def on_training_thread(self) -> bool:
+        """Whether the caller runs on the training thread; says once when it does not."""
+        if threading.get_ident() == self.state.thread:
+            return True
+        self.once("thread", f"gradscope: a forward or optimizer step of the watched model ran "
+                  f"on thread {threading.current_thread().name!r}, not on the training thread "
+                  "(the one that called watch() or attach()); it is not recorded (nor are "
+                  "later ones of other threads: this is said once). To monitor training that "
+                  "runs on another thread, call watch() on that thread.")
+        return False
+
+    def sample(self, step: int) -> bool:
+        """The schedule's verdict for ``step``; a schedule that raises samples nothing (said once)."""
+        try:
+            return bool(self.options.schedule(step))
+        except Exception as err:
+            if self.options.strict:
+                raise
+            self.once("schedule", f"gradscope: the sampling schedule (every=...) raised at step "
+                      f"{step}: {type(err).__name__}: {err}. Steps where it raises are not "
+                      "sampled; training goes on (pass strict=True to raise).")
+            return False
+
+    def once(self, key: str, message: str) -> None:
+        """Warn ``message`` the first time ``key`` is given."""
+        if key not in self._said:
+            self._said.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def traced(self) -> bool:
         """Whether ``torch.compile`` is tracing the hook that asks (noted for the coverage
@@ -76,8 +117,10 @@ class Context:
         return False
 
     def recording(self) -> bool:
-        """Whether a hook should record now: in a monitored forward, not traced."""
-        return not self.traced() and self.state.recording
+        """Whether a hook should record now: in a monitored forward, on the training
+        thread, not traced."""
+        return (not self.traced() and self.state.recording
+                and threading.get_ident() == self.state.thread)
 
     def histogram_step(self) -> bool:
         """Whether the current step takes histograms (cached per step)."""

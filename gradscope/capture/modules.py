@@ -14,6 +14,7 @@ an activation and has parameters (PReLU) names its call-site ``name.out``, since
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -53,6 +54,11 @@ class ModuleCapture:
             hook = self._activation_hook(name, _base(name, module), family)
             self.ctx.hook(module.register_forward_hook(hook, always_call=True))
 
+    def start_forward(self) -> None:
+        """A forward of the model begins: call indices start again at 0 (on every step:
+        the every-step non-finite check counts calls too)."""
+        self.forward.start()
+
     def clear(self) -> None:
         """Drop kept inputs (on detach)."""
         self._stash.clear()
@@ -80,20 +86,29 @@ class ModuleCapture:
     def _activation_hook(self, module_name: str, base: str, family: ActivationFamily
                          ) -> Callable[[nn.Module, Any, Any], None]:
         def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.ctx.recording():
+            state = self.ctx.state
+            if self.ctx.traced() or not (state.recording or state.checking):
                 return
-            self.forward.in_activation -= 1
+            if threading.get_ident() != state.thread:
+                return  # the root hook said so once
             kept, node = self._stash.pop(id(module), (None, None))
+            if state.recording:
+                self.forward.in_activation -= 1
             call = self.forward.next_call(base)
             if not isinstance(output, Tensor) or not output.is_floating_point():
                 return
             x = args[0] if args and isinstance(args[0], Tensor) else None
             site = self.recorder.sites.get((base, call))
             if site is None:
+                if not state.recording:
+                    return  # checked once a sampled step has declared the site
                 site = self.recorder.site(
                     base, call, family, module_name=module_name,
                     type_name=type(module).__name__, shape=tuple(output.shape),
                     unit_dim=self.forward.unit_dim(x))
+            if not state.recording:
+                self.recorder.check(site, output)
+                return
             if kept is not None:
                 x = kept
             elif not family.needs_input:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,18 +107,31 @@ def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kw
 
 
-def _data(args: argparse.Namespace) -> Any:
+def _data(args: argparse.Namespace, command: str) -> Any:
+    """The training data, or ``None`` after saying why it could not be had (a :class:`DataError`)."""
     from gradscope.experiments import data
 
     if args.synthetic:
         return data.synthetic_dataset(n_train=2048, n_test=512, features=784)
-    return data.load_mnist(args.data_dir)
+    try:
+        return data.load_mnist(args.data_dir)
+    except data.DataError as e:
+        print(f"gradscope {command}: {e}", file=sys.stderr)
+        return None
 
 
 def _results_dir(args: argparse.Namespace, default: str) -> Path:
-    if args.results_dir:
-        return Path(args.results_dir)
-    return Path(default + ("-quick" if args.quick else ""))
+    """The results directory; checked (a directory, or creatable) before any data is loaded."""
+    out = Path(args.results_dir) if args.results_dir else Path(default + ("-quick" if args.quick
+                                                                         else ""))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--results-dir {str(out)!r} is a file; pass a directory (it is "
+                         "created if missing)")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--results-dir {str(out)!r}: {str(parent)!r} is not writable; pass a "
+                         "directory you can write to")
+    return out
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
@@ -165,13 +179,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         configs = expand_grid(**_grid_kwargs(args))
+        out = _results_dir(args, "results/compare")
         dev = _setup(args)
     except (GridError, ValueError) as e:
         print(f"gradscope compare: {e}", file=sys.stderr)
         return 2
-    out = _results_dir(args, "results/compare")
     print(f"{len(configs)} runs -> {out}", file=sys.stderr)
-    data = _data(args)
+    data = _data(args, "compare")
+    if data is None:
+        return 2
     t0 = time.perf_counter()
     skipped, on_result = _counter()
     results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
@@ -212,14 +228,16 @@ def run_preset(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     preset = PRESETS[args.name]
     try:
+        out = _results_dir(args, f"results/{preset.name}")
         dev = _setup(args)
     except ValueError as e:
         print(f"gradscope preset: {e}", file=sys.stderr)
         return 2
     configs = preset.configs(quick=args.quick)
-    out = _results_dir(args, f"results/{preset.name}")
     print(preset.describe(), file=sys.stderr)
-    data = _data(args)
+    data = _data(args, "preset")
+    if data is None:
+        return 2
     t0 = time.perf_counter()
     skipped, on_result = _counter()
     results = _run(args, configs, data, out, dev, f"gradscope preset {preset.name}", on_result)

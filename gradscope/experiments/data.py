@@ -198,14 +198,27 @@ def _bad_files(raw: Path) -> dict[str, str]:
     """``{name: why}`` for each expected file missing or with a wrong md5 in ``raw``."""
     bad = {}
     for name, want in EXPECTED_MD5.items():
-        p = raw / name
-        if not p.exists():
+        try:
+            got = md5_of(raw / name)
+        except (FileNotFoundError, NotADirectoryError):  # missing (or removed by another process)
             bad[name] = "missing"
-        else:
-            got = md5_of(p)
-            if got != want:
-                bad[name] = f"md5 {got}, expected {want}"
+            continue
+        if got != want:
+            bad[name] = f"md5 {got}, expected {want}"
     return bad
+
+
+def _check_data_dir(root: Path) -> None:
+    """A clear :class:`DataError` when ``root`` cannot hold the data (a file, or read-only)."""
+    fix = ("pass another directory (--data-dir DIR, or ensure_mnist(data_dir=...)), or copy "
+           f"the four uncompressed files ({', '.join(EXPECTED_MD5)}) into {root / 'MNIST' / 'raw'}")
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DataError(f"the MNIST data path {str(root)!r} cannot be made: {str(existing)!r} is "
+                        f"a file, not a directory; {fix}")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"the MNIST data directory {str(root)!r} is not writable (no write "
+                        f"access to {str(existing)!r}), so the data cannot be fetched there; {fix}")
 
 
 def ensure_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool = False) -> Path:
@@ -231,7 +244,8 @@ def ensure_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool 
         if why != "missing":
             warnings.warn(f"MNIST file {raw / name} is corrupted ({why}); fetching it again",
                           stacklevel=2)
-            (raw / name).unlink()
+            (raw / name).unlink(missing_ok=True)  # another process may repair it too
+    _check_data_dir(root)
     errors = []
     for source_name, source in SOURCES.items():
         if not quiet:

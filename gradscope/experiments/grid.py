@@ -82,6 +82,17 @@ def expand_grid(
     seen: set[RunConfig] = set()
     fields = ("activation", "init", "batchnorm", "depth", "width", "optimizer", "lr", "dropout",
               "steps", "batch_size", "seed")
+    # each value alone (the other fields at their defaults), so that every bad one is listed
+    singles: list[tuple[str, Any]] = [(f, v) for f, vs in zip(fields, axes.values()) for v in vs]
+    singles += [("eval_every", eval_every), ("monitor_every", monitor_every)]
+    for field_name, value in singles:
+        try:
+            RunConfig(**{field_name: value})
+        except ValueError as e:
+            if str(e) not in errors:
+                errors.append(str(e))
+    if errors:
+        raise GridError("invalid grid, nothing was trained:\n  " + "\n  ".join(errors))
     for combo in itertools.product(*axes.values()):
         kw: dict[str, Any] = dict(zip(fields, combo))
         try:

@@ -6,8 +6,12 @@ the usual remedy). The thresholds are the fields of :class:`Thresholds`; each is
 documented there and can be changed (``Thresholds(dead_units=0.5)``).
 
 A condition must hold on the last ``Thresholds.window`` recorded steps of a series
-to fire (one bad batch is not a finding), and ``first_step`` is where the current
-uninterrupted run of bad steps began ("dead since step 400").
+to fire (one bad batch is not a finding, and a series needs at least ``window``
+records), and ``first_step`` is where the current uninterrupted run of bad steps
+began ("dead since step 400"). ``nonfinite`` fires on the first NaN/Inf.
+
+The rules read a history through a :class:`~gradscope.findings.scan.Scan`: the
+findings sink keeps one across flushes, so each flush reads only the new points.
 
 ========================  ========  ===============================================
 rule                      severity  fires when (default thresholds)
@@ -48,53 +52,15 @@ import math
 import statistics
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Callable, Optional, TypeVar
+from typing import Callable, Optional
 
+from gradscope.findings.scan import Run, Scan
 from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
 
 __all__ = ["RULES", "analyze", "format_findings"]
 
 # ------------------------------------------------------------------ helpers
-_T = TypeVar("_T")
-
-
-class _Lazy(Sequence[_T]):
-    """A derived series computed on demand: rules walk back from the end, not the whole run."""
-
-    def __init__(self, n: int, fn: Callable[[int], _T]) -> None:
-        self._n, self._fn = n, fn
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self._fn(j) for j in range(*i.indices(self._n))]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(i)
-        return self._fn(i)
-
-
-def _since(steps: Sequence[int], values: Sequence[Any], bad: Callable[[Any], bool],
-           window: int) -> Optional[int]:
-    """Start of the trailing run of bad values, if it covers the last ``window`` records.
-
-    Walks back from the last record, so its cost is the length of that run, not of the run.
-    """
-    n = len(values)
-    if n == 0 or not bad(values[-1]):
-        return None
-    i = n - 1
-    while i > 0 and bad(values[i - 1]):
-        i -= 1
-    if n - i < min(window, n):
-        return None
-    return steps[i]
-
-
 def _grew(v: float, *, start: float, by: float) -> bool:
     return v - start >= by
 
@@ -115,21 +81,6 @@ def _layer_numel(history: History) -> dict[str, int]:
     return out
 
 
-def _aligned(history: History, layers: Sequence[str], metric: str
-             ) -> tuple[list[int], Sequence[list[float]]]:
-    """Steps at which every layer has ``metric``, and the values (one row per step)."""
-    if not layers:
-        return [], []
-    series = [history.series(n, metric) for n in layers]
-    steps = series[0][0]
-    if all(st == steps for st, _ in series):  # the usual case: recorded at the same steps
-        cols = [vs for _, vs in series]
-        return steps, _Lazy(len(steps), lambda i: [c[i] for c in cols])
-    maps = [dict(zip(st, vs)) for st, vs in series]
-    steps = [s for s in steps if all(s in d for d in maps)]
-    return steps, [[d[s] for d in maps] for s in steps]
-
-
 def _has(history: History, layer: str, metric: str) -> bool:
     return metric in history.metrics(layer)
 
@@ -141,203 +92,240 @@ def _family(history: History, layer: str) -> Optional[str]:
         return None
 
 
-Rule = Callable[[History, Thresholds], list[Finding]]
+def _derived(scan: Scan, key: object, history: History, layers: Sequence[str], metric: str,
+             fn: Callable[[list[float]], float], tests: Sequence[Callable[[float], bool]]
+             ) -> list[Run]:
+    """Runs of ``fn(row)`` over the new rows of ``layers/metric``, one run per test."""
+    steps, rows = scan.rows(history, key, layers, metric)
+    derived = [fn(row) for row in rows]
+    runs = [scan.run((key, i)) for i in range(len(tests))]
+    for r, bad in zip(runs, tests):
+        r.feed(steps, derived, bad)
+    if steps:
+        scan.run(key).last = steps[-1]
+    return runs
+
+
+Rule = Callable[..., list[Finding]]
+
+_NONFINITE_REMEDY = ("lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), "
+                     "look for log(0) or division by zero in the loss, and under fp16 use a "
+                     "GradScaler or bf16")
+#: Where a non-finite value can show: (kind, metric, where); the ``*_check`` metrics
+#: come from the every-step check of unsampled steps.
+_NONFINITE_SERIES = (("activation", "nonfinite", "forward"),
+                     ("activation", "nonfinite_check", "forward"),
+                     ("activation", "grad_out_nonfinite", "backward"),
+                     ("activation", "grad_out_nonfinite_check", "backward"),
+                     ("layer", "grad_nonfinite", "parameter"),
+                     ("layer", "weight_norm", "weights"))
 
 
 # -------------------------------------------------------------------- rules
-def _nonfinite(history: History, t: Thresholds) -> list[Finding]:
-    """The first step with a non-finite value, and the layer it appeared at first."""
-    first: Optional[int] = None
-    hits: dict[str, list[str]] = {"forward": [], "backward": [], "parameter": [], "weights": []}
-    checks = [("activation", "nonfinite", "forward"), ("activation", "grad_out_nonfinite", "backward"),
-              ("layer", "grad_nonfinite", "parameter"), ("layer", "weight_norm", "weights")]
-    found: list[tuple[int, str, str]] = []
-    for kind, metric, where in checks:
+def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
+    """The first step with a non-finite value, and the layer it appeared at first.
+
+    Reads each series' first alarm (:meth:`History.alarm`, kept through thinning):
+    its cost is the number of series, not of values.
+    """
+    found: list[tuple[int, str, str, str]] = []
+    for kind, metric, where in _NONFINITE_SERIES:
         for layer in history.layers(kind):
             if not _has(history, layer, metric):
                 continue
-            steps, values = history.series(layer, metric)
-            total = sum(values)  # NaN/Inf or a positive count shows in the sum
-            if metric == "weight_norm" and math.isfinite(total):
-                continue
-            if metric != "weight_norm" and not (total > 0 or math.isnan(total)):
-                continue
-            for s, v in zip(steps, values):
-                bad = (not math.isfinite(v)) if metric == "weight_norm" else (v > 0 or math.isnan(v))
-                if bad:
-                    found.append((s, layer, where))
-                    break
+            if scan is not None:
+                scan.reads += 1
+            alarm = history.alarm(layer, metric)
+            if alarm is not None:
+                found.append((alarm[0], layer, where, metric))
     if not found:
         return []
-    first = min(s for s, _, _ in found)
-    for s, layer, where in found:
+    first = min(s for s, *_ in found)
+    hits: dict[str, list[tuple[str, str]]] = {"forward": [], "backward": [], "parameter": [],
+                                              "weights": []}
+    for s, layer, where, metric in found:
         if s == first:
-            hits[where].append(layer)
-    remedy = ("lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), look "
-              "for log(0) or division by zero in the loss, and under fp16 use a GradScaler or bf16")
+            hits[where].append((layer, metric))
     if hits["forward"]:
-        layer, what = hits["forward"][0], "in the forward pass (activations)"
+        (layer, metric), what = hits["forward"][0], "in the forward pass (activations)"
     elif hits["backward"]:
         # The backward pass runs from the output: the deepest call-site sees it first.
-        layer, what = hits["backward"][-1], "in the backward pass (gradients reaching it)"
+        (layer, metric), what = hits["backward"][-1], "in the backward pass (gradients reaching it)"
     elif hits["parameter"]:
-        layer, what = hits["parameter"][-1], "in parameter gradients"
+        (layer, metric), what = hits["parameter"][-1], "in parameter gradients"
     else:
-        layer, what = hits["weights"][0], "in the weights"
+        (layer, metric), what = hits["weights"][0], "in the weights"
+    how = (" (an unsampled step: found by the every-step check, which sees that a value is "
+           "not finite but does not count them)") if metric.endswith("_check") else ""
     return [Finding("error", "nonfinite", layer, first,
-                    f"first NaN/Inf at step {first} {what}, at layer {layer}; {remedy}",
-                    remedy, last_step=first)]
+                    f"first NaN/Inf at step {first}{how} {what}, at layer {layer}; "
+                    f"{_NONFINITE_REMEDY}", _NONFINITE_REMEDY, last_step=first)]
 
 
-def _gradient_depth(history: History, t: Thresholds) -> list[Finding]:
+def _gradient_depth(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Vanishing or exploding gradients across depth, and exploding growth over time."""
+    scan = scan if scan is not None else Scan()
     layers = [n for n in history.layers("layer") if _has(history, n, "grad_norm")]
     if not layers:
         return []
     out = []
-    steps, rows = _aligned(history, layers, "grad_norm")
     numel = _layer_numel(history)
-    if len(layers) >= 2 and steps:
-        scale = [math.sqrt(numel.get(n, 1)) for n in layers]
+    first_l, last_l = layers[0], layers[-1]
+    if len(layers) >= 2:
+        a, b = math.sqrt(numel.get(first_l, 1)), math.sqrt(numel.get(last_l, 1))
 
-        def ratio(i: int) -> float:
-            row = rows[i]
-            first, last = row[0] / scale[0], row[-1] / scale[-1]
+        def ratio(row: list[float]) -> float:
+            first, last = row[0] / a, row[-1] / b
             ok = math.isfinite(first) and math.isfinite(last) and last > 0
             return first / last if ok else math.nan
 
-        ratios = _Lazy(len(steps), ratio)
-        first_l, last_l = layers[0], layers[-1]
-        since = _since(steps, ratios, lambda r: r < t.vanishing_ratio, t.window)
-        if since is not None:
-            r = ratios[-1]
+        vanish, explode = _derived(
+            scan, ("depth", first_l, last_l), history, [first_l, last_l], "grad_norm", ratio,
+            (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio))
+        if vanish.holds(t.window):
             remedy = ("use ReLU/LeakyReLU instead of sigmoid/tanh, Xavier/He initialisation, "
                       "BatchNorm or residual connections; Adam/RMSProp rescale small gradients")
             out.append(Finding(
-                "warning", "vanishing_gradients", first_l, since,
-                f"gradient RMS at the first layer {first_l} is {r:.1e}× the last layer's "
-                f"({last_l}) since step {since}: the early layers barely learn; {remedy}",
-                remedy, r, steps[-1]))
-        since = _since(steps, ratios, lambda r: r > t.exploding_ratio, t.window)
-        if since is not None:
-            r = ratios[-1]
+                "warning", "vanishing_gradients", first_l, vanish.start,  # type: ignore[arg-type]
+                f"gradient RMS at the first layer {first_l} is {vanish.value:.1e}× the last "
+                f"layer's ({last_l}) since step {vanish.start}: the early layers barely learn; "
+                f"{remedy}", remedy, vanish.value, vanish.step))
+        if explode.holds(t.window):
             remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), use a smaller "
                       "initialisation or BatchNorm")
             out.append(Finding(
-                "error", "exploding_gradients", first_l, since,
-                f"gradient RMS at the first layer {first_l} is {r:.1e}× the last layer's "
-                f"({last_l}) since step {since}: gradients grow towards the input; {remedy}",
-                remedy, r, steps[-1]))
-    if steps and len(steps) > t.window:
-        total = _Lazy(len(steps), lambda i: math.sqrt(sum(v * v for v in rows[i])))
-        base = statistics.median(total[:t.window])
-        if base > 0 and math.isfinite(base):
-            growth = _Lazy(len(steps), lambda i: total[i] / base)
-            since = _since(steps, growth, lambda g: g > t.exploding_growth, t.window)
-            if since is not None:
-                remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), or use "
-                          "Adam/RMSProp")
-                out.append(Finding(
-                    "error", "exploding_gradients", None, since,
-                    f"total gradient norm grew {growth[-1]:.1e}× since the start ({base:.2e} → "
-                    f"{total[-1]:.2e}) and has stayed above {t.exploding_growth:g}× since step "
-                    f"{since}; {remedy}", remedy, growth[-1], steps[-1]))
+                "error", "exploding_gradients", first_l, explode.start,  # type: ignore[arg-type]
+                f"gradient RMS at the first layer {first_l} is {explode.value:.1e}× the last "
+                f"layer's ({last_l}) since step {explode.start}: gradients grow towards the "
+                f"input; {remedy}", remedy, explode.value, explode.step))
+    out += _growth(history, t, scan, layers)
     return out
 
 
-def _saturation(history: History, t: Thresholds) -> list[Finding]:
+def _growth(history: History, t: Thresholds, scan: Scan, layers: list[str]) -> list[Finding]:
+    """The total gradient norm growing far above its value at the start of the run."""
+    key = ("growth", tuple(layers))
+    base_key = (key, "base")
+    start: list[float] = scan.memo.setdefault(base_key, [])
+
+    def growth(row: list[float]) -> float:
+        total = math.sqrt(sum(v * v for v in row))
+        if len(start) < t.window:
+            start.append(total)
+            return math.nan
+        base = statistics.median(start)
+        return total / base if base > 0 and math.isfinite(base) else math.nan
+
+    (run,) = _derived(scan, key, history, layers, "grad_norm", growth,
+                      (lambda g: g > t.exploding_growth,))
+    if not run.holds(t.window):
+        return []
+    base = statistics.median(start)
+    remedy = "lower the learning rate, clip gradients (clip_grad_norm_), or use Adam/RMSProp"
+    return [Finding(
+        "error", "exploding_gradients", None, run.start,  # type: ignore[arg-type]
+        f"total gradient norm grew {run.value:.1e}× since the start ({base:.2e} → "
+        f"{run.value * base:.2e}) and has stayed above {t.exploding_growth:g}× since step "
+        f"{run.start}; {remedy}", remedy, run.value, run.step)]
+
+
+def _saturation(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Call-sites whose outputs sit at the activation's limits (softmax excluded)."""
+    scan = scan if scan is not None else Scan()
     out = []
+    remedy = ("use ReLU/LeakyReLU instead, Xavier/Glorot initialisation, BatchNorm before "
+              "the activation, or a lower learning rate")
     for site in history.layers("activation"):
         fam = _family(history, site)
         if fam == "softmax" or not _has(history, site, "saturation"):
             continue
-        steps, values = history.series(site, "saturation")
-        since = _since(steps, values, lambda v: v > t.saturation, t.window)
-        if since is None:
+        run = scan.tail(history, ("saturation", site), site, "saturation",
+                        lambda v: v > t.saturation)
+        if not run.holds(t.window):
             continue
-        remedy = ("use ReLU/LeakyReLU instead, Xavier/Glorot initialisation, BatchNorm before "
-                  "the activation, or a lower learning rate")
         name = f"{fam} " if fam else ""
         out.append(Finding(
-            "warning", "saturation", site, since,
-            f"layer {site}: {_pct(values[-1])} of {name}outputs saturated since step {since} "
-            "(gradients through them nearly vanish); " + remedy, remedy, values[-1], steps[-1]))
+            "warning", "saturation", site, run.start,  # type: ignore[arg-type]
+            f"layer {site}: {_pct(run.value)} of {name}outputs saturated since step {run.start} "
+            "(gradients through them nearly vanish); " + remedy, remedy, run.value, run.step))
     return out
 
 
-def _dead(history: History, t: Thresholds) -> list[Finding]:
+def _dead(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Dead ReLU units, and growth of the dead fraction over time."""
+    scan = scan if scan is not None else Scan()
     out = []
+    remedy = ("lower the learning rate, use He initialisation, LeakyReLU/ELU, or BatchNorm "
+              "before the ReLU")
     for site in history.layers("activation"):
         metric = next((m for m in ("dead_units_window", "dead_units")
                        if _has(history, site, m)), None)
         if metric is None:
             continue
-        steps, values = history.series(site, metric)
-        i0 = next((i for i, v in enumerate(values) if math.isfinite(v)), None)
-        if i0 is None:
+        dead = scan.tail(history, ("dead", site, metric), site, metric,
+                         lambda v: v > t.dead_units)
+        if dead.first is None:
             continue
-        s0, v0 = steps[i0], values[i0]
-        remedy = ("lower the learning rate, use He initialisation, LeakyReLU/ELU, or BatchNorm "
-                  "before the ReLU")
-        since = _since(steps, values, lambda v: v > t.dead_units, t.window)
-        if since is not None:
-            start = f" ({_pct(v0)} at step {s0})" if s0 < since else ""
+        s0, v0 = dead.first
+        grew = scan.tail(history, ("dead_growth", site, metric), site, metric,
+                         partial(_grew, start=v0, by=t.dead_growth))
+        if dead.holds(t.window):
+            start = f" ({_pct(v0)} at step {s0})" if s0 < dead.start else ""  # type: ignore[operator]
             out.append(Finding(
-                "warning", "dead_units", site, since,
-                f"layer {site}: {_pct(values[-1])} of ReLU units dead since step {since}{start}; "
-                + remedy, remedy, values[-1], steps[-1]))
-            continue
-        since = _since(steps, values, partial(_grew, start=v0, by=t.dead_growth), t.window)
-        if since is not None:
+                "warning", "dead_units", site, dead.start,  # type: ignore[arg-type]
+                f"layer {site}: {_pct(dead.value)} of ReLU units dead since step {dead.start}"
+                f"{start}; " + remedy, remedy, dead.value, dead.step))
+        elif grew.holds(t.window):
             out.append(Finding(
-                "info", "dead_units_growing", site, since,
+                "info", "dead_units_growing", site, grew.start,  # type: ignore[arg-type]
                 f"layer {site}: dead ReLU units grew from {_pct(v0)} at step {s0} "
-                f"to {_pct(values[-1])} at step {steps[-1]}; if it keeps growing, " + remedy,
-                remedy, values[-1] - v0, steps[-1]))
+                f"to {_pct(grew.value)} at step {grew.step}; if it keeps growing, " + remedy,
+                remedy, grew.value - v0, grew.step))
     return out
 
 
-def _activation_scale(history: History, t: Thresholds) -> list[Finding]:
+def _activation_scale(history: History, t: Thresholds, scan: Optional[Scan] = None
+                      ) -> list[Finding]:
     """Activation std collapsing or blowing up from the first call-site to the deepest."""
+    scan = scan if scan is not None else Scan()
     sites = [s for s in history.layers("activation")
              if _family(history, s) != "softmax" and _has(history, s, "std")]
     if len(sites) < 2:
         return []
     first, last = sites[0], sites[-1]
-    steps, rows = _aligned(history, [first, last], "std")
+    ends: list[float] = scan.memo.setdefault(("scale_ends", first, last), [math.nan, math.nan])
 
-    def ratio(i: int) -> float:
-        a, b = rows[i]
+    def ratio(row: list[float]) -> float:
+        a, b = ends[:] = row
         return b / a if a > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
 
-    ratios = _Lazy(len(steps), ratio)
+    runs = _derived(scan, ("scale", first, last), history, [first, last], "std", ratio,
+                    (lambda r: r < t.scale_collapse, lambda r: r > t.scale_blowup))
     out = []
-    bad: Callable[[float], bool]
-    for rule, bad, verb, remedy in (
-        ("activation_collapse", lambda r: r < t.scale_collapse, "shrinks",
+    for run, (rule, verb, remedy) in zip(runs, (
+        ("activation_collapse", "shrinks",
          "use an initialisation matched to the activation (He for ReLU, Xavier for tanh), "
          "BatchNorm/LayerNorm, or residual connections"),
-        ("activation_blowup", lambda r: r > t.scale_blowup, "grows",
+        ("activation_blowup", "grows",
          "use a smaller initialisation (He/Xavier), BatchNorm/LayerNorm, or a lower learning rate"),
-    ):
-        since = _since(steps, ratios, bad, t.window)
-        if since is None:
+    )):
+        if not run.holds(t.window):
             continue
-        a, b = rows[-1]
+        a, b = ends
         out.append(Finding(
-            "warning", rule, last, since,
+            "warning", rule, last, run.start,  # type: ignore[arg-type]
             f"activation std {verb} with depth from {a:.2e} at {first} to {b:.2e} at {last} "
-            f"({ratios[-1]:.1e}×) since step {since}; {remedy}", remedy, ratios[-1], steps[-1]))
+            f"({run.value:.1e}×) since step {run.start}; {remedy}", remedy, run.value, run.step))
     return out
 
 
-def _update_ratio(history: History, t: Thresholds) -> list[Finding]:
+def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Layers whose per-step update is far from ~1e-3 of their weights (one finding per side)."""
+    scan = scan if scan is not None else Scan()
     layers = [n for n in history.layers("layer") if _has(history, n, "update_ratio")]
     out = []
-    for rule, test, word, remedy in (
+    bad: Callable[[float], bool]
+    for rule, bad, word, remedy in (
         ("update_ratio_low", lambda v: v < t.update_ratio_low, "below",
          "raise the learning rate, or check for vanishing gradients upstream"),
         ("update_ratio_high", lambda v: v > t.update_ratio_high, "above",
@@ -345,19 +333,18 @@ def _update_ratio(history: History, t: Thresholds) -> list[Finding]:
     ):
         hits = []
         for layer in layers:
-            steps, values = history.series(layer, "update_ratio")
-            since = _since(steps, values, test, t.window)
-            if since is not None:
-                hits.append((layer, since, values[-1], steps[-1]))
+            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad)
+            if run.holds(t.window):
+                hits.append((layer, run.start, run.value, run.step))
         if not hits:
             continue
         bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         worst = min(hits, key=lambda h: h[2]) if word == "below" else max(hits, key=lambda h: h[2])
         names = ", ".join(f"{h[0]} ({h[2]:.1e})" for h in hits[:4])
         more = f" and {len(hits) - 4} more" if len(hits) > 4 else ""
-        since = min(h[1] for h in hits)
+        since = min(h[1] for h in hits)  # type: ignore[type-var]
         out.append(Finding(
-            "warning", rule, worst[0], since,
+            "warning", rule, worst[0], since,  # type: ignore[arg-type]
             f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g} (rule of thumb ~1e-3) in "
             f"{len(hits)} of {len(layers)} layers since step {since}: {names}{more}; {remedy}",
             remedy, worst[2], max(h[3] for h in hits)))
@@ -375,13 +362,17 @@ RULES: dict[str, Rule] = {
 }
 
 
-def analyze(history: History, thresholds: Optional[Thresholds] = None) -> list[Finding]:
+def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
+            scan: Optional[Scan] = None) -> list[Finding]:
     """Apply every rule to ``history``; findings sorted by severity, then first step.
 
     Args:
         history: a monitor's :attr:`~gradscope.Monitor.history` (or one read back
             from a TensorBoard run by ``gradscope report``).
         thresholds: the :class:`Thresholds` to use; the documented defaults when ``None``.
+        scan: what earlier calls with the same thresholds read of this history
+            (:class:`~gradscope.findings.scan.Scan`); then only new points are read.
+            ``None`` reads the whole history.
 
     Returns:
         The findings; an empty list for a healthy run.
@@ -391,9 +382,11 @@ def analyze(history: History, thresholds: Optional[Thresholds] = None) -> list[F
     elif not isinstance(thresholds, Thresholds):
         raise TypeError(f"analyze(thresholds={thresholds!r}): pass a gradscope.findings."
                         "Thresholds or None for the defaults")
+    scan = scan if scan is not None else Scan()
+    scan.bind(history)
     found: list[Finding] = []
     for rule in RULES.values():
-        found.extend(rule(history, thresholds))
+        found.extend(rule(history, thresholds, scan))
     order = {n: i for i, n in enumerate(history.layers())}
     found.sort(key=lambda f: (SEVERITIES.index(f.severity), f.first_step,
                               order.get(f.layer or "", -1)))

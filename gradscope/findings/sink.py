@@ -6,6 +6,10 @@ rules to the history and hands the findings to the monitor's other sinks
 only when one of them writes findings. At close it prints a short summary to
 stderr (``watch(..., summary=False)`` turns that off).
 
+The sink keeps a :class:`~gradscope.findings.scan.Scan` across flushes, so each
+flush's rules read only the points that flush added: its cost does not grow with
+the length of the run (:attr:`FindingsSink.reads` counts the values read).
+
 Example:
     >>> from gradscope.writers import MemoryWriter
     >>> from gradscope.writers.base import SinkFanout
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from typing import Optional, TextIO
 
 from gradscope.findings.rules import analyze, format_findings
+from gradscope.findings.scan import Scan
 from gradscope.findings.thresholds import Finding, Thresholds
 from gradscope.history import History
 from gradscope.writers.base import Record, Sink, SinkFanout
@@ -52,14 +57,20 @@ class FindingsSink(Sink):
         self.stream = stream
         self.latest: list[Finding] = []
         self._history: Optional[History] = None
+        self._scan = Scan()
         self._closed = False
+
+    @property
+    def reads(self) -> int:
+        """Values the rules have read so far (each at most once)."""
+        return self._scan.reads
 
     def write(self, records: Sequence[Record], history: History) -> None:
         """Apply the rules and hand the findings on, when a sink writes findings."""
         self._history = history
         if not records or not self.downstream.wants("write_findings"):
             return
-        self.latest = analyze(history, self.thresholds)
+        self.latest = analyze(history, self.thresholds, scan=self._scan)
         self.downstream.emit("write_findings", self.latest, records[-1][0])
 
     def close(self) -> None:
@@ -70,11 +81,11 @@ class FindingsSink(Sink):
         if not self.summary or self._history is None:
             return
         try:
-            steps = self._history.steps()
-            if not steps:
+            ends = self._history.span()
+            if ends is None:
                 return
-            found = analyze(self._history, self.thresholds)
-            span = f"steps {steps[0]}..{steps[-1]}"
+            found = analyze(self._history, self.thresholds, scan=self._scan)
+            span = f"steps {ends[0]}..{ends[1]}"
             stream = self.stream if self.stream is not None else sys.stderr
             if not found:
                 print(f"gradscope: no findings over {span}{self.where}", file=stream)

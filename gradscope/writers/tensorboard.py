@@ -40,6 +40,16 @@ carries tens of thousands of values, so by default the writer hands each flush
 to one background thread and returns at once; only the images are drawn on the
 caller's thread (at most once per ``image_interval`` seconds).
 
+**One run per directory.** The first event of the file is the run marker
+(:data:`gradscope.events.RUN_TAG`). A directory that already holds a gradscope
+run is refused, unless ``resume=True`` adds to that run on purpose.
+
+**Write errors** (a full disk) never stop training. TensorBoard's own writer
+thread dies at its first error and refuses every later write, so after an error
+this writer closes that event file and opens a new one in the same run at the
+next flush; the values handed to the failed file since its last confirmed flush
+are counted, and said once when writing works again and once at :meth:`close`.
+
 Example:
     >>> import tempfile, torch, torch.nn as nn, gradscope
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
@@ -57,11 +67,14 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from torch.utils.tensorboard import SummaryWriter
 
+from gradscope.events import RUN_TAG, claim_run, marker_text, read_events, scalars
 from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
 from gradscope.runlevel import run_records
@@ -81,6 +94,7 @@ from gradscope.writers.layout import (
     layout_summary,
     scalar_tag,
 )
+from gradscope.writers.losses import Losses
 
 __all__ = ["TensorBoardWriter"]
 
@@ -93,7 +107,9 @@ class TensorBoardWriter(Sink):
     background thread (``background=True``); :meth:`flush` and :meth:`close` wait
     for it. A write that fails on that thread is raised by the next call on the
     caller's thread, where the monitor reports it (one warning) and goes on; the
-    writer keeps taking writes, so it writes again once the cause is gone.
+    writer keeps taking writes (into a new event file of the same run when the
+    file's writer died), so it writes again once the cause is gone, and says
+    how much could not be written when it does and at :meth:`close`.
 
     Args:
         logdir: the run directory (one run per directory, as TensorBoard expects).
@@ -115,6 +131,8 @@ class TensorBoardWriter(Sink):
             size; ``gradscope compare`` passes it): each per-layer custom-scalars
             chart then holds at most ``max(1, chart_lines // runs)`` series.
         chart_lines: the most lines a per-layer custom-scalars chart should draw.
+        resume: add to the gradscope run already in ``logdir`` (its run id is
+            kept) instead of refusing the directory.
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -143,6 +161,7 @@ class TensorBoardWriter(Sink):
         image_steps: int = 200,
         runs: int = 1,
         chart_lines: int = CHART_LINES,
+        resume: bool = False,
     ) -> None:
         if not isinstance(flush_secs, int) or flush_secs < 1:
             raise ValueError(f"TensorBoardWriter(flush_secs={flush_secs!r}): must be an int >= 1")
@@ -157,6 +176,7 @@ class TensorBoardWriter(Sink):
             raise ValueError(f"TensorBoardWriter(image_interval={image_interval!r}): must be "
                              "a number of seconds >= 0 (0 draws at every flush)")
         self.logdir = check_logdir(logdir)
+        self.run_id = claim_run(self.logdir, logdir, resume=resume)
         self.images = images
         self.image_interval = float(image_interval)
         self._last_image_time = -math.inf
@@ -165,6 +185,10 @@ class TensorBoardWriter(Sink):
         self.image_steps = image_steps
         self.summary_writer = SummaryWriter(
             log_dir=str(self.logdir), flush_secs=flush_secs, max_queue=max_queue)
+        self.summary_writer.add_text(RUN_TAG, marker_text(self.run_id, resumed=resume), 0)
+        self.losses = Losses()
+        # the event file, and its size at its last successful flush
+        self._confirmed: tuple[Optional[Path], int] = (_file_end(self.summary_writer)[0], 0)
         self.runs, self.chart_lines = runs, chart_lines
         self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
@@ -194,8 +218,9 @@ class TensorBoardWriter(Sink):
                 self._write_images(history, step)
             else:
                 self._image_pending = (history, step)
-        self._submit(self.summary_writer.flush)
+        self._submit(self._flush_file)
         self._raise_background_error()
+        self._say(self.losses.recovered(), "works again (in a new event file of the same run)")
 
     def write_histograms(self, histograms: Sequence[Histogram]) -> None:
         """Write device-computed histograms with ``add_histogram_raw``."""
@@ -226,7 +251,7 @@ class TensorBoardWriter(Sink):
             return
         if self._queue is not None:
             self._queue.join()
-        self.summary_writer.flush()
+        self._run(self._flush_file, ())
         self._raise_background_error()
 
     def close(self) -> None:
@@ -241,7 +266,16 @@ class TensorBoardWriter(Sink):
             if self._queue is not None and self._thread is not None:
                 self._queue.put(None)
                 self._thread.join()
-            self.summary_writer.close()
+            try:
+                if self.losses.broken:  # nothing left to flush: count what the file holds
+                    self._settle()
+                else:
+                    self._run(self._flush_file, ())
+                self.summary_writer.close()
+            except Exception as err:  # counted, and said just below
+                if self._error is None:
+                    self._error = err
+            self._say(self.losses.total(), "failed during this run")
         self._raise_background_error()
 
     def __repr__(self) -> str:
@@ -253,7 +287,7 @@ class TensorBoardWriter(Sink):
         if self._queue is not None:
             self._queue.put((fn, args))
         else:
-            fn(*args)
+            self._run(fn, args)
 
     def _work(self) -> None:
         """The background thread: run queued writes until the ``None`` sentinel."""
@@ -263,12 +297,69 @@ class TensorBoardWriter(Sink):
             try:
                 if job is None:
                     return
-                job[0](*job[1])
+                self._run(*job)
             except Exception as err:  # reported on the caller's thread by the next call
                 if self._error is None:
                     self._error = err
             finally:
                 self._queue.task_done()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """One write job; after a failure that killed the event file, a new file first."""
+        ran = False
+        try:
+            if self.losses.broken:
+                self._reopen()
+            ran = True
+            fn(*args)
+        except Exception as err:
+            scalar_job = fn == self._write_scalars
+            if scalar_job and not ran:
+                self.losses.handed([(s, t) for s, t, _ in self._ordered(*args)], 0)
+            items = len(args[0]) if fn == self._write_histograms else int(fn != self._flush_file)
+            self.losses.failed(err, 0 if scalar_job else items)
+            raise
+
+    def _reopen(self) -> None:
+        """Close the event file whose writer thread died; the next write opens a new one."""
+        self._settle()
+        sw = self.summary_writer
+        writers: list[Any] = list((sw.all_writers or {}).values())
+        for w in writers:
+            try:
+                w.close()
+            except Exception:  # the dead writer re-raises its error
+                pass
+        sw.file_writer = sw.all_writers = None  # SummaryWriter opens a new file on next use
+        sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
+        self._confirmed = (_file_end(sw)[0], 0)
+        self._layers_written, self._series = (), {}  # again, into the new file
+        self.losses.broken = False
+
+    def _flush_file(self) -> None:
+        """Flush the event file: what was handed to it is then on disk."""
+        self.summary_writer.flush()
+        self.losses.confirmed()
+        self._confirmed = _file_end(self.summary_writer)
+
+    def _settle(self) -> None:
+        """Count what reached the dead file since its last flush; the rest is lost."""
+        path, offset = self._confirmed
+        found: set[tuple[int, str]] = set()
+        pending = self.losses.pending()
+        if path is not None and pending:
+            for s in scalars(read_events(path, start=offset)):
+                if (s.step, s.tag) in pending:
+                    found.add((s.step, s.tag))
+        if path is not None and path.exists() and path.stat().st_size == 0:
+            path.unlink()  # opened during the outage, nothing reached it
+        self.losses.settle(found)
+        self._confirmed = (None, 0)
+
+    def _say(self, what: Optional[str], how: str) -> None:
+        if what:
+            warnings.warn(f"gradscope: writing TensorBoard events to {str(self.logdir)!r} {how}: "
+                          f"{what}", RuntimeWarning, stacklevel=3)
 
     def _raise_background_error(self) -> None:
         """Raise (once) an error the background thread met since the last call."""
@@ -277,26 +368,40 @@ class TensorBoardWriter(Sink):
             raise RuntimeError(f"writing TensorBoard events to {str(self.logdir)!r} failed: "
                                f"{type(err).__name__}: {err}") from err
 
-    def _write_scalars(self, records: Sequence[Record],
-                       names: Sequence[str], infos: dict[str, LayerInfo]) -> None:
-        if tuple(names) != self._layers_written:
-            self._layers_written = tuple(names)
-            step = min(r[0] for r in records)
-            self.summary_writer.add_text(
-                LAYERS_TAG, layers_text([infos[n] for n in names if n in infos]), step)
+    def _ordered(self, records: Sequence[Record], names: Sequence[str],
+                 infos: dict[str, LayerInfo]) -> list[tuple[int, str, float]]:
+        """``(step, tag, value)`` to write: the run-level values, then the layers' in
+        network order within a step."""
         kinds = {n: infos[n].kind for n in names if n in infos}
         rank = {n: i for i, n in enumerate(names)}
-        self._write_layout(records, kinds, rank)
-        add = self.summary_writer.add_scalar
-        for step, metric, value in run_records(records, kinds):
-            add(scalar_tag("", metric, "run"), value, step)
+        out = [(step, scalar_tag("", metric, "run"), value)
+               for step, metric, value in run_records(records, kinds)]
         for step, layer, metric, value in sorted(
                 records, key=lambda r: (r[0], r[2], rank.get(r[1], len(rank)))):
             info = infos.get(layer)
             kind = info.kind if info is not None else None
-            if kind == "parameter" and not self.parameters:
-                continue
-            add(scalar_tag(layer, metric, kind), value, step)
+            if kind != "parameter" or self.parameters:
+                out.append((step, scalar_tag(layer, metric, kind), value))
+        return out
+
+    def _write_scalars(self, records: Sequence[Record],
+                       names: Sequence[str], infos: dict[str, LayerInfo]) -> None:
+        ordered = self._ordered(records, names, infos)
+        done = 0
+        try:
+            if tuple(names) != self._layers_written:
+                step = min(r[0] for r in records)
+                self.summary_writer.add_text(
+                    LAYERS_TAG, layers_text([infos[n] for n in names if n in infos]), step)
+                self._layers_written = tuple(names)
+            kinds = {n: infos[n].kind for n in names if n in infos}
+            self._write_layout(records, kinds, {n: i for i, n in enumerate(names)})
+            add = self.summary_writer.add_scalar
+            for step, tag, value in ordered:
+                add(tag, value, step)
+                done += 1
+        finally:
+            self.losses.handed([(step, tag) for step, tag, _ in ordered], done)
 
     def _write_layout(self, records: Sequence[Record], kinds: dict[str, str],
                       rank: dict[str, int]) -> None:
@@ -337,6 +442,15 @@ class TensorBoardWriter(Sink):
         if through_time is not None:
             self._submit(self.summary_writer.add_image, TIME_GRADIENT_TAG, through_time, step,
                          None, "HWC")
+
+
+def _file_end(sw: SummaryWriter) -> tuple[Optional[Path], int]:
+    """The current event file and its size (``(None, 0)`` if TensorBoard hides it)."""
+    name = getattr(getattr(sw.file_writer, "event_writer", None), "_file_name", None)
+    try:
+        return (Path(name), os.path.getsize(name)) if name else (None, 0)
+    except OSError:
+        return None, 0
 
 
 def _has_info(history: History, name: str) -> bool:

@@ -1,0 +1,282 @@
+"""Faults injected into a watched run: each asserts the value, the message, or that nothing was lost.
+
+One test per defect of issue #11 (bad input, unsampled NaN, threads, dropped
+monitors, long runs); the writer's and the report's faults are in
+``test_writers.py``, ``test_sinks.py`` and ``test_report.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.findings import analyze
+from gradscope.findings.sink import FindingsSink
+from gradscope.history import History, Retention
+from gradscope.writers import MemoryWriter
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------ bad input
+def test_a_model_watched_twice_is_refused() -> None:
+    model = _mlp()
+    with gradscope.watch(model, summary=False) as first:
+        with pytest.raises(RuntimeError, match=r"already watched.*Close that one first"):
+            gradscope.watch(model, summary=False)
+        assert first.attached
+    with gradscope.watch(model, summary=False):  # once closed, it can be watched again
+        pass
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"include": "encoder.*"}, r"selects no activation .*its modules are: 0, 1, 2, 3, 4"),
+    ({"logdir": ""}, "empty path would write into the current directory"),
+    ({"resume": True}, "pass logdir too"),
+], ids=["include-matches-nothing", "empty-logdir", "resume-without-logdir"])
+def test_bad_input_is_refused_with_the_fix(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        gradscope.watch(_mlp(), **kwargs)
+
+
+def test_an_optimizer_of_another_model_is_refused() -> None:
+    model, other = _mlp(), _mlp()
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds none of the model's 6 trainable parameters"):
+        gradscope.watch(model, optimizer=opt)
+
+
+def test_a_huge_dead_window_does_not_reach_the_users_forward() -> None:
+    def run(window: int) -> list[float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        with gradscope.watch(model, dead_window=window, summary=False) as mon:
+            for _ in range(3):
+                model(torch.randn(4, 4)).sum().backward()
+        assert mon.history.steps() == [0, 1, 2]
+        return mon.history.series("1", "dead_units_window")[1]
+
+    # only the units that never fired count, as with any window longer than the run
+    assert run(10**30) == run(1000)
+
+
+def test_a_raising_schedule_warns_once_and_stays_out_of_the_forward() -> None:
+    def schedule(step: int) -> bool:
+        if step == 2:
+            raise ZeroDivisionError("bad schedule")
+        return True
+
+    model = _mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, every=schedule, summary=False) as mon:
+            for _ in range(4):
+                model(torch.randn(4, 4)).sum().backward()
+    said = [w for w in caught if "schedule" in str(w.message)]
+    assert len(said) == 1 and "ZeroDivisionError: bad schedule" in str(said[0].message)
+    assert mon.history.steps() == [0, 1, 3]  # step 2 not sampled, the rest recorded
+    with gradscope.watch(model, every=schedule, strict=True, summary=False):
+        model(torch.randn(4, 4)).sum().backward()
+        model(torch.randn(4, 4)).sum().backward()
+        with pytest.raises(ZeroDivisionError):
+            model(torch.randn(4, 4))  # ends step 1: the schedule is asked about step 2
+
+
+def test_a_dropped_monitor_is_closed_with_a_warning_and_loses_nothing() -> None:
+    model = _mlp()
+    sink = MemoryWriter()
+    mon = gradscope.watch(model, sinks=[sink], flush_every=100, summary=False)
+    for _ in range(3):
+        model(torch.randn(4, 4)).sum().backward()
+    assert _hook_count(model) > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del mon
+        gc.collect()
+    assert any("garbage-collected without close()" in str(w.message) for w in caught)
+    assert _hook_count(model) == 0
+    model(torch.randn(4, 4)).sum().backward()  # no hook left to fail
+    assert sorted({r.step for r in sink.records}) == [0, 1, 2]  # the queued steps were flushed
+
+
+# ------------------------------------------------------ NaN at an unsampled step
+class _Poison(nn.Module):
+    """Multiplies its input by NaN at one step of the training loop."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x * float("nan") if self.calls - 1 == self.at else x
+
+
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_nan_at_an_unsampled_step_is_found_at_its_step_and_layer(every: int) -> None:
+    """NaN entering after act1 at step 7: the first non-finite value is at step 7, layer act2."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(at=7), nn.Linear(8, 8), nn.Tanh(),
+                          nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, every=every, summary=False) as mon:
+        for _ in range(12):
+            opt.zero_grad()
+            model(torch.randn(4, 4)).sum().backward()
+            opt.step()
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (7, "4")
+    assert ("unsampled step" in f.message) == (every == 5)
+
+
+def test_an_unsampled_nan_in_the_backward_names_the_deepest_layer() -> None:
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            return g * float("nan")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    with gradscope.watch(model, every=10, summary=False) as mon:
+        for step in range(6):
+            y = model(torch.randn(4, 4))
+            (NanGrad.apply(y) if step == 3 else y).sum().backward()
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (3, "3") and "backward" in f.message
+
+
+def test_check_nonfinite_off_sees_only_sampled_steps() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(at=7), nn.Linear(8, 2), nn.Tanh())
+    with gradscope.watch(model, every=5, check_nonfinite=False, summary=False) as mon:
+        for _ in range(12):
+            model(torch.randn(4, 4)).sum().backward()
+    assert all(f.first_step == 10 for f in analyze(mon.history) if f.rule == "nonfinite")
+
+
+# ------------------------------------------------------------------ threads
+def test_another_threads_forward_is_not_recorded() -> None:
+    """An evaluation thread's no_grad forward in train mode (big inputs: saturating) is ignored."""
+
+    def train(with_eval_thread: bool) -> list[float]:
+        model = _mlp()
+        gen = torch.Generator().manual_seed(1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with gradscope.watch(model, summary=False) as mon:
+                for _ in range(5):
+                    model(torch.randn(4, 4, generator=gen)).sum().backward()
+                    if with_eval_thread:
+                        def evaluate() -> None:
+                            with torch.no_grad():
+                                model(100 * torch.randn(64, 4))
+                        t = threading.Thread(target=evaluate, name="eval")
+                        t.start()
+                        t.join()
+        said = [w for w in caught if "not on the training thread" in str(w.message)]
+        assert len(said) == (1 if with_eval_thread else 0)
+        return mon.history.series("1", "saturation")[1]
+
+    assert train(True) == train(False)
+
+
+def test_training_one_model_from_two_threads_does_not_crash() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    errors: list[BaseException] = []
+
+    lock = threading.Lock()  # the user's: one step at a time, the threads take turns
+
+    def loop() -> None:
+        try:
+            for _ in range(20):
+                with lock:
+                    opt.zero_grad()
+                    model(torch.randn(4, 4)).sum().backward()
+                    opt.step()
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with gradscope.watch(model, optimizer=opt, flush_every=5, summary=False) as mon:
+            other = threading.Thread(target=loop)
+            other.start()
+            loop()
+            other.join()
+    assert errors == []
+    assert mon.history.steps() == list(range(20))  # the training thread's 20 steps
+
+
+# ------------------------------------------------------------------ long runs
+def test_history_retention_keeps_recent_thinned_old_and_the_first_alarm() -> None:
+    keep = Retention(recent=100, per_octave=10, head=5)
+    h = History(keep)
+    n = 20_000
+    for step in range(n):
+        h.add(step, "a", "nonfinite", 1.0 if step in (3_001, 3_002) else 0.0)
+    steps, _ = h.series("a", "nonfinite")
+    assert steps[:5] == [0, 1, 2, 3, 4]  # the head
+    assert steps[-100:] == list(range(n - 100, n))  # recent steps at full resolution
+    assert h.alarm("a", "nonfinite") == (3_001, 1.0) and 3_001 in steps
+    octaves = (n // 100).bit_length()
+    assert len(steps) <= 2 * (100 + 10 * octaves + 5) + 64  # the documented bound
+    assert h.recorded() == n and len(h) == len(steps)
+    unbounded = History(Retention(recent=None))
+    for step in range(1000):
+        unbounded.add(step, "a", "x", 0.0)
+    assert len(unbounded) == 1000
+
+
+def test_soak_flush_work_and_memory_stay_flat() -> None:
+    """Count work, not time: values the rules read per flush and points kept stay bounded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(4, 2)
+    sink = MemoryWriter()
+    mon = gradscope.watch(model, optimizer=opt, sinks=[sink], flush_every=20, summary=False,
+                          histogram_every=None, retention=Retention(recent=50, per_octave=8))
+    findings = next(s for s in mon.sinks if isinstance(s, FindingsSink))
+    reads, kept = [], []
+    for _ in range(60):  # 60 flushes of 20 steps
+        last = findings.reads
+        for _ in range(20):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        reads.append(findings.reads - last)
+        kept.append(len(mon.history))
+    mon.close()
+    assert len(set(reads[1:])) == 1, reads  # the same work at every flush, late or early
+    assert mon.history.recorded() == 1200 * kept[0] // 20  # everything was recorded...
+    assert max(kept[30:]) <= 1.2 * max(kept[:30])  # ...but what is kept stopped growing
+
+
+@pytest.mark.parametrize("recorded, fires", [(1, False), (2, False), (3, True)])
+def test_findings_need_window_records(recorded: int, fires: bool) -> None:
+    """A series with fewer than ``Thresholds.window`` (3) records fires nothing, however bad."""
+    h = History()
+    h.add_layer(gradscope.history.LayerInfo("act", kind="activation", order=0, type="Tanh",
+                                            family="tanh"))
+    for step in range(recorded):
+        h.add(step, "act", "saturation", 0.99)
+    assert any(f.rule == "saturation" for f in analyze(h)) == fires
