@@ -41,6 +41,8 @@ def watch(
     findings: Union[bool, Thresholds] = True,
     summary: bool = True,
     strict: bool = False,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    combine_ranks: bool = True,
     **unknown: Any,
 ) -> Monitor:
     """Attach a :class:`Monitor` to ``model`` and return it.
@@ -97,6 +99,18 @@ def watch(
         strict: raise errors from inside hooks instead of warning once and
             disabling the call-site that failed.
 
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (needs
+            ``optimizer``). Back-propagated gradients are then divided by the
+            scale on the device (true units, like the parameter gradients
+            ``scaler.step`` unscales); the step ends at ``scaler.update()``, also
+            when the scaler skipped the optimizer step; the series ``scaler``
+            records ``skipped`` and ``scale`` every step.
+        combine_ranks: under ``torch.distributed`` with several ranks (DDP,
+            ``torchrun``), combine each flush's statistics across the ranks with
+            one collective: every rank's history holds the statistics of the
+            union of the ranks' batches, and only rank 0 writes the sinks and
+            prints. ``False``: each rank records and writes on its own.
+
     Example:
         >>> import torch, torch.nn as nn, gradscope
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
@@ -110,7 +124,8 @@ def watch(
                 backprop=backprop, gradients=gradients, update_ratio=update_ratio,
                 record_eval=record_eval, include=include, histogram_every=histogram_every,
                 histogram_bins=histogram_bins, sinks=sinks, logdir=logdir, findings=findings,
-                summary=summary, strict=strict, **unknown)
+                summary=summary, strict=strict, scaler=scaler, combine_ranks=combine_ranks,
+                **unknown)
     if definitions is not None:
         flat["definitions"] = definitions
     options = Options.build(**flat)

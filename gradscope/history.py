@@ -27,8 +27,9 @@ from typing import Any, Optional, Union
 
 __all__ = ["KINDS", "History", "LayerInfo", "decode_value", "encode_value"]
 
-#: The kinds of series: activation call-sites, parameterised modules, parameters.
-KINDS = ("activation", "layer", "parameter")
+#: The kinds of series: activation call-sites, parameterised modules, parameters, and
+#: model-wide per-step series (the GradScaler's ``scaler``).
+KINDS = ("activation", "layer", "parameter", "step")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class LayerInfo:
 
     Args:
         name: the series name (``"features.3"``, ``"layer1.0.relu[1]"``, ``"fc1.weight"``).
-        kind: ``"activation"`` (a call-site), ``"layer"`` (a module with parameters)
-            or ``"parameter"``.
+        kind: ``"activation"`` (a call-site), ``"layer"`` (a module with parameters),
+            ``"parameter"``, or ``"step"`` (a model-wide per-step series: ``scaler``).
         order: position in network order within its kind (execution order of the
             first monitored forward; registration order for modules never called).
         type: the module's class name (``"ReLU"``) or ``"Parameter"``.

@@ -19,6 +19,7 @@ Kinds (where the values come from):
 ``backprop``    the gradient flowing back into a call-site's output, ``∂L/∂y``
 ``parameter``   a parameter's gradient and weights (a layer combines its
                 parameters as ``aggregate`` says)
+``step``        model-wide, once per step (the GradScaler's ``skipped``, ``scale``)
 ==============  ==============================================================
 
 Example:
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "parameter")
+KINDS = ("activation", "window", "backprop", "parameter", "step")
 #: Dashboard sections after the health section, in order.
 SECTIONS = ("forward", "backward", "update")
 
@@ -105,6 +106,9 @@ class Metric:
         reduce: for a statistic whose device side no other metric shares, its own
             reduction ``call -> part`` (see :mod:`gradscope.reductions`), available
             to ``needs`` under the metric's name. Then the spec is the whole metric.
+        combine: how that own reduction combines across the ranks of
+            ``torch.distributed`` (an op of :data:`gradscope.reductions.COMBINE`);
+            without one, its values under several ranks are each rank's own.
     """
 
     name: str
@@ -122,6 +126,7 @@ class Metric:
     aggregate: Optional[str] = None
     empty: float = math.nan
     reduce: Optional[Callable[[Any], Any]] = None
+    combine: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -262,6 +267,12 @@ _SPECS = (
     Metric("update_ratio", "parameter", "update_norm / weight_norm (rule of thumb ~1e-3)",
            ("update_norm", "weight_norm"), _ratio("update_norm", "weight_norm"),
            section="update", health=5, report=3, label="update ratio ‖Δw‖/‖w‖"),
+    # -- the step: a GradScaler's verdict and scale (series "scaler") -----------------
+    Metric("skipped", "step", "1 when the GradScaler skipped the optimizer step (inf/NaN "
+           "gradients at the scale in force), else 0", ("skipped",), _value("skipped"),
+           section="update", label="steps skipped by the GradScaler", empty=0.0),
+    Metric("scale", "step", "the GradScaler's loss scale during this step's backward",
+           ("scale",), _value("scale"), section="update", label="loss scale"),
 )
 
 #: Every metric by name, in the order they are recorded.
@@ -296,10 +307,12 @@ def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
 
 
 def series_kind(metric: str) -> Optional[str]:
-    """The kind of series a metric belongs to: ``"activation"`` (call-sites) or ``"layer"``."""
+    """The kind of series a metric belongs to: ``"activation"`` (call-sites), ``"layer"`` or ``"step"``."""
     m = METRICS.get(metric)
     if m is None:
         return None
+    if m.kind == "step":
+        return "step"
     return "layer" if m.kind == "parameter" else "activation"
 
 

@@ -16,6 +16,8 @@ What is a step:
   Activations are read from the first training forward of each step.
 * without, one training forward of the model (and its backward). Parameter
   gradients are read when that backward finishes.
+* with ``scaler=`` (a ``torch.amp.GradScaler``), one iteration ending at
+  ``scaler.update()``, whether the scaler let the optimizer step or skipped it.
 
 Example:
     >>> import torch, torch.nn as nn, gradscope
@@ -42,11 +44,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from gradscope import distributed
 from gradscope.capture import ActivationRecorder, Context, ModuleCapture, ParamCapture
+from gradscope.capture.scaler import ScalerCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Queue
+from gradscope.reductions import combine_op
 from gradscope.writers.base import Record, Sink, SinkFanout
 
 __all__ = ["Monitor"]
@@ -102,15 +107,29 @@ class Monitor:
         self._last_flush_step = 0
         self._bw_queued = False
 
-        self._sinks, self.writer = _make_sinks(options)
+        if options.scaler is not None and optimizer is None:
+            raise TypeError("watch(scaler=...) needs optimizer=...: the scaler unscales the "
+                            "gradients inside scaler.step(optimizer); pass that optimizer")
+        distributed.check_model(model)
+        rank, ranks = distributed.world()
+        combine = options.combine_ranks and ranks > 1
+        if combine and optimizer is None and options.gradients:
+            raise TypeError(
+                f"watch(): under torch.distributed ({ranks} ranks) pass optimizer=...: parameter "
+                "gradients are read in its step pre-hook, after DDP's all-reduce; or pass "
+                "gradients=False, or combine_ranks=False to record each rank on its own")
+        #: this process writes the sinks and prints (rank 0 when ranks are combined)
+        self.writes = not combine or rank == 0
+        self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
 
-        self._queue = Queue()
+        self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
         self._ctx = Context(options, self._queue, self.history, self._handles.append,
-                            histograms_on=self._sinks.wants("write_histograms"))
+                            histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.sampled = bool(options.schedule(0))
         self._recorder = ActivationRecorder(self._ctx)
         self._modules = ModuleCapture(self._ctx, self._recorder)
         self._params = ParamCapture(self._ctx)
+        self._scaler = ScalerCapture(self._ctx, self._end_step)
 
     # ------------------------------------------------------------------ api
     @property
@@ -169,6 +188,7 @@ class Monitor:
             self._recorder.clear()
             self._queue.clear()
             self._params.clear()
+            self._scaler.clear()
 
     def close(self) -> None:
         """:meth:`detach`, then close the sinks (the findings summary first). Safe to call twice."""
@@ -243,6 +263,7 @@ class Monitor:
         if opt is not None:
             hook(opt.register_step_pre_hook(self._opt_pre_hook))
             hook(opt.register_step_post_hook(self._opt_post_hook))
+        self._scaler.register()
 
     def _remove_handles(self) -> None:
         handles = list(self._handles)
@@ -283,12 +304,16 @@ class Monitor:
             self._params.read(step)  # accumulated gradients: the last backward of the step wins
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        scale = self._scaler.fused(optimizer) if self._scaler.active else None
         if self._ctx.state.sampled and self.options.gradients:
-            self._params.read(self.step, snapshot=self.record_update_ratio)
+            self._params.read(self.step, snapshot=self.record_update_ratio, grad_scale=scale)
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._params.updates(self.step)
-        self._end_step()
+        if self._scaler.active:  # the step ends at scaler.update(), skipped or not
+            self._scaler.stepped = True
+        else:
+            self._end_step()
 
     def _end_step(self) -> None:
         """The step is over: windows, stacking and the parameters' entries, then the next step."""

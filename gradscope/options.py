@@ -4,7 +4,8 @@
 * definitions (:class:`Definitions`): ``eps``, ``delta``, ``dead_window``, ``unit_dim``;
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``;
-* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``.
+* outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``;
+* training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
 
 Every error names the argument, shows the value and says the fix.
 
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Optional, Union
 
+import torch
 from torch import nn
 
 from gradscope.findings import Thresholds
@@ -109,6 +111,8 @@ class Options:
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
+    scaler: Optional[torch.amp.GradScaler] = None
+    combine_ranks: bool = True
     schedule: Schedule = field(init=False, repr=False)
     histogram_schedule: Optional[Schedule] = field(init=False, repr=False)
     include_fn: Callable[[str, nn.Module], bool] = field(init=False, repr=False)
@@ -121,7 +125,7 @@ class Options:
             raise TypeError(f"watch(definitions={self.definitions!r}): pass "
                             "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "summary", "strict"):
+                     "summary", "strict", "combine_ranks"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"watch({name}={value!r}): pass True or False")
@@ -132,6 +136,9 @@ class Options:
         if not isinstance(self.findings, (bool, Thresholds)):
             raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
                             "gradscope.findings.Thresholds(...)")
+        if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
+            raise TypeError(f"watch(scaler={self.scaler!r}): pass the torch.amp.GradScaler "
+                            "whose scale(loss).backward() and step(optimizer) you call, or None")
         if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
 

@@ -112,12 +112,15 @@ class ParamCapture:
         return self._pending_update is not None
 
     # ------------------------------------------------------------ one step
-    def read(self, step: int, *, snapshot: bool = False) -> None:
+    def read(self, step: int, *, snapshot: bool = False,
+             grad_scale: Optional[Tensor] = None) -> None:
         """Stage gradient norms, weight norms and non-finite gradient counts, one vector per device.
 
         A later read in the same step (another backward without an optimizer, with
         gradients accumulated) replaces this one; :meth:`commit` queues the last.
-        With ``snapshot``, also copy the weights for :meth:`updates`.
+        With ``snapshot``, also copy the weights for :meth:`updates`. ``grad_scale``:
+        the gradients are still multiplied by this loss scale (a 0-d device tensor; an
+        optimizer that unscales in its own kernel), divided out of the norms on the device.
         """
         groups = self._groups()
         staged = self._staged = []
@@ -125,6 +128,8 @@ class ParamCapture:
             for g in groups:
                 grads: list[Tensor] = [r.ref().grad for r in g.refs]  # type: ignore[misc,union-attr]
                 gnorm = stats.foreach_norms(grads)
+                if grad_scale is not None:
+                    gnorm = gnorm / grad_scale.to(gnorm.device, non_blocking=True)
                 g.wnorm = stats.foreach_norms(g.params)
                 if stats.known_finite(gnorm):  # no NaN/Inf in any gradient: counts are 0
                     vec, counted = torch.cat([gnorm, g.wnorm]), False

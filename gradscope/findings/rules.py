@@ -27,6 +27,10 @@ rule                      severity  fires when (default thresholds)
 ``activation_blowup``     warning   ... > 100× the first call-site's
 ``update_ratio_low``      warning   a layer's ‖Δw‖/‖w‖ < 1e-5 (rule of thumb ~1e-3)
 ``update_ratio_high``     warning   a layer's ‖Δw‖/‖w‖ > 1e-1
+``scaler_skipped``        info      a GradScaler skipped steps (inf/NaN gradients at
+                                    the scale in force; the ``nonfinite`` rule ignores
+                                    the gradients of those steps); a warning when it
+                                    skipped the last :data:`gradscope.findings.amp.SKIPPED_RUN` steps in a row
 ========================  ========  ===============================================
 
 Gradient RMS is a layer's gradient norm divided by the square root of its number
@@ -50,6 +54,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable, Optional, TypeVar
 
+from gradscope.findings.amp import scaler_skipped, skipped_steps
 from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
 
@@ -152,6 +157,7 @@ def _nonfinite(history: History, t: Thresholds) -> list[Finding]:
     checks = [("activation", "nonfinite", "forward"), ("activation", "grad_out_nonfinite", "backward"),
               ("layer", "grad_nonfinite", "parameter"), ("layer", "weight_norm", "weights")]
     found: list[tuple[int, str, str]] = []
+    skipped = skipped_steps(history)  # a GradScaler's skipped steps: inf gradients are expected
     for kind, metric, where in checks:
         for layer in history.layers(kind):
             if not _has(history, layer, metric):
@@ -164,7 +170,7 @@ def _nonfinite(history: History, t: Thresholds) -> list[Finding]:
                 continue
             for s, v in zip(steps, values):
                 bad = (not math.isfinite(v)) if metric == "weight_norm" else (v > 0 or math.isnan(v))
-                if bad:
+                if bad and not (s in skipped and where in ("backward", "parameter")):
                     found.append((s, layer, where))
                     break
     if not found:
@@ -372,6 +378,7 @@ RULES: dict[str, Rule] = {
     "dead_units": _dead,
     "activation_scale": _activation_scale,
     "update_ratio": _update_ratio,
+    "scaler_skipped": scaler_skipped,
 }
 
 
