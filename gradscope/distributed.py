@@ -151,6 +151,8 @@ def combine_values(op: str, values: list[float], numels: list[int],
     vs = [values[i] for i in keep]
     if not vs:
         return math.nan
+    if op == "grad":  # DDP averages gradients: the objective is the mean of the ranks' losses
+        return math.sqrt(math.fsum(v * v for v in vs)) / len(values)
     if op == "sum":
         return math.fsum(vs)
     if op == "min":

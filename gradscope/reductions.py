@@ -321,7 +321,9 @@ BACKPROP_REDUCTIONS: dict[str, Callable[[GradCall], Part]] = {
 
 #: How each reduction combines across the ranks of torch.distributed
 #: (:mod:`gradscope.distributed`): ``sum``, ``min``, ``max``, ``norm`` (root of the
-#: summed squares), ``mean`` (a fraction, weighted by each rank's element count),
+#: summed squares), ``grad`` (a back-propagated gradient's norm: DDP averages the
+#: ranks' gradients, so the objective is the mean of their losses and the norm is
+#: ``sqrt(Σ ‖g_r‖²) / ranks``), ``mean`` (a fraction, weighted by each rank's element count),
 #: ``centered`` (a centred sum of squares, exact from each rank's count and sum),
 #: ``any``/``all`` (units on in any / every rank's per-unit mask, counted). A
 #: metric's own ``reduce=`` declares its op with ``Metric(combine=...)``.
@@ -337,7 +339,7 @@ COMBINE: dict[str, str] = {
     "on": "sum",
     "active_units": "any",
     "idle_units": "all",
-    "norm": "norm",
+    "norm": "grad",
 }
 
 
