@@ -143,3 +143,27 @@ def test_combined_moments_equal_the_union(seed: int) -> None:
     assert combine_masks("all", on) == sum(all(col) for col in zip(*on))
     assert math.isnan(combine_values("max", [1.0, math.nan], [1, 1]))
     assert combine_values("sum", [1.0, math.nan], [1, 0]) == 1.0  # a rank with no element is left out
+
+
+@needs_torchrun
+def test_compare_runs_data_parallel_under_torchrun(tmp_path: Path) -> None:
+    """Two ranks, each a shard of every batch: the same runs as one process (no BatchNorm)."""
+    from gradscope.cli import main
+
+    grid = ["compare", "--synthetic", "--activations", "relu", "tanh", "--inits", "he",
+            "--batchnorm", "off", "--depth", "2", "--width", "32", "--steps", "30", "--eval-every", "10",
+            "--monitor-every", "1", "--no-plots", "--no-progress", "--no-dashboard-images"]
+    proc = torchrun(["-m", "gradscope", *grid, "--results-dir", str(tmp_path / "ddp")],
+                    cwd=tmp_path)
+    assert proc.stdout.count("| relu-he-2x32") == 1  # rank 0 prints the table, once
+    assert main([*grid, "--results-dir", str(tmp_path / "one")]) == 0
+    ddp, one = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ddp", "one"))
+    assert [r["name"] for r in ddp] == [r["name"] for r in one]
+    for a, b in zip(ddp, one):
+        for key in ("test_acc", "final_train_loss", "grad_ratio", "peak_dead", "peak_saturation"):
+            if b[key] is None:
+                assert a[key] is None
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["name"], key)
+        events = list((tmp_path / "ddp" / "runs" / a["name"]).glob("events.out.tfevents.*"))
+        assert len(events) == 1

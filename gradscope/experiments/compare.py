@@ -107,11 +107,16 @@ def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data(args: argparse.Namespace) -> Any:
-    from gradscope.experiments import data
+    from gradscope.experiments import data, parallel
 
     if args.synthetic:
         return data.synthetic_dataset(n_train=2048, n_test=512, features=784)
-    return data.load_mnist(args.data_dir)
+    if not parallel.is_writer():
+        parallel.barrier()  # rank 0 fetches and verifies MNIST first
+    mnist = data.load_mnist(args.data_dir)
+    if parallel.is_writer():
+        parallel.barrier()
+    return mnist
 
 
 def _results_dir(args: argparse.Namespace, default: str) -> Path:
@@ -121,9 +126,15 @@ def _results_dir(args: argparse.Namespace, default: str) -> Path:
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
+    from gradscope.experiments import parallel
     from gradscope.experiments.train import resolve_device
 
-    dev = resolve_device(args.device)
+    dev = parallel.start(resolve_device(args.device))  # under torchrun: this rank's device
+    rank, ranks = parallel.world()
+    if ranks > 1:
+        print(f"rank {rank} of {ranks} (data-parallel, DDP)", file=sys.stderr)
+        if rank != 0:
+            return dev
     if dev.type == "cpu":
         print(f"device: cpu ({torch.get_num_threads()} threads)", file=sys.stderr)
     else:
@@ -169,14 +180,23 @@ def run(args: argparse.Namespace) -> int:
     except (GridError, ValueError) as e:
         print(f"gradscope compare: {e}", file=sys.stderr)
         return 2
-    out = _results_dir(args, "results/compare")
-    print(f"{len(configs)} runs -> {out}", file=sys.stderr)
-    data = _data(args)
-    t0 = time.perf_counter()
-    skipped, on_result = _counter()
-    results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
+    from gradscope.experiments import parallel
+
+    writer = parallel.is_writer()
+    try:
+        out = _results_dir(args, "results/compare")
+        if writer:
+            print(f"{len(configs)} runs -> {out}", file=sys.stderr)
+        data = _data(args)
+        t0 = time.perf_counter()
+        skipped, on_result = _counter()
+        results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
+    finally:
+        parallel.stop()
     if results is None:
         return 130
+    if not writer:
+        return 0
     print(format_table(results))
     print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
     print(f"summary, plots and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, load_result, train_run
 
@@ -123,7 +124,9 @@ def run_grid(
         The results of the finished configs, in config order.
     """
     out = Path(results_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    writer = parallel.is_writer()  # under torchrun, rank 0 alone touches files
+    if writer:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
     names = [c.name for c in configs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -131,7 +134,7 @@ def run_grid(
     data = data.to(device)
     results: list[RunResult] = []
     bar = None
-    if progress:
+    if progress and writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(configs), desc="runs", position=0, dynamic_ncols=True)
@@ -144,7 +147,7 @@ def run_grid(
                 assert done is not None
                 result = done
             else:
-                if run_dir.exists():  # unfinished or stale: never trust it
+                if writer and run_dir.exists():  # unfinished or stale: never trust it
                     shutil.rmtree(run_dir)
                 result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
                                    dashboard_images=dashboard_images)
@@ -160,7 +163,7 @@ def run_grid(
     finally:
         if bar is not None:
             bar.close()
-        if results:
+        if results and writer:
             write_summary(results, out, title=title)
             if plots:
                 from gradscope.experiments.plots import make_plots
