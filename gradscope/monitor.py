@@ -46,6 +46,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradscope import distributed
 from gradscope.capture import ActivationRecorder, Context, ModuleCapture, ParamCapture
+from gradscope.capture.params import read_gradients
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History
@@ -271,6 +272,15 @@ class Monitor:
         for h in handles:
             h.remove()
 
+    def forward_starts(self, training: bool = True) -> None:
+        """Tell the monitor that a forward of the model starts.
+
+        The watched module's own forward pre-hook does this; an integration calls
+        it when a framework's training step may run the model's submodules without
+        calling the watched module (a LightningModule's ``training_step``).
+        """
+        self._root_pre_hook(_Mode(training), ())  # type: ignore[arg-type]
+
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
         counted = module.training or self.options.record_eval
         if self._optimizer_ref is None and counted:
@@ -303,10 +313,17 @@ class Monitor:
         if self.attached and step == self.step:
             self._params.read(step)  # accumulated gradients: the last backward of the step wins
 
-    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         scale = self._scaler.fused(optimizer) if self._scaler.active else None
-        if self._ctx.state.sampled and self.options.gradients:
-            self._params.read(self.step, snapshot=self.record_update_ratio, grad_scale=scale)
+        if not (self._ctx.state.sampled and self.options.gradients):
+            return None
+        step, snapshot = self.step, self.record_update_ratio
+
+        def read() -> None:
+            if self.attached and step == self.step:
+                self._params.read(step, snapshot=snapshot, grad_scale=scale)
+
+        return read_gradients(args, kwargs, read)
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._params.updates(self.step)
@@ -330,6 +347,13 @@ class Monitor:
 
 
 # ---------------------------------------------------------------- helpers
+class _Mode:
+    """What the root pre-hook reads of a module: whether it is training."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+
 def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
     sinks: list[Sink] = list(options.sinks)

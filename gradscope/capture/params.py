@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from gradscope.writers.base import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["ParamCapture"]
+__all__ = ["ParamCapture", "read_gradients"]
 
 
 @dataclass
@@ -211,6 +211,30 @@ class ParamCapture:
                 for b, p in zip(bufs, params)):
             bufs = self._snapshot = _flat_buffers(params)
         return bufs
+
+
+def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
+                   ) -> Optional[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """In an optimizer's step pre-hook: ``read()`` the gradients when they are final.
+
+    Usually they are final already and ``read()`` runs now. Given a closure
+    (``opt.step(closure)``: Lightning, LBFGS), the optimizer runs the forward and
+    backward inside ``step()``: the closure is wrapped to read after it returns
+    (the last call wins), and the new arguments are returned for the hook to hand on.
+    """
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: the optimizer
+    if not callable(closure):
+        read()
+        return None
+
+    def read_after(*a: Any, **k: Any) -> Any:
+        loss = closure(*a, **k)
+        read()
+        return loss
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": read_after}
+    return (args[0], read_after, *args[2:]), kwargs
 
 
 def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str],
