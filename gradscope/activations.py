@@ -37,6 +37,7 @@ from gradscope import stats
 
 __all__ = [
     "FAMILIES",
+    "LAZY_FAMILIES",
     "SATURATION_RULES",
     "ActivationFamily",
     "family_of",
@@ -286,4 +287,23 @@ def family_of(module: nn.Module) -> Optional[ActivationFamily]:
         fam = FAMILIES.get(cls)
         if fam is not None:
             return fam
+    if _load_lazy(type(module).__module__):
+        return family_of(module)
     return None
+
+
+#: Families of other libraries, registered the first time a module from there is seen:
+#: module prefix -> the gradscope module whose ``register()`` registers them.
+LAZY_FAMILIES = {"transformers.": "gradscope.integrations.hf_activations"}
+_loaded: set[str] = set()
+
+
+def _load_lazy(module_name: str) -> bool:
+    """Register the lazy families for a module of that name (once); whether any were new."""
+    for prefix, source in LAZY_FAMILIES.items():
+        if module_name.startswith(prefix) and source not in _loaded:
+            _loaded.add(source)
+            import importlib
+
+            return bool(importlib.import_module(source).register())
+    return False

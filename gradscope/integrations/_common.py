@@ -7,10 +7,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from gradscope.history import History
 from gradscope.monitor import Monitor
 from gradscope.options import Options
 
-__all__ = ["CallbackMonitor"]
+__all__ = ["CallbackMonitor", "MonitorCallback"]
 
 #: Options a callback finds in the framework itself.
 FOUND = ("optimizer", "scaler")
@@ -53,3 +54,19 @@ class CallbackMonitor:
         monitor, self.monitor = self.monitor, None
         if monitor is not None:
             monitor.close()
+
+
+class MonitorCallback:
+    """What both callbacks hold: the options, the monitor while training, the last history.
+
+    Mixed in before the framework's callback class, whose ``__init__`` takes nothing.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._monitor = CallbackMonitor(type(self).__name__, options)
+        self.history: Optional[History] = None
+
+    @property
+    def monitor(self) -> Optional[Monitor]:
+        """The monitor attached during training (``None`` otherwise)."""
+        return self._monitor.monitor

@@ -42,14 +42,12 @@ except ImportError as err:  # pragma: no cover - the extra is not installed
     raise ImportError("gradscope.integrations.lightning needs PyTorch Lightning: "
                       'pip install "gradscope[lightning]"') from err
 
-from gradscope.history import History
-from gradscope.integrations._common import CallbackMonitor
-from gradscope.monitor import Monitor
+from gradscope.integrations._common import MonitorCallback
 
 __all__ = ["GradscopeCallback"]
 
 
-class GradscopeCallback(pl.Callback):
+class GradscopeCallback(MonitorCallback, pl.Callback):
     """Watch a LightningModule with :func:`gradscope.watch` while the trainer fits it.
 
     Args:
@@ -68,15 +66,6 @@ class GradscopeCallback(pl.Callback):
         ...
         TypeError: watch() got an unexpected option 'evry'; did you mean 'every'?
     """
-
-    def __init__(self, **options: Any) -> None:
-        self._monitor = CallbackMonitor("GradscopeCallback", options)
-        self.history: Optional[History] = None
-
-    @property
-    def monitor(self) -> Optional[Monitor]:
-        """The monitor attached during the fit."""
-        return self._monitor.monitor
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizers = list(trainer.optimizers)
