@@ -74,7 +74,8 @@ def dataset(kind: str) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": i, "labels": torch.tensor(int(i[0]) % 2)} for i in ids]
 
 
-def train(model: nn.Module, kind: str, out: Path, cb: GradscopeCallback, **kw: Any) -> Any:
+def train(model: nn.Module, kind: str, out: Path, cb: GradscopeCallback,
+          scaler: Any = None, **kw: Any) -> Any:
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=4,
         gradient_accumulation_steps=ACCUMULATE, learning_rate=1e-3, max_grad_norm=1e6,
@@ -82,6 +83,8 @@ def train(model: nn.Module, kind: str, out: Path, cb: GradscopeCallback, **kw: A
         disable_tqdm=True, seed=0, **kw)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset(kind),
                                    callbacks=[cb])
+    if scaler is not None:  # what accelerate makes for fp16=True on CUDA (none on the CPU)
+        trainer.accelerator.scaler = scaler
     with cb:
         trainer.train()
     return trainer
@@ -113,6 +116,32 @@ def test_bf16_on_cpu(tmp_path: Path) -> None:
     h = cb.history
     assert h.steps() == list(range(STEPS)) and "scaler" not in h.layers()
     assert all(math.isfinite(v) for v in h.series("transformer.h.0.mlp.act", "grad_out_norm")[1])
+
+
+def test_a_grad_scaler_under_the_trainer(tmp_path: Path) -> None:
+    """accelerate's GradScaler path (``fp16=True`` on CUDA), with a CPU scaler: true units, a skip."""
+    model = gpt2()
+    calls = [0]
+
+    def inf_at_step_2(grad: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return grad * math.inf if (calls[0] - 1) // ACCUMULATE == 2 else grad
+
+    model.transformer.h[0].mlp.c_fc.weight.register_hook(inf_at_step_2)
+    cb = GradscopeCallback(summary=False)
+    train(model, "gpt2", tmp_path / "scaled", cb, torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    h = cb.history
+    assert h.series("scaler", "skipped") == (list(range(STEPS)), [0.0, 0.0, 1.0, 0.0])
+    assert h.series("scaler", "scale")[1] == [2.0**10] * 3 + [2.0**9]
+    plain = GradscopeCallback(summary=False)
+    train(gpt2(), "gpt2", tmp_path / "plain", plain)
+    for layer, metric in (("transformer.h.0.mlp.act", "grad_out_norm"),
+                          ("transformer.h.1.mlp.c_fc", "grad_norm")):
+        got, want = (c.history.series(layer, metric)[1][:2] for c in (cb, plain))
+        assert got == pytest.approx(want, rel=1e-4), (layer, metric)  # unscaled: true units
+    from gradscope.findings import analyze
+
+    assert [(f.severity, f.rule) for f in analyze(h)] == [("info", "scaler_skipped")]
 
 
 def test_detaches_when_train_raises(tmp_path: Path) -> None:

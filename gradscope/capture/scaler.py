@@ -43,7 +43,6 @@ from gradscope.writers.base import Record
 __all__ = ["SCALER_SERIES", "ScalerCapture"]
 
 
-
 class _Patch:
     """A removable patch of one bound method on one object: the monitor owns it like a hook handle."""
 

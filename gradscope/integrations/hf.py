@@ -13,7 +13,8 @@ What the callback does:
 
 * at ``on_train_begin`` it watches the model with the trainer's optimizer (the
   torch optimizer inside accelerate's ``AcceleratedOptimizer``), its
-  ``GradScaler`` (``fp16=True``; ``bf16=True`` needs none) and, when the run
+  ``GradScaler`` (accelerate makes one for ``fp16=True`` on CUDA; ``bf16=True``
+  needs none, and on the CPU ``fp16=True`` runs without one) and, when the run
   reports to TensorBoard, the TensorBoard callback's run directory as ``logdir``
   (``$TENSORBOARD_LOGGING_DIR``, else the newest ``<output_dir>/runs/*``);
 * a step is one optimizer step, as the Trainer counts them: with
