@@ -23,7 +23,7 @@ def batches(n: int = N) -> list[torch.Tensor]:
 
 def run(scaler: Optional[torch.amp.GradScaler], *, inject: dict[int, float] | None = None,
         nan_grad_at: set[int] | None = None, lr: float = 0.0, fused: bool = False,
-        monitor: bool = True) -> Any:
+        monitor: bool = True, n: int = N, **options: Any) -> Any:
     """Train a tanh MLP; ``inject[i]`` multiplies iteration i's loss (inf: an inf gradient),
     ``nan_grad_at``: a NaN in the gradient reaching the first activation at those iterations."""
     torch.manual_seed(0)
@@ -43,9 +43,9 @@ def run(scaler: Optional[torch.amp.GradScaler], *, inject: dict[int, float] | No
         out.register_hook(poison)
 
     model[1].register_forward_hook(on_forward)
-    mon = watch(model, optimizer=opt, scaler=scaler, summary=False) if monitor else None
+    mon = watch(model, optimizer=opt, scaler=scaler, summary=False, **options) if monitor else None
     try:
-        for i, x in enumerate(batches()):
+        for i, x in enumerate(batches(n)):
             it[0] = i
             opt.zero_grad()
             loss = model(x).pow(2).mean() * (inject or {}).get(i, 1.0)
@@ -98,6 +98,21 @@ def test_skipped_steps_are_recorded_and_aligned() -> None:
     found = [f for f in mon.findings() if not f.rule.startswith("update_ratio")]  # lr = 0
     assert [(f.severity, f.rule) for f in found] == [("info", "scaler_skipped")]
     assert found[0].message.startswith(f"GradScaler skipped 3 of {N} steps (first at step 2")
+
+
+def test_a_long_run_reports_exactly_the_injected_skips() -> None:
+    """1,000 iterations, 25 injected overflows (some back to back), flushed every 50 steps."""
+    n = 1000
+    inject = {int(i): math.inf for i in torch.randperm(n, generator=torch.Generator().manual_seed(3))[:25]}
+    inject.update({500: math.inf, 501: math.inf, 502: math.inf})  # a run of three
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=100)
+    mon = run(scaler, inject=inject, n=n, flush_every=50, histogram_every=None)
+    skipped = by_step(mon, "scaler", "skipped")
+    assert sorted(skipped) == list(range(n))  # one step per iteration, none lost or merged
+    assert {s for s, v in skipped.items() if v} == set(inject)
+    found = [f for f in mon.findings() if f.rule == "scaler_skipped"]
+    assert [f.severity for f in found] == ["info"]
+    assert found[0].message.startswith(f"GradScaler skipped {len(inject)} of 1,000 steps")
 
 
 def reference_values() -> list[tuple[float, float]]:
