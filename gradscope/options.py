@@ -5,6 +5,7 @@
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``;
 * outputs: ``sinks``, ``logdir``, ``findings``, ``summary``, ``strict``;
+* how: ``fused`` (compiled statistics kernels);
 * training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
 
 Every error names the argument, shows the value and says the fix.
@@ -111,6 +112,7 @@ class Options:
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
+    fused: str = "off"
     scaler: Optional[torch.amp.GradScaler] = None
     combine_ranks: bool = True
     schedule: Schedule = field(init=False, repr=False)
@@ -136,6 +138,10 @@ class Options:
         if not isinstance(self.findings, (bool, Thresholds)):
             raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
                             "gradscope.findings.Thresholds(...)")
+        if self.fused not in ("off", "on", "strict"):
+            raise ValueError(f"watch(fused={self.fused!r}): pass 'off' (eager, the default), 'on' "
+                             "(compiled kernels, eager where compiling fails) or 'strict' (raise "
+                             "where compiling fails)")
         if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
             raise TypeError(f"watch(scaler={self.scaler!r}): pass the torch.amp.GradScaler "
                             "whose scale(loss).backward() and step(optimizer) you call, or None")

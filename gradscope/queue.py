@@ -59,12 +59,12 @@ class Queue:
         self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[tuple[int, Decoder]]]] = {}
 
     def defer(self, step: int, device: torch.device, parts: list[Tensor], decode: Decoder) -> None:
-        """Keep a hook's 0-d results until :meth:`end_step`; ``decode`` gets their values."""
+        """Keep a hook's results (0-d or 1-d tensors) until :meth:`end_step`; ``decode`` gets their values."""
         batch = self._deferred.get((step, device))
         if batch is None:
             batch = self._deferred[(step, device)] = ([], [])
         batch[0].extend(parts)
-        batch[1].append((len(parts), decode))
+        batch[1].append((sum(p.numel() for p in parts), decode))
 
     def put(self, step: int, tensor: Tensor, decode: Decoder) -> None:
         """Queue a ready vector (every element goes to ``decode``)."""
@@ -79,7 +79,8 @@ class Queue:
         deferred, self._deferred = self._deferred, {}
         with torch.no_grad():
             for (step, device), (parts, layout) in deferred.items():
-                vec = (torch.stack([p if p.dtype == torch.float32 else p.float() for p in parts])
+                vec = (torch.cat([(p if p.dtype == torch.float32 else p.float()).reshape(-1)
+                                  for p in parts])
                        if parts else torch.zeros(0, device=device))
                 self._pending.append(Entry(step, vec, _batch_decoder(layout)))
 

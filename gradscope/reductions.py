@@ -214,7 +214,7 @@ def _derivative_sums(family: ActivationFamily, module: nn.Module, x: Optional[Te
     """``(#(f'(x) < delta), Σ f'(x))``, block by block in CPU scratch memory when it can."""
     assert family.derivative is not None
     blocks = None
-    if family.derivative_out and y.device.type == "cpu" and y.ndim > 0 and (
+    if family.derivative_out and stats.uses_scratch(y) and y.ndim > 0 and (
             x is None or x.shape == y.shape):
         blocks = stats.row_blocks(y)
     if blocks is None:  # a GPU (caching allocator), a custom derivative, or huge rows
@@ -258,7 +258,7 @@ def _active_units(c: ActivationCall) -> Part:
         src = _regime_source(c)
         active = (src.amax(dim=dims) if dims else src) >= 0
     c.active, c.units = active, active.numel()
-    return torch.count_nonzero(active)
+    return active.sum(dtype=torch.float32)
 
 
 #: Reductions of an activation call, by name (what :class:`gradscope.metrics.Metric.needs` names).
@@ -373,6 +373,7 @@ class Plan:
         for m in self.metrics:
             needs += [n for n in m.needs if n not in needs]
         self.needs = tuple(needs)
+        self._identity: list[Union[float, int, tuple[int, float, float]]] = list(range(len(needs)))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -391,20 +392,24 @@ class Plan:
 
     def queue(self, parts: Sequence[Part], layer: str, numel: int, units: int
               ) -> tuple[list[Tensor], Decoder]:
-        """The tensors among ``parts`` (each once) and a decoder told where each part is."""
+        """The tensors among ``parts`` and a decoder told where each part is."""
         tensors: list[Tensor] = []
         code: list[Union[float, int, tuple[int, float, float]]] = []
         for p in parts:
             if type(p) is float:  # known on the host
                 code.append(p)
                 continue
-            affine = isinstance(p, Affine)
-            src = p.source if affine else p  # type: ignore[union-attr]
-            i = next((k for k, t in enumerate(tensors) if t is src), len(tensors))
-            if i == len(tensors):
-                tensors.append(src)  # type: ignore[arg-type]
-            code.append((i, p.scale, p.offset) if affine else i)  # type: ignore[union-attr]
+            if isinstance(p, Affine):  # a shared count may be queued twice: a float, not a pass
+                code.append((len(tensors), p.scale, p.offset))
+                tensors.append(p.source)
+            else:
+                code.append(len(tensors))
+                tensors.append(p)  # type: ignore[arg-type]
         return tensors, _Decode(self, layer, numel, units, code, len(tensors))
+
+    def vector_decoder(self, layer: str, numel: int, units: int) -> Decoder:
+        """The decoder of one vector holding the value of each of :attr:`needs`, in order."""
+        return _Decode(self, layer, numel, units, self._identity, len(self.needs))
 
     def finish(self, step: int, layer: str, values: dict[str, float], numel: int,
                units: int) -> list[Record]:

@@ -36,6 +36,7 @@ __all__ = [
     "as_float",
     "batch_dims",
     "count_where",
+    "cpu_kernels",
     "cpu_scratch",
     "foreach_nonfinite_counts",
     "foreach_norms",
@@ -53,9 +54,11 @@ __all__ = [
     "softmax_saturation",
     "sum_squares",
     "symmetric_saturation",
+    "uses_scratch",
 ]
 
 _NAN = float("nan")
+_compiling = torch.compiler.is_dynamo_compiling  # True while torch.compile traces (cheap)
 
 
 def as_float(x: Tensor) -> Tensor:
@@ -80,7 +83,33 @@ def host_readable(t: Tensor) -> bool:
     statistics never do it; on the CPU there is nothing to wait for, and a few
     functions here use a value they already computed to skip work that cannot
     change the result (see :func:`known_finite`). The results are the same on
-    every device.
+    every device. Inside ``torch.compile`` nothing is read (a read would break
+    the graph): the accelerator path is traced instead.
+    """
+    return t.device.type == "cpu" and not _compiling()
+
+
+#: Below this many elements a temporary is cheap on the CPU too (the allocator
+#: recycles small blocks without page faults), so no scratch buffer is used.
+SCRATCH_MIN_ELEMENTS = 1 << 15
+
+
+def uses_scratch(x: Tensor) -> bool:
+    """Whether ``x``'s masks and squares go through the CPU scratch buffers (see :func:`cpu_scratch`).
+
+    Only eagerly on the CPU and for tensors of at least :data:`SCRATCH_MIN_ELEMENTS`:
+    a GPU's caching allocator makes temporaries cheap, small temporaries are cheap
+    everywhere, and inside ``torch.compile`` the compiler fuses them away.
+    """
+    return (x.device.type == "cpu" and x.numel() >= SCRATCH_MIN_ELEMENTS
+            and not _compiling())
+
+
+def cpu_kernels(t: Tensor) -> bool:
+    """Whether ``t``'s operations run as CPU kernels, for choices made for CPU speed only.
+
+    (Not about synchronisation: see :func:`host_readable`.)
+    ``benchmarks/kernel_counts.py`` replaces it to count the accelerator path on a CPU.
     """
     return t.device.type == "cpu"
 
@@ -89,7 +118,9 @@ def nonfinite_count(x: Tensor) -> Tensor:
     """Number of NaN or ±Inf elements of ``x`` as a ``float32`` scalar."""
     if not x.is_floating_point() or x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
-    return torch.count_nonzero(~torch.isfinite(x)).to(torch.float32)
+    # x * 0 is ±0 for finite x and NaN for NaN/±Inf: three kernels, where
+    # ~isfinite(x) decomposes into five before the count
+    return torch.count_nonzero(x.mul(0).ne_(0)).to(torch.float32)
 
 
 def known_finite(reduction: Tensor) -> bool:
@@ -123,7 +154,10 @@ def indicator(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
     The same truth values as the boolean mask (NaN compares false), but written into
     a float tensor: on the CPU that comparison is vectorised and about 4x faster
     than one producing ``bool``, and a float mask sums and ``amax``-reduces fast.
+    Under ``torch.compile`` the plain form is traced (the compiler fuses it).
     """
+    if _compiling():
+        return op(x, value).to(torch.float32)
     return op(x, value, out=torch.empty(x.shape, dtype=torch.float32, device=x.device))
 
 
@@ -169,7 +203,7 @@ def sum_squares(x: Tensor, center: Union[Tensor, float, None] = None) -> Tensor:
     of rows at a time and summed there: accurate, and no activation-sized temporary.
     On a GPU the norm's tree reduction is accurate and the temporary is cheap.
     """
-    if x.device.type != "cpu" or x.ndim == 0 or x.numel() == 0:
+    if not uses_scratch(x) or x.ndim == 0 or x.numel() == 0:
         d = x if center is None else x - center
         return torch.linalg.vector_norm(d).square()
     blocks = row_blocks(x)
@@ -199,7 +233,9 @@ def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
     page faults (on the 5x1000 MLP benchmark, about 128 per activation and step).
     Elsewhere (GPUs have a caching allocator) it is :func:`indicator` summed.
     """
-    if x.device.type != "cpu" or x.ndim == 0 or x.numel() == 0:
+    if x.numel() < SCRATCH_MIN_ELEMENTS or _compiling():  # small: one comparison, one sum
+        return op(x, value).sum(dtype=torch.float32)
+    if not uses_scratch(x) or x.ndim == 0:
         return indicator(op, x, value).sum()
     blocks = row_blocks(x)
     if blocks is None:  # one row is larger than the scratch buffer
@@ -309,7 +345,7 @@ def foreach_nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.zeros(0)
-    if all(t.device.type == "cpu" for t in tensors):
+    if all(cpu_kernels(t) for t in tensors):
         # On the CPU the 0-"norm" is a slow generic kernel (and isfinite slower
         # still); count_nonzero of the same ``x * 0`` is about 2.4x faster.
         return torch.stack([torch.count_nonzero(t * 0).to(torch.float32) for t in tensors])

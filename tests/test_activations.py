@@ -99,6 +99,7 @@ def test_blockwise_scratch_evaluation_matches_whole_tensor(
 
     whole = run(plain)
     monkeypatch.setattr(stats, "SCRATCH_ELEMENTS", 50)  # 4 rows of 12 per block
+    monkeypatch.setattr(stats, "SCRATCH_MIN_ELEMENTS", 0)  # the scratch path, even this small
     monkeypatch.setattr(stats, "_scratch", type(stats._scratch)())
     blocked = run(fam)
     assert blocked == pytest.approx(whole, rel=1e-5, abs=1e-6)

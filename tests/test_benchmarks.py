@@ -38,3 +38,24 @@ def test_check_outputs_rejects_a_broken_table(overhead, tmp_path: Path) -> None:
     md.write_text(md.read_text().replace("| every1 |", "| every1 | extra |"))
     with pytest.raises(ValueError, match="malformed"):
         overhead.check_outputs(tmp_path, 1)
+
+
+def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
+    """benchmarks/kernel_counts.py on the accelerator path: gradscope reads nothing before the flush."""
+    spec = importlib.util.spec_from_file_location(
+        "kernel_counts_bench", _SCRIPT.parent / "kernel_counts.py")
+    kc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kc)
+    from gradscope import stats
+    real = (stats.host_readable, stats.uses_scratch, stats.cpu_kernels)
+    rows = kc.measure(depth=2, width=32, batch=8)
+    assert (stats.host_readable, stats.uses_scratch, stats.cpu_kernels) == real  # restored
+    assert {r["family"] for r in rows} == set(kc.FAMILIES)
+    for r in rows:
+        if r["approach"] == "gradscope":
+            assert r["host_reads_outside_flush"] == 0, r
+            assert r["kernels_flush"] >= 1  # the step results are put together there
+            assert r["kernels_per_activation_hook"] > 0 and r["kernels_per_backprop_hook"] > 0
+        else:  # .item() hooks: a read per statistic and per parameter
+            assert r["host_reads_outside_flush"] == 3 * r["sites"] + r["params"], r
+    assert "| ReLU | gradscope |" in kc.table(rows)

@@ -195,6 +195,7 @@ def test_count_where_matches_a_loop_also_blockwise(
     ref = sum(1 for v in x.flatten().tolist() if py_op(v, 0.25))
     assert stats.count_where(op, x, 0.25).item() == ref  # type: ignore[arg-type]
     monkeypatch.setattr(stats, "SCRATCH_ELEMENTS", 7)  # a few rows per block, or none fits
+    monkeypatch.setattr(stats, "SCRATCH_MIN_ELEMENTS", 0)  # the scratch path, even this small
     monkeypatch.setattr(stats, "_scratch", type(stats._scratch)())
     assert stats.count_where(op, x, 0.25).item() == ref  # type: ignore[arg-type]
     assert stats.count_where(op, x.transpose(0, -1), 0.25).item() == ref  # type: ignore[arg-type]

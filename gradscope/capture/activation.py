@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from gradscope.activations import ActivationFamily
 from gradscope.capture.base import Context
 from gradscope.distributed import MaskDecoder
+from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
 
@@ -56,6 +57,7 @@ class ActivationRecorder:
         self._plans: dict[tuple[int, str], Plan] = {}
         self._backprop = Plan(None, "backprop", partial=ctx.combine)
         self._windows: list[tuple[Site, Tensor, int]] = []
+        self.fuser = Fuser(ctx.options.fused)
 
     def site(self, module_name: str, call: int, family: ActivationFamily, name: str,
              type_name: str, shape: tuple[int, ...]) -> Site:
@@ -100,15 +102,24 @@ class ActivationRecorder:
                  step: int) -> None:
         d = self.ctx.options.definitions
         with torch.no_grad():
-            call = ActivationCall(site.family, module, x, y.detach(), eps=d.eps, delta=d.delta,
-                                  unit_dim=d.unit_dim)
-            tensors, decode = site.plan.run(call, site.name)
+            fused = self.fuser.run(site.plan, site.family, module, x, y.detach(), eps=d.eps,
+                                   delta=d.delta, unit_dim=d.unit_dim)
+            if fused is not None:
+                vec, active = fused
+                tensors = [vec]
+                decode = site.plan.vector_decoder(site.name, y.numel(),
+                                                  active.numel() if active is not None else 0)
+            else:
+                call = ActivationCall(site.family, module, x, y.detach(), eps=d.eps,
+                                      delta=d.delta, unit_dim=d.unit_dim)
+                tensors, decode = site.plan.run(call, site.name)
+                active = call.active
         self.ctx.queue.defer(step, y.device, tensors, decode)
-        if self.ctx.combine and call.active is not None:  # the ranks' units are OR-ed at the flush
-            self.ctx.queue.put(step, call.active.float(),
+        if self.ctx.combine and active is not None:  # the ranks' units are OR-ed at the flush
+            self.ctx.queue.put(step, active.float(),
                                MaskDecoder(site.name, "activation", "active_units"))
-        if call.active is not None and site.window.metrics:
-            self._windows.append((site, call.active, step))
+        if active is not None and site.window.metrics:
+            self._windows.append((site, active, step))
         if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():
             y.register_hook(self._backprop_hook(site, step, y.numel()))
 
