@@ -24,8 +24,9 @@ What the callback does:
   ``self(x)`` is recorded too;
 * at fit end, and when fit raises (``on_exception``), the monitor flushes,
   removes every hook and closes its sinks. Under several processes (Lightning's
-  DDP strategy) the statistics are combined across ranks and rank 0 writes, as
-  with :func:`gradscope.watch`.
+  DDP strategy) the monitor combines across ranks and rank 0 writes, as
+  :func:`gradscope.watch` does under ``torchrun`` (tested there; Lightning's own
+  multi-process launch is not covered by a test).
 
 The monitor is :attr:`GradscopeCallback.monitor` during the fit and
 :attr:`GradscopeCallback.history` afterwards.
