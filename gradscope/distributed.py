@@ -47,7 +47,7 @@ from torch import nn
 
 from gradscope.writers.base import Record
 
-__all__ = ["MaskPart", "Partial", "RankCombiner", "check_model", "world"]
+__all__ = ["MaskPart", "Partial", "RankCombiner", "check_model", "roles", "world"]
 
 #: Floats before the payload: its length and the checksum of its layout.
 HEADER = 2
@@ -59,6 +59,25 @@ def world() -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
+
+
+def roles(model: nn.Module, optimizer: Optional[Any], *, combine_ranks: bool,
+          gradients: bool) -> tuple[bool, bool]:
+    """``(combine, writes)`` for a monitor of ``model``: whether it combines ranks, whether it writes.
+
+    Refuses sharded models (:func:`check_model`), and, when ranks are combined,
+    parameter gradients without an optimizer: they must be read in its step
+    pre-hook, after DDP's all-reduce, not when this rank's backward ends.
+    """
+    check_model(model)
+    rank, ranks = world()
+    combine = combine_ranks and ranks > 1
+    if combine and optimizer is None and gradients:
+        raise TypeError(
+            f"watch(): under torch.distributed ({ranks} ranks) pass optimizer=...: parameter "
+            "gradients are read in its step pre-hook, after DDP's all-reduce; or pass "
+            "gradients=False, or combine_ranks=False to record each rank on its own")
+    return combine, not combine or rank == 0
 
 
 def check_model(model: nn.Module) -> None:

@@ -111,16 +111,10 @@ class Monitor:
         if options.scaler is not None and optimizer is None:
             raise TypeError("watch(scaler=...) needs optimizer=...: the scaler unscales the "
                             "gradients inside scaler.step(optimizer); pass that optimizer")
-        distributed.check_model(model)
-        rank, ranks = distributed.world()
-        combine = options.combine_ranks and ranks > 1
-        if combine and optimizer is None and options.gradients:
-            raise TypeError(
-                f"watch(): under torch.distributed ({ranks} ranks) pass optimizer=...: parameter "
-                "gradients are read in its step pre-hook, after DDP's all-reduce; or pass "
-                "gradients=False, or combine_ranks=False to record each rank on its own")
+        combine, writes = distributed.roles(model, optimizer, combine_ranks=options.combine_ranks,
+                                            gradients=options.gradients)
         #: this process writes the sinks and prints (rank 0 when ranks are combined)
-        self.writes = not combine or rank == 0
+        self.writes = writes
         self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)

@@ -93,6 +93,7 @@ def main(out: Path) -> None:
     result = {"rank": rank, "writes": mon.writes, "writer": mon.writer is not None,
               "history": mon.history.to_dict(), **counts}
     result["fsdp"] = fsdp_refusal()
+    result["no_optimizer"] = no_optimizer_refusal()
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
@@ -103,6 +104,17 @@ def _counting(fn: Any, counts: dict[str, int]) -> Any:
         return fn(*a, **k)
 
     return wrapper
+
+
+def no_optimizer_refusal() -> str:
+    """The error ``watch`` raises under several ranks without an optimizer (empty if none)."""
+    import gradscope
+
+    try:
+        gradscope.watch(build())
+    except TypeError as err:
+        return str(err)
+    return ""
 
 
 def fsdp_refusal() -> str:
