@@ -20,6 +20,10 @@ Kinds (where the values come from):
 ``parameter``   a parameter's gradient and weights (a layer combines its
                 parameters as ``aggregate`` says)
 ``step``        model-wide, once per step (the GradScaler's ``skipped``, ``scale``)
+``run``         one value per run and step from that step's per-layer values
+                (:func:`gradscope.runlevel.run_values`: ``aggregate`` combines a
+                need over the layers, ``finish`` the combined needs); written by
+                the TensorBoard writer as ``run/<name>``, first in the layout
 ==============  ==============================================================
 
 Example:
@@ -60,9 +64,12 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "parameter", "step")
-#: Dashboard sections after the health section, in order.
-SECTIONS = ("forward", "backward", "update")
+KINDS = ("activation", "window", "backprop", "parameter", "step", "run")
+#: Dashboard sections: ``run`` (the ``run`` metrics) first, then the per-layer health
+#: section (the metrics with a ``health`` position), then these in order.
+SECTIONS = ("run", "forward", "backward", "update")
+#: How a ``run`` metric combines a need's values over the layers (network order).
+RUN_AGGREGATES = ("max", "min", "sum", "first/last")
 
 
 class Shape(NamedTuple):
@@ -90,11 +97,14 @@ class Metric:
         needs: the reductions it reads (:mod:`gradscope.reductions`) or, for
             ``parameter`` metrics, the per-parameter values it is computed from.
         finish: ``(values, shape) -> value`` on the host; ``values`` maps each of
-            ``needs`` to its reduced value.
+            ``needs`` to its reduced value (``run`` metrics: its value combined
+            over the layers; ``shape.numel`` is then the number of layers read).
         families: which activation families have it (``activation``/``window``).
-        section: the dashboard section (one of :data:`SECTIONS`).
+        section: the dashboard section (one of :data:`SECTIONS`; ``"run"`` exactly
+            for ``run`` metrics).
         health: its position in the dashboard's health section, if it is there.
-        report: its column's position in ``gradscope report`` tables, if shown.
+        report: its column's position in ``gradscope report`` tables (``run``
+            metrics: in the ranked table of runs), if shown.
         header: the column header when not ``name``; metrics sharing a header
             share a column, which shows the first one (by ``report``) a layer has.
         image: the dashboard image that draws it (``"gradient_flow"``, ``"unit_health"``).
@@ -102,6 +112,9 @@ class Metric:
         aggregate: for ``parameter`` metrics, how a layer combines its parameters'
             values: ``"norm"`` (square root of the sum of squares), ``"sum"``, or
             ``None`` (computed by ``finish`` from the layer's combined ``needs``).
+            For ``run`` metrics, how each need combines over the layers, one of
+            :data:`RUN_AGGREGATES` (``"first/last"``: first over last in network
+            order, at least two layers). ``max`` and ``min`` are NaN when a value is.
         empty: the value on an empty tensor (no element: nothing to count).
         reduce: for a statistic whose device side no other metric shares, its own
             reduction ``call -> part`` (see :mod:`gradscope.reductions`), available
@@ -133,9 +146,14 @@ class Metric:
             raise ValueError(f"Metric({self.name!r}, kind={self.kind!r}): kind must be one of {KINDS}")
         if self.section not in SECTIONS:
             raise ValueError(f"Metric({self.name!r}, section={self.section!r}): one of {SECTIONS}")
-        if self.aggregate not in (None, "norm", "sum"):
+        if (self.kind == "run") != (self.section == "run"):
+            raise ValueError(f"Metric({self.name!r}, kind={self.kind!r}, section="
+                             f"{self.section!r}): section 'run' is for kind 'run' only, and "
+                             "kind 'run' needs it")
+        allowed = RUN_AGGREGATES if self.kind == "run" else (None, "norm", "sum")
+        if self.aggregate not in allowed:
             raise ValueError(f"Metric({self.name!r}, aggregate={self.aggregate!r}): "
-                             "'norm', 'sum' or None")
+                             f"one of {allowed} for kind {self.kind!r}")
 
 
 # ------------------------------------------------------------- finishing
@@ -153,6 +171,20 @@ def _off_units(need: str) -> Finish:
 
 def _per_unit(need: str) -> Finish:
     return lambda v, s: v[need] / max(s.units, 1)
+
+
+def _log10(need: str) -> Finish:
+    def finish(v: Mapping[str, float], s: Shape) -> float:
+        x = v[need]
+        if x > 0:
+            return math.log10(x)  # inf stays inf
+        return -math.inf if x == 0 else math.nan
+
+    return finish
+
+
+def _total(v: Mapping[str, float], s: Shape) -> float:
+    return sum(v.values())
 
 
 def _value(need: str) -> Finish:
@@ -273,6 +305,29 @@ _SPECS = (
            section="update", label="steps skipped by the GradScaler", empty=0.0),
     Metric("scale", "step", "the GradScaler's loss scale during this step's backward",
            ("scale",), _value("scale"), section="update", label="loss scale"),
+    # -- run: one value per run and step, over the layers recorded at that step -------
+    Metric("worst_saturation", "run", "largest saturation over the call-sites",
+           ("saturation",), _value("saturation"), section="run", report=0, aggregate="max",
+           header="sat", label="worst saturation over call-sites"),
+    Metric("worst_dead_units", "run", "largest dead_units_window over the call-sites",
+           ("dead_units_window",), _value("dead_units_window"), section="run", report=1,
+           aggregate="max", header="dead", label="worst dead units over call-sites"),
+    Metric("backprop_log10_ratio", "run",
+           "log10 of grad_out_rms at the first call-site over the last (network order): 0 "
+           "even, -2 the gradient reaching the input is 100x weaker (needs two call-sites)",
+           ("grad_out_rms",), _log10("grad_out_rms"), section="run", report=2,
+           aggregate="first/last", header="log10 bp", label="log10 backprop RMS first/last"),
+    Metric("min_update_ratio", "run", "smallest update_ratio over the layers",
+           ("update_ratio",), _value("update_ratio"), section="run", report=3, aggregate="min",
+           header="min upd", label="smallest update ratio over layers"),
+    Metric("max_update_ratio", "run", "largest update_ratio over the layers",
+           ("update_ratio",), _value("update_ratio"), section="run", report=4, aggregate="max",
+           header="max upd", label="largest update ratio over layers"),
+    Metric("nonfinite_count", "run",
+           "NaN/Inf elements at this step: nonfinite and grad_out_nonfinite summed over the "
+           "call-sites, plus grad_nonfinite over the layers",
+           ("nonfinite", "grad_out_nonfinite", "grad_nonfinite"), _total, section="run",
+           report=5, aggregate="sum", header="nonfinite", label="non-finite elements", empty=0.0),
 )
 
 #: Every metric by name, in the order they are recorded.
@@ -307,17 +362,15 @@ def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
 
 
 def series_kind(metric: str) -> Optional[str]:
-    """The kind of series a metric belongs to: ``"activation"`` (call-sites), ``"layer"`` or ``"step"``."""
+    """The series a metric has: ``"activation"`` (call-sites), ``"layer"``, ``"step"`` or ``"run"``."""
     m = METRICS.get(metric)
     if m is None:
         return None
-    if m.kind == "step":
-        return "step"
-    return "layer" if m.kind == "parameter" else "activation"
+    return {"parameter": "layer", "run": "run", "step": "step"}.get(m.kind, "activation")
 
 
 def health() -> list[Metric]:
-    """The health section's metrics, in order."""
+    """The per-layer health section's metrics, in order."""
     return sorted((m for m in METRICS.values() if m.health is not None),
                   key=lambda m: m.health)  # type: ignore[arg-type,return-value]
 
@@ -380,3 +433,4 @@ def emitted(parts: Iterable[str], context: Iterable[str] = ()) -> list[Metric]:
     """Parameter metrics computable from ``parts`` (+ ``context``) that read at least one part."""
     have, new = set(parts) | set(context), set(parts)
     return [m for m in by_kind("parameter") if set(m.needs) <= have and set(m.needs) & new]
+

@@ -6,7 +6,11 @@ gradscope tags (``<metric>/<layer>``, ``param/<metric>/<name>``), rebuilds their
 :class:`gradscope.History` and prints, per run, a table of activation call-sites
 and one of parameterised layers at the last step (or the one given by
 ``--step``), then the findings of :mod:`gradscope.findings`. With several runs,
-comparison tables put the runs side by side, one per key metric.
+a ranked table comes first: one row per run, worst first (most error findings,
+then warnings, then infos), with the run-level health values
+(:mod:`gradscope.runlevel`) and the rules that fired; the per-run detail
+follows in that order. Up to :data:`SIDE_BY_SIDE` runs, comparison tables then
+put the runs side by side, one per key metric.
 
 Runs written by earlier versions work as long as the tags are ours: the layer
 index (``gradscope/layers`` text) gives kinds and network order when present;
@@ -28,15 +32,17 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from gradscope import metrics
-from gradscope.findings import Finding, analyze
+from gradscope.findings import SEVERITIES, Finding, analyze
 from gradscope.history import History, LayerInfo, encode_value
 
-__all__ = ["RunReport", "configure", "find_runs", "load_run", "render", "run"]
+__all__ = ["RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
+           "run_health"]
 
 #: Table columns per series kind, from the metric specs: ``(header, candidate metrics)``
 #: (a layer shows the first candidate it has).
@@ -45,6 +51,13 @@ LAYER_COLUMNS = tuple(metrics.columns("layer"))
 #: Metrics compared side by side when there are several runs: the health metrics.
 COMPARE = tuple((metrics.series_kind(m.name) or "activation", m.header or m.name)
                 for m in metrics.health())
+#: Columns of the ranked table: the ``run`` metrics, ``(header, (metric,))``.
+RUN_COLUMNS = tuple(metrics.columns("run"))
+#: Side-by-side tables are printed for at most this many runs (one column each).
+SIDE_BY_SIDE = 6
+#: The ranked table's text is cut to this width (findings are cut first).
+WIDTH = 120
+_SHORT_SEVERITY = {"error": "err", "warning": "warn"}
 
 _SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1,
                   "compressedHistograms": 1, "audio": 1}
@@ -174,7 +187,7 @@ def _parse_tag(tag: str, known: dict[str, LayerInfo]) -> Optional[tuple[str, str
     if layer in known and known[layer].kind != "parameter":
         return layer, metric, known[layer].kind
     kind = metrics.series_kind(metric)
-    return (layer, metric, kind) if kind is not None else None
+    return (layer, metric, kind) if kind in ("activation", "layer") else None
 
 
 def _natural(name: str) -> list[Any]:
@@ -227,29 +240,89 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _text_table(header: list[str], rows: list[list[Any]], markdown: bool) -> str:
+def _text_table(header: list[str], rows: list[list[Any]], markdown: bool,
+                left: tuple[int, ...] = (0,)) -> str:
+    """A text or markdown table; the ``left`` columns are left-aligned, the others right."""
     cells = [header] + [[_fmt(v) for v in row] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+                 "|" + "|".join("---" if i < 2 or i in left else "---:"
+                                for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(c) + " |" for c in cells[1:]]
         return "\n".join(lines)
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = []
     for k, c in enumerate(cells):
-        lines.append("  ".join(s.ljust(w) if i < 1 else s.rjust(w)
+        lines.append("  ".join(s.ljust(w) if i in left else s.rjust(w)
                                for i, (s, w) in enumerate(zip(c, widths))).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join("  " + line for line in lines)
 
 
+def run_health(r: RunReport) -> dict[str, float]:
+    """The run-level health values of a run at its report step (each series' last value)."""
+    from gradscope.runlevel import run_values
+
+    h = r.history
+    values: dict[str, list[float]] = {}
+    for need in {n for m in metrics.by_kind("run") for n in m.needs}:
+        kind = metrics.series_kind(need)
+        if kind in ("activation", "layer"):
+            values[need] = [h.series(layer, need)[1][-1] for layer in h.layers(kind)
+                            if need in h.metrics(layer) and h.series(layer, need)[1]]
+    return run_values(values)
+
+
+def rank(runs: list[RunReport]) -> list[RunReport]:
+    """The runs worst first: most error findings, then warnings, then infos; then by name."""
+    def key(r: RunReport) -> tuple[Any, ...]:
+        return (*(-sum(f.severity == s for f in r.findings) for s in SEVERITIES), r.name)
+
+    return sorted(runs, key=key)
+
+
+def _cell(values: dict[str, float], name: str) -> Any:
+    """A value, ``"nan"`` for NaN, ``"-"`` when not recorded."""
+    if name not in values:
+        return "-"
+    return "nan" if math.isnan(values[name]) else values[name]
+
+
+def _ranked(runs: list[RunReport], md: bool) -> str:
+    """The ranked table: one row per run, worst first, findings last (cut to fit in text)."""
+    header = ["run", *(_SHORT_SEVERITY.get(s, s) for s in SEVERITIES), *(h for h, _ in RUN_COLUMNS)]
+    rows, rules = [], []
+    for r in runs:
+        health = run_health(r)
+        rows.append([r.name, *(sum(f.severity == s for f in r.findings) for s in SEVERITIES),
+                     *(_cell(health, c[0]) for _, c in RUN_COLUMNS)])
+        counts = Counter(f.rule for f in r.findings)
+        rules.append(", ".join(rule + (f" ×{n}" if n > 1 else "") for rule, n in counts.items())
+                     or "-")
+    if md:
+        return _text_table([*header, "findings"], [[*row, f] for row, f in zip(rows, rules)],
+                           True, left=(0, len(header)))
+    table = _text_table(header, rows, False).split("\n")
+    room = max(WIDTH - max(len(line) for line in table) - 2, 12)
+    cut = [f if len(f) <= room else f[:room - 1] + "…" for f in ["findings", "-" * 8, *rules]]
+    return "\n".join(f"{line.ljust(len(table[1]))}  {c}" for line, c in zip(table, cut))
+
+
 def render(runs: list[RunReport], fmt: str) -> str:
     """The report of ``runs`` in ``fmt`` (``text``, ``markdown`` or ``json``)."""
     if fmt == "json":
-        return json.dumps({"runs": [_run_json(r) for r in runs]}, indent=2) + "\n"
+        return json.dumps({"runs": [_run_json(r) for r in runs],
+                           "ranking": [r.name for r in rank(runs)]}, indent=2) + "\n"
     md = fmt == "markdown"
     parts = []
+    if len(runs) > 1:
+        runs = rank(runs)
+        parts.append(f"## {len(runs)} runs ranked, worst first" if md else
+                     f"== {len(runs)} runs ranked, worst first (most errors, then warnings, "
+                     "then infos; run-level health at each run's report step)")
+        parts.append(_ranked(runs, md))
+        parts.append("")
     for r in runs:
         steps = r.history.steps()
         span = f"steps {steps[0]}..{steps[-1]}" if steps else "no steps"
@@ -269,7 +342,7 @@ def render(runs: list[RunReport], fmt: str) -> str:
         if lines:
             parts.append("\n".join(lines))
         parts.append("")
-    if len(runs) > 1:
+    if 1 < len(runs) <= SIDE_BY_SIDE:
         parts.append("## runs side by side" if md else "== runs side by side (values at each run's report step)")
         for kind, metric in COMPARE:
             header, rows = _compare(runs, kind, metric)
@@ -277,6 +350,9 @@ def render(runs: list[RunReport], fmt: str) -> str:
                 parts.append(f"**{metric}**" if md else f"{metric}:")
                 parts.append(_text_table(header, rows, md))
         parts.append("")
+    elif len(runs) > SIDE_BY_SIDE:
+        parts.append(f"(no side-by-side tables for {len(runs)} runs, more than {SIDE_BY_SIDE}: "
+                     "the ranked table compares them; report fewer runs to get them)")
     return ("\n\n" if md else "\n").join(parts).rstrip("\n") + "\n"
 
 
@@ -295,6 +371,7 @@ def _run_json(r: RunReport) -> dict[str, Any]:
 
     return {
         "name": r.name, "path": str(r.path), "step": r.step,
+        "health": {k: encode_value(v) for k, v in run_health(r).items()},
         "activations": entries("activation"), "layers": entries("layer"),
         "findings": [{k: (encode_value(v) if isinstance(v, float) else v)
                       for k, v in asdict(f).items()} for f in r.findings],

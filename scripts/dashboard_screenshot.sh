@@ -1,36 +1,74 @@
 #!/usr/bin/env bash
-# Render gradscope's TensorBoard dashboard of a fresh `gradscope demo` run to PNGs
-# with headless Chromium (Debian: apt-get install chromium). Everything stays on
-# localhost.
+# Render gradscope's TensorBoard dashboards to PNGs with headless Chromium (Debian:
+# apt-get install chromium). Everything stays on localhost.
 #
-#   scripts/dashboard_screenshot.sh            # -> docs/dashboard.png, docs/dashboard_images.png
-#   STEPS=100 OUT=/tmp scripts/dashboard_screenshot.sh
+#   scripts/dashboard_screenshot.sh                 # -> docs/*.png (see below)
+#   GRID=/tmp/grid/runs OUT=/tmp/shots scripts/dashboard_screenshot.sh
+#   RESNET=/tmp/r50 scripts/dashboard_screenshot.sh   # reuses /tmp/r50 when it exists
+#
+# * the runs under GRID, by default the quick grid (`gradscope compare --quick`, 30 runs,
+#   trained first or finished where results/compare-quick lacks some: 7 min on 2 quiet
+#   CPU cores): its Custom Scalars tab -> dashboard.png, its HParams tab ->
+#   dashboard_hparams.png;
+# * a ResNet-50 run (random weights and data, RESNET_STEPS SGD steps; 30 took 10 min on a
+#   shared, busy 2-core machine):
+#   its Custom Scalars tab -> dashboard_resnet50.png, its Images tab ->
+#   dashboard_images.png, and the two images at full size -> gradient_flow.png,
+#   unit_health.png.
 set -euo pipefail
 
 # ---- settings -----------------------------------------------------------------
-STEPS=${STEPS:-300}                    # training steps per demo model
+GRID=${GRID:-}                             # TensorBoard runs of a grid; default: the quick grid
+RESNET=${RESNET:-$(mktemp -d)/resnet50}     # where the ResNet-50 run is written
+RESNET_STEPS=${RESNET_STEPS:-30}
 PORT=${PORT:-6006}
 OUT=${OUT:-docs}
-RUNS=${RUNS:-$(mktemp -d)/demo}        # where the demo writes its two runs
-SIZE=${SIZE:-1400,1000}
+SIZE=${SIZE:-1600,1400}
 # --------------------------------------------------------------------------------
 
-python -m gradscope demo --logdir "$RUNS" --steps "$STEPS"
-tensorboard --logdir "$RUNS" --port "$PORT" --host localhost >/dev/null 2>&1 &
-TB=$!
-trap 'kill "$TB"' EXIT
-for _ in $(seq 60); do
-    curl -sf "http://localhost:$PORT/data/runs" >/dev/null && break
-    sleep 1
-done
+if [ -z "$GRID" ]; then  # train what is missing of the quick grid (finished runs are skipped)
+    python -m gradscope compare --quick --no-progress --no-plots
+    GRID=results/compare-quick/runs
+fi
+if [ ! -d "$RESNET" ]; then
+    python benchmarks/dashboard_lines.py --make resnet50 "$RESNET" --steps "$RESNET_STEPS"
+fi
+mkdir -p "$OUT"
 
-shot() {  # shot FILE URL-FRAGMENT
+TB=""
+trap '[ -n "$TB" ] && kill "$TB"' EXIT
+serve() {  # serve LOGDIR: (re)start TensorBoard on localhost and wait for it
+    if [ -n "$TB" ]; then kill "$TB"; wait "$TB" 2>/dev/null || true; fi
+    tensorboard --logdir "$1" --port "$PORT" --host localhost >/dev/null 2>&1 &
+    TB=$!
+    for _ in $(seq 60); do
+        curl -sf "http://localhost:$PORT/data/runs" | grep -q '"' && break
+        sleep 1
+    done
+}
+shot() {  # shot FILE URL-FRAGMENT [WINDOW-SIZE]
     chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
         --disable-background-networking --disable-component-update --disable-sync \
-        --user-data-dir="$(mktemp -d)" --window-size="$SIZE" --virtual-time-budget=15000 \
+        --user-data-dir="$(mktemp -d)" --window-size="${3:-$SIZE}" --virtual-time-budget=20000 \
         --screenshot="$1" "http://localhost:$PORT/$2" 2>/dev/null
     echo "wrote $1"
 }
-mkdir -p "$OUT"
+
+serve "$GRID"
 shot "$OUT/dashboard.png" "#custom_scalars"
+shot "$OUT/dashboard_hparams.png" "#hparams" 1600,1000
+serve "$RESNET"
+shot "$OUT/dashboard_resnet50.png" "#custom_scalars" 1600,2000
 shot "$OUT/dashboard_images.png" "#images"
+python - "$RESNET" "$OUT" <<'PY'
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ea = EventAccumulator(sys.argv[1], size_guidance={"images": 0})
+ea.Reload()
+for tag in ("gradscope/gradient_flow", "gradscope/unit_health"):
+    path = f"{sys.argv[2]}/{tag.split('/')[1]}.png"
+    with open(path, "wb") as f:
+        f.write(ea.Images(tag)[-1].encoded_image_string)  # the last one, drawn at close
+    print("wrote", path)
+PY

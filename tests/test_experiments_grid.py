@@ -13,11 +13,25 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from gradscope import cli
 from gradscope.experiments import grid as grid_mod
 from gradscope.experiments import train as train_mod
+from gradscope.experiments.compare import FULL, QUICK
 from gradscope.experiments.data import synthetic_dataset
-from gradscope.experiments.grid import GridError, expand_grid, run_grid
+from gradscope.experiments.grid import (
+    GridError,
+    expand_grid,
+    fixed_axes,
+    format_terminal,
+    run_grid,
+    run_names,
+)
 from gradscope.experiments.models import GAINS, build_mlp
 from gradscope.experiments.presets import PRESETS, Verdict
-from gradscope.experiments.train import RunConfig, gradient_ratio, steps_to_target, train_run
+from gradscope.experiments.train import (
+    RunConfig,
+    RunResult,
+    gradient_ratio,
+    steps_to_target,
+    train_run,
+)
 from gradscope.history import History
 
 TINY = dict(depths=[2], widths=[8], steps=[12], eval_every=6, monitor_every=2)
@@ -115,6 +129,54 @@ def test_bad_grid_fails_before_any_training(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_run_names_are_the_axes_that_vary():
+    quick = expand_grid(**QUICK)
+    names = run_names(quick)
+    assert names[:4] == ["sigmoid-normal", "sigmoid-normal-bn", "sigmoid-xavier", "sigmoid-xavier-bn"]
+    assert len(set(names)) == 30 and max(map(len, names)) <= len("leaky_relu-normal-bn")
+    assert fixed_axes(quick) == "5x256, sgd, lr0.1, bs64, 1000steps, seed0, eval100, monitor5"
+    full = expand_grid(**FULL)
+    assert len(set(run_names(full))) == len(full) == 60
+    lone = [RunConfig(activation="tanh", steps=10)]
+    assert run_names(lone) == [lone[0].name]  # nothing to compare: the full name
+    assert run_names(expand_grid(batchnorm=[False, True], steps=[10])) == ["relu", "relu-bn"]
+    assert run_names(expand_grid(lrs=[0.1, 0.01], dropouts=[0.0, 0.5], steps=[10])) == [
+        "lr0.1", "lr0.1-drop0.5", "lr0.01", "lr0.01-drop0.5"]
+    # Fields outside the name's usual axes still tell configs apart.
+    pair = [RunConfig(steps=10, monitor_every=1), RunConfig(steps=10, monitor_every=5)]
+    assert run_names(pair) == ["monitor1", "monitor5"]
+
+
+def test_terminal_table_fits_120_columns():
+    cfgs = expand_grid(**QUICK)
+    long_cfg = RunConfig(activation="leaky_relu", init="xavier_uniform", batchnorm=True, steps=10)
+    results = [RunResult(c, 0.9512, 0.2, 0.3, 512, 0.00153, 0.91, None, 12.34, "cpu",
+                         ["saturation (act1, act2, act3, act4, act5)", "vanishing_gradients (fc1)"],
+                         name=n) for c, n in zip(cfgs, run_names(cfgs))]
+    results.append(RunResult(long_cfg, math.nan, math.nan, math.nan, None, math.nan, None, 0.7,
+                             1.0, "cpu", [], name=long_cfg.name))
+    text = format_terminal(results)
+    lines = text.splitlines()
+    assert len(lines) == 2 + 31 and max(map(len, lines)) <= 120
+    assert lines[0].split()[:3] == ["run", "acc", "loss"]
+    assert lines[2].startswith("sigmoid-normal ") and "0.951" in lines[2] and "saturation (act1" in lines[2]
+    assert lines[-1].startswith(long_cfg.name[:39] + "…") and " nan " in lines[-1]
+    assert max(map(len, format_terminal(results, width=100).splitlines())) <= 100
+
+
+def _hparams_differ(run_dir):
+    """The hparams a run's experiment summary marks as differing between runs."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    for ev in run_dir.glob("events.out.tfevents.*"):
+        for e in EventFileLoader(str(ev)).Load():
+            for v in e.summary.value:
+                if v.tag == "_hparams_/experiment":
+                    exp = HParamsPluginData.FromString(v.metadata.plugin_data.content).experiment
+                    return {h.name for h in exp.hparam_infos if h.differs}
+    raise AssertionError(f"no hparams experiment in {run_dir}")
+
+
 def _event_tags(run_dir):
     tags, plugins = set(), set()
     for ev in run_dir.glob("events.out.tfevents.*"):
@@ -133,10 +195,13 @@ def test_tiny_grid_end_to_end_writes_every_output_and_resumes(tmp_path, tiny_dat
     results = run_grid(cfgs, tiny_data, results_dir=tmp_path, progress=False,
                        dashboard_images=False, on_result=lambda r, skipped: seen.append(skipped))
     assert seen == [False] * 6
+    assert [r.name for r in results] == ["sigmoid", "sigmoid-bn", "relu", "relu-bn", "leaky_relu",
+                                         "leaky_relu-bn"]
     for r in results:
         run_dir = tmp_path / "runs" / r.name
         for f in ("result.json", "history.json", "curves.json"):
             assert (run_dir / f).exists()
+        assert _hparams_differ(run_dir) == {"activation", "batchnorm"}  # lead the HParams table
         tags, plugins = _event_tags(run_dir)
         assert {"train/loss", "train/accuracy", "test/accuracy", "hparam/test_accuracy"} <= tags
         assert "hparams" in plugins
@@ -145,8 +210,12 @@ def test_tiny_grid_end_to_end_writes_every_output_and_resumes(tmp_path, tiny_dat
     assert sig.peak_saturation is not None and sig.peak_dead is None
     md = (tmp_path / "summary.md").read_text()
     assert all(r.name in md for r in results) and "grad ratio first/last" in md
+    assert "Every run: he, 2x8, sgd, lr0.1, bs64, 12steps, seed0, eval6, monitor2." in md
     rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 7 and rows[0].startswith("run,activation,init")
+    # the full config stays in the summary files
+    assert rows[0].split(",")[1:14] == [f.name for f in dataclasses.fields(RunConfig)]
+    assert json.loads((tmp_path / "summary.json").read_text())[1]["config"] == cfgs[1].to_dict()
     assert len(json.loads((tmp_path / "summary.json").read_text())) == 6
     for png in ("test_accuracy", "gradients_per_layer", "saturation", "dead_units"):
         assert (tmp_path / "plots" / f"{png}.png").stat().st_size > 1000
@@ -192,8 +261,9 @@ def test_compare_cli_synthetic(tmp_path, capsys):
                    "--width", "8", "--eval-every", "4", "--results-dir", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "relu-he-5x8-sgd-lr0.1-bs64-8steps-seed0" in out and "2 runs (2 trained now" in out
-    tags, plugins = _event_tags(tmp_path / "runs" / "relu-he-5x8-sgd-lr0.1-bs64-8steps-seed0")
+    assert "\nrelu " in out and "2 runs (2 trained now" in out
+    assert "every run: he, 5x8, sgd, lr0.1, bs64, 8steps, seed0, eval4, monitor5" in out
+    tags, plugins = _event_tags(tmp_path / "runs" / "relu")
     assert {"gradscope/gradient_flow", "grad_norm/fc1", "test/accuracy"} <= tags  # dashboards
     assert "hparams" in plugins
 

@@ -14,7 +14,12 @@ from gradscope.activations import FAMILIES
 from gradscope.metrics import METRICS, Metric
 from gradscope.reductions import ActivationCall, Plan
 from gradscope.report import ACTIVATION_COLUMNS, COMPARE, LAYER_COLUMNS
-from gradscope.writers.layout import HEALTH_SECTION, SECTION_TITLES, custom_scalars_layout
+from gradscope.writers.layout import (
+    RUN_SECTION,
+    SECTION_TITLES,
+    custom_scalars_layout,
+    health_title,
+)
 from tests.fixtures.models import SmallCNN, mlp
 
 
@@ -30,9 +35,9 @@ def test_every_recorded_metric_is_a_documented_spec() -> None:
         scaler.step(opt)
         scaler.update()
     recorded = set(mon.history.metrics())
-    assert recorded <= set(METRICS)
-    # every spec is recorded by some family of this model
-    assert recorded == set(METRICS)
+    per_layer = {m.name for m in METRICS.values() if m.kind != "run"}
+    # every per-layer spec is recorded by some family of this model
+    assert recorded == per_layer
     for m in METRICS.values():
         assert len(m.doc) > 10 and not m.doc.endswith("."), m.name
 
@@ -47,11 +52,17 @@ def test_which_families_get_which_metrics() -> None:
 
 
 def test_layout_and_report_are_derived_from_the_specs() -> None:
-    layout = custom_scalars_layout(list(METRICS))
-    assert list(layout[HEALTH_SECTION]) == [m.name for m in metrics.health()]
+    layout = custom_scalars_layout({m.name: ["fc1"] for m in METRICS.values() if m.kind != "run"})
+    health = [m for m in METRICS.values() if m.health is not None]
+    assert list(layout)[:1 + len(health)] == [RUN_SECTION, *map(health_title, metrics.health())]
+    assert list(layout[RUN_SECTION]) == [m.name for m in metrics.by_kind("run")]
     for m in METRICS.values():
-        if m.health is None:
-            assert m.name in layout[SECTION_TITLES[m.section]], m.name
+        if m.kind == "run":
+            assert m.section == "run" and m.health is None
+        elif m.health is None:
+            assert f"{m.name} · fc1" in layout[SECTION_TITLES[m.section]], m.name
+        else:
+            assert list(layout[health_title(m)]) == [f"{m.name} · fc1"]
     assert ACTIVATION_COLUMNS[0] == ("saturation", ("saturation",))
     assert dict(LAYER_COLUMNS)["grad/weight"] == ("grad_weight_ratio",)
     assert ("layer", "update_ratio") in COMPARE and ("activation", "dead_units") in COMPARE
@@ -71,7 +82,8 @@ def test_a_new_metric_is_one_spec(tmp_path: Path) -> None:
             model(x).sum().backward()
         y = torch.tanh(model[0](x))
         assert mon.history.value("1", "abs_mean") == pytest.approx(y.abs().mean().item(), rel=1e-6)
-        assert "abs_mean" in custom_scalars_layout(["abs_mean"])[SECTION_TITLES["forward"]]
+        layout = custom_scalars_layout({"abs_mean": ["1"]})
+        assert "abs_mean · 1" in layout[SECTION_TITLES["forward"]]
         assert ("abs_mean", ("abs_mean",)) in metrics.columns("activation")
     finally:
         del METRICS[spec.name]
@@ -103,6 +115,10 @@ def test_bad_specs_are_rejected() -> None:
         Metric("x", "bogus", "d", (), lambda v, s: 0.0)
     with pytest.raises(ValueError, match="section"):
         Metric("x", "activation", "d", (), lambda v, s: 0.0, section="sideways")
+    with pytest.raises(ValueError, match="section 'run' is for kind 'run'"):
+        Metric("x", "run", "d", ("saturation",), lambda v, s: 0.0, aggregate="max")
+    with pytest.raises(ValueError, match="aggregate"):
+        Metric("x", "run", "d", ("saturation",), lambda v, s: 0.0, section="run", aggregate="norm")
     with pytest.raises(TypeError, match=r"pass a gradscope\.metrics\.Metric"):
         metrics.register("x")  # type: ignore[arg-type]
 

@@ -79,6 +79,13 @@ def test_json_matches_the_monitor_history(runs: tuple[Path, dict[str, gradscope.
     sig = data["runs"][1]
     assert sig["activations"][0]["family"] == "sigmoid"
     assert "saturation" in {f["rule"] for f in sig["findings"]}
+    # run-level health at the report step, as the TensorBoard writer defines it
+    h = mons["sigmoid_normal"].history
+    assert sig["health"]["worst_saturation"] == pytest.approx(
+        max(h.last("saturation", "activation").values()), rel=1e-6)
+    assert sig["health"]["max_update_ratio"] == pytest.approx(
+        max(h.last("update_ratio", "layer").values()), rel=1e-6)
+    assert sorted(data["ranking"]) == ["relu_he", "sigmoid_normal"]
 
 
 def test_text_report_side_by_side(runs: tuple[Path, dict[str, gradscope.Monitor]],
@@ -87,6 +94,15 @@ def test_text_report_side_by_side(runs: tuple[Path, dict[str, gradscope.Monitor]
     code, out, _ = _report(capsys, root)
     assert code == 0
     assert "== run relu_he at step 9" in out and "== run sigmoid_normal at step 9" in out
+    # A ranked table first, worst run (the most warnings) first; the detail in that order.
+    ranked = out.split("\n== run ")[0].splitlines()
+    assert ranked[0].startswith("== 2 runs ranked, worst first")
+    assert ranked[1].split()[:4] == ["run", "err", "warn", "info"]
+    counts = {name: tuple(-sum(f.severity == s for f in m.findings())
+                          for s in ("error", "warning", "info")) for name, m in mons.items()}
+    worst = min(counts, key=lambda n: (counts[n], n))
+    assert ranked[3].split()[0] == worst
+    assert out.index("\n== run ") == out.index(f"\n== run {worst} ")
     assert "activation call-sites:" in out and "parameterised layers:" in out
     assert "== runs side by side" in out
     g = mons["relu_he"].history.value("0", "grad_norm")

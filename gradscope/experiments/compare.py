@@ -172,7 +172,7 @@ def _done_line(results: list[Any], skipped: list[bool], seconds: float, dev: tor
 
 def run(args: argparse.Namespace) -> int:
     """``gradscope compare``: validate the grid, get MNIST, train, summarise."""
-    from gradscope.experiments.grid import GridError, expand_grid, format_table
+    from gradscope.experiments.grid import GridError, expand_grid
 
     try:
         configs = expand_grid(**_grid_kwargs(args))
@@ -197,10 +197,20 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if not writer:
         return 0
-    print(format_table(results))
+    _print_table(results)
     print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
     print(f"summary, plots and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")
     return 0
+
+
+def _print_table(results: list[Any]) -> None:
+    """The results table within 120 columns, and the axes every run shares."""
+    from gradscope.experiments.grid import fixed_axes, format_terminal
+
+    print(format_terminal(results))
+    fixed = fixed_axes([r.config for r in results])
+    if fixed:
+        print(f"every run: {fixed} (full tables in summary.md)")
 
 
 def configure_preset(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +224,7 @@ def configure_preset(parser: argparse.ArgumentParser) -> None:
 
 def run_preset(args: argparse.Namespace) -> int:
     """``gradscope preset NAME``: train the preset's runs and print its verdict."""
-    from gradscope.experiments.grid import format_table, write_summary
+    from gradscope.experiments.grid import write_summary
     from gradscope.experiments.presets import PRESETS
 
     if args.list or args.name is None:
@@ -241,7 +251,7 @@ def run_preset(args: argparse.Namespace) -> int:
     with open(out / "verdict.json", "w", encoding="utf-8") as f:
         json.dump({"preset": preset.name, "quick": args.quick, "held": verdict.held,
                    "lines": verdict.lines}, f, indent=1)
-    print(format_table(results))
+    _print_table(results)
     print(f"\n{preset.name}: {_done_line(results, skipped, time.perf_counter() - t0, dev)}")
     print(verdict)
     return 0

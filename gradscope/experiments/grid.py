@@ -6,7 +6,9 @@ them one by one, skipping configs whose ``runs/<name>/result.json`` already hold
 the same config, and writes into ``results_dir``:
 
 * ``runs/<name>/``: one TensorBoard run per config (``tensorboard --logdir results_dir/runs``;
-  the HParams tab compares the whole grid);
+  the HParams tab compares the whole grid). Runs are named by the axes that vary
+  in the grid (:func:`run_names`: ``sigmoid-xavier-bn``); the full config is in
+  HParams, ``result.json`` and the summary files;
 * ``summary.md``, ``summary.csv``, ``summary.json``: one row per config;
 * ``plots/*.png``: see :mod:`gradscope.experiments.plots`.
 
@@ -15,9 +17,12 @@ those; a rerun continues where it stopped (an unfinished run directory is
 cleared and trained again).
 
 Example:
-    >>> cfgs = expand_grid(activations=["relu", "tanh"], inits=["he"], steps=[10])
-    >>> [c.name for c in cfgs]
-    ['relu-he-5x256-sgd-lr0.1-bs64-10steps-seed0', 'tanh-he-5x256-sgd-lr0.1-bs64-10steps-seed0']
+    >>> cfgs = expand_grid(activations=["relu", "tanh"], inits=["he", "xavier_uniform"],
+    ...                    batchnorm=[False, True], steps=[10])
+    >>> run_names(cfgs)[:3]
+    ['relu-he', 'relu-he-bn', 'relu-xavier']
+    >>> fixed_axes(cfgs)
+    '5x256, sgd, lr0.1, bs64, 10steps, seed0, eval100, monitor5'
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, load_result, train_run
 
-__all__ = ["GridError", "expand_grid", "format_table", "run_grid", "write_summary"]
+__all__ = ["GridError", "expand_grid", "fixed_axes", "format_table", "format_terminal",
+           "run_grid", "run_names", "write_summary"]
 
 
 class GridError(ValueError):
@@ -93,6 +99,56 @@ def expand_grid(
     return configs
 
 
+# ---- run names ------------------------------------------------------------------
+#: Shorter forms of init names in run names.
+SHORT_INITS = {"xavier_uniform": "xavier"}
+#: Each axis of a run name: the token of a config ("" leaves it out).
+_TOKENS: tuple[tuple[str, Callable[[RunConfig], str]], ...] = (
+    ("activation", lambda c: c.activation),
+    ("init", lambda c: SHORT_INITS.get(c.init, c.init)),
+    ("batchnorm", lambda c: "bn" if c.batchnorm else ""),
+    ("shape", lambda c: f"{c.depth}x{c.width}"),
+    ("optimizer", lambda c: c.optimizer),
+    ("lr", lambda c: f"lr{c.lr:g}"),
+    ("batch_size", lambda c: f"bs{c.batch_size}"),
+    ("steps", lambda c: f"{c.steps}steps"),
+    ("dropout", lambda c: f"drop{c.dropout:g}" if c.dropout else ""),
+    ("seed", lambda c: f"seed{c.seed}"),
+    ("eval_every", lambda c: f"eval{c.eval_every}"),
+    ("monitor_every", lambda c: f"monitor{c.monitor_every}"),
+)
+
+
+def _varying(configs: Sequence[RunConfig]) -> list[bool]:
+    return [len({token(c) for c in configs}) > 1 for _, token in _TOKENS]
+
+
+def run_names(configs: Sequence[RunConfig]) -> list[str]:
+    """Run names made of the axes that vary across ``configs`` (``sigmoid-xavier-bn``).
+
+    BatchNorm and dropout appear only when on. A lone config keeps its full name
+    (:attr:`RunConfig.name`); when some config would get no token at all (only
+    BatchNorm varies, say), every name starts with the activation. Distinct
+    configs get distinct names.
+    """
+    if len(configs) == 1:
+        return [configs[0].name]
+    varying = _varying(configs)
+    parts = [[t for (_, token), v in zip(_TOKENS, varying) if v and (t := token(c))]
+             for c in configs]
+    if not all(parts):
+        parts = [[c.activation, *ps] for c, ps in zip(configs, parts)]
+    return ["-".join(ps) for ps in parts]
+
+
+def fixed_axes(configs: Sequence[RunConfig]) -> str:
+    """The axes every config shares, as one line (``5x256, sgd, lr0.1, ...``)."""
+    if not configs:
+        return ""
+    return ", ".join(t for (_, token), v in zip(_TOKENS, _varying(configs)) if not v
+                     and (t := token(configs[0])))
+
+
 def run_grid(
     configs: Sequence[RunConfig],
     data: Dataset,
@@ -127,7 +183,7 @@ def run_grid(
     writer = parallel.is_writer()  # under torchrun, rank 0 alone touches files
     if writer:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-    names = [c.name for c in configs]
+    names = run_names(configs)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise GridError(f"configs share run names {dup}; remove the duplicates")
@@ -139,18 +195,20 @@ def run_grid(
 
         bar = tqdm(total=len(configs), desc="runs", position=0, dynamic_ncols=True)
     try:
-        for cfg in configs:
-            run_dir = out / "runs" / cfg.name
+        for cfg, name in zip(configs, names):
+            run_dir = out / "runs" / name
             done = None if rerun else load_result(run_dir)
             skipped = done is not None and done.config == cfg
             if skipped:
                 assert done is not None
                 result = done
+                result.name = name
             else:
                 if writer and run_dir.exists():  # unfinished or stale: never trust it
                     shutil.rmtree(run_dir)
                 result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
-                                   dashboard_images=dashboard_images)
+                                   dashboard_images=dashboard_images, name=name,
+                                   grid=configs)
             results.append(result)
             if on_result is not None:
                 on_result(result, skipped)
@@ -203,6 +261,37 @@ def format_table(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+#: The terminal table's columns: ``(key, header)``; findings take the width left.
+TERMINAL = (("run", "run"), ("test_acc", "acc"), ("final_train_loss", "loss"),
+            ("steps_to_90", "to 90%"), ("grad_ratio", "grad f/l"), ("peak_saturation", "sat"),
+            ("peak_dead", "dead"), ("wall_s", "s"))
+#: The longest run name the terminal table shows whole.
+RUN_WIDTH = 40
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def format_terminal(results: Sequence[RunResult], *, width: int = 120) -> str:
+    """The results as an aligned text table no wider than ``width`` columns.
+
+    Long run names and findings are cut with ``…`` (``summary.md`` has them whole);
+    the device and the axes every run shares go in the lines after the table.
+    """
+    rows = [[h for _, h in TERMINAL] + ["findings"]]
+    rows += [[_fit(_cell(k, r), RUN_WIDTH) for k, _ in TERMINAL] + [_cell("findings", r)]
+             for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TERMINAL))]
+    room = max(width - sum(widths) - 2 * len(widths), len("findings"))
+    widths.append(min(room, max(len(row[-1]) for row in rows)))
+    lines = ["  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
+                       for i, (c, w) in enumerate(zip([*row[:-1], _fit(row[-1], room)], widths)))
+             .rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line[:width] for line in lines)
+
+
 def write_summary(results: Sequence[RunResult], results_dir: Union[str, os.PathLike], *,
                   title: str = "gradscope compare", extra: str = "") -> None:
     """Write ``summary.md``, ``summary.csv`` and ``summary.json`` into ``results_dir``."""
@@ -210,8 +299,10 @@ def write_summary(results: Sequence[RunResult], results_dir: Union[str, os.PathL
     out.mkdir(parents=True, exist_ok=True)
     total = sum(r.wall_s for r in results)
     devices = sorted({r.device for r in results})
+    fixed = fixed_axes([r.config for r in results])
     md = [f"# {title}", "",
-          f"{len(results)} runs, {total:.0f} s of training on {', '.join(devices)}.", "",
+          f"{len(results)} runs, {total:.0f} s of training on {', '.join(devices)}.",
+          *([f"Every run: {fixed}. Run names are the axes that vary."] if fixed else []), "",
           format_table(results), "",
           "train loss: mean over the last 50 steps (nan: the run diverged). "
           "grad ratio first/last: median over sampled steps of ‖∇W‖ of the first Linear over "

@@ -49,6 +49,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -146,7 +147,8 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """A readable, unique run name (also the TensorBoard run directory)."""
+        """The full run name: every field that identifies the run (a grid names its runs
+        by the fields that vary instead, :func:`gradscope.experiments.grid.run_names`)."""
         parts = [self.activation, self.init]
         if self.batchnorm:
             parts.append("bn")
@@ -173,7 +175,11 @@ class RunConfig:
 
 @dataclass
 class RunResult:
-    """Summary of one finished run (one row of the results table)."""
+    """Summary of one finished run (one row of the results table).
+
+    ``name`` is the run's name in its grid (its directory under ``runs/``); it
+    defaults to the config's full name.
+    """
 
     config: RunConfig
     test_acc: float
@@ -186,22 +192,23 @@ class RunResult:
     wall_s: float
     device: str
     findings: list[str] = field(default_factory=list)
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        """The config's run name."""
-        return self.config.name
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.config.name
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: the config under ``config``, metrics at top level."""
-        d = {k: getattr(self, k) for k in (f.name for f in fields(self)) if k != "config"}
+        d = {k: getattr(self, k) for k in (f.name for f in fields(self))
+             if k not in ("config", "name")}
         d = {k: (encode_value(v) if isinstance(v, float) else v) for k, v in d.items()}
         return {"name": self.name, "config": self.config.to_dict(), **d}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
         """Inverse of :meth:`to_dict`."""
-        d = {k: v for k, v in d.items() if k != "name"}
+        d = dict(d)
         cfg = RunConfig.from_dict(d.pop("config"))
         for k in ("test_acc", "test_loss", "final_train_loss", "grad_ratio"):
             d[k] = decode_value(d[k])
@@ -312,12 +319,23 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float]) -> None:
-    """Register the run's config and final metrics with the HParams plugin, in this run."""
+def _write_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float],
+                   varying: frozenset[str] = frozenset()) -> None:
+    """Register the run's config and final metrics with the HParams plugin, in this run.
+
+    The hparams in ``varying`` are marked as differing between runs: TensorBoard
+    lists those first and shows the first five as table columns.
+    """
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams
 
     hp = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str))}
     exp, ssi, sei = hparams(hp, metrics)
+    plugin = exp.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in varying
+    plugin.content = data.SerializeToString()
     for s in (exp, ssi, sei):
         writer.file_writer.add_summary(s)
     for k, v in metrics.items():
@@ -333,6 +351,8 @@ def train_run(
     progress: bool = True,
     progress_position: int = 1,
     dashboard_images: bool = True,
+    name: Optional[str] = None,
+    grid: Sequence[RunConfig] = (),
 ) -> RunResult:
     """Train ``cfg`` on ``data`` under :func:`gradscope.watch` and summarise it.
 
@@ -346,6 +366,10 @@ def train_run(
         progress_position: the bar's line (nested under a grid's bar).
         dashboard_images: let the TensorBoard writer draw its dashboard images
             (gradient flow, unit health; about a second per run on a CPU).
+        name: the run's name (progress bar, result); ``cfg.name`` by default.
+        grid: the configs of the grid this run belongs to: their number sizes the
+            per-layer custom-scalars charts (``TensorBoardWriter(runs=...)``), and
+            the fields that vary among them lead the HParams table.
 
     Returns:
         The run's :class:`RunResult`.
@@ -366,7 +390,7 @@ def train_run(
         from gradscope.writers import TensorBoardWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images))
+        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1)))
     n = len(data.x_train)
     losses = torch.zeros(cfg.steps, device=dev)
     accs = torch.zeros(cfg.steps, device=dev)
@@ -377,7 +401,7 @@ def train_run(
     if progress and parallel.is_writer():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=cfg.name, position=progress_position, leave=False,
+        bar = tqdm(total=cfg.steps, desc=name or cfg.name, position=progress_position, leave=False,
                    dynamic_ncols=True)
     flushing = dev.type == "cpu" and FLUSH_DENORMAL and torch.set_flush_denormal(True)
     t0 = time.perf_counter()
@@ -432,6 +456,7 @@ def train_run(
                 wall_s=round(wall, 3),
                 device=str(dev),
                 findings=_findings(mon),
+                name=name or cfg.name,
             )
             if writer is not None:
                 metrics = {"hparam/test_accuracy": result.test_acc,
@@ -439,8 +464,10 @@ def train_run(
                            "hparam/steps_to_90": float(result.steps_to_90 or cfg.steps + 1),
                            "hparam/peak_saturation": result.peak_saturation or 0.0,
                            "hparam/peak_dead": result.peak_dead or 0.0}
+                varying = frozenset(f.name for f in fields(RunConfig)
+                                    if len({getattr(c, f.name) for c in grid}) > 1)
                 _write_hparams(writer, cfg, {k: (v if math.isfinite(v) else -1.0)
-                                             for k, v in metrics.items()})
+                                             for k, v in metrics.items()}, varying)
         if out_dir is not None:
             history.save(out_dir / "history.json")
             curves["train_loss"] = batch_loss

@@ -24,14 +24,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from gradscope.history import History
 from gradscope.metrics import METRICS, Metric, series_kind
 
-__all__ = ["gradient_flow_image", "panel_metric", "unit_health_image"]
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["gradient_flow_figure", "gradient_flow_image", "panel_metric", "unit_health_figure",
+           "unit_health_image"]
 
 
 def _value(history: History, layer: str, metric: str, step: Optional[int]) -> float:
@@ -47,25 +52,44 @@ def _value(history: History, layer: str, metric: str, step: Optional[int]) -> fl
     return values[i] if i >= 0 else math.nan
 
 
-def _render(fig: object) -> np.ndarray:
+def _render(fig: Figure) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
+    canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+#: Height of one layer's row in the images, inches (at 80 dpi: 12 px for 8-point labels).
+ROW_INCHES = 0.16
+#: Names longer than this are shortened (``…enseblock4.denselayer16.relu2``).
+LABEL_CHARS = 30
 
 
 def gradient_flow_image(history: History, step: Optional[int] = None) -> Optional[np.ndarray]:
     """Gradient norm per layer and activation std per call-site against depth (log scale).
 
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image of :func:`gradient_flow_figure`, or ``None``
+        when neither gradient norms nor activation stds are recorded.
+    """
+    fig = gradient_flow_figure(history, step)
+    return None if fig is None else _render(fig)
+
+
+def gradient_flow_figure(history: History, step: Optional[int] = None) -> Optional[Figure]:
+    """The gradient-flow figure: depth runs down, one labelled row per layer.
+
+    The left panel has the gradient norm of each parameterised layer, the right
+    one the activation std and back-propagated gradient RMS of each call-site,
+    on log axes; a non-finite value is a red band across its row. The figure
+    grows with the number of layers (:data:`ROW_INCHES` per row), so every
+    layer keeps a legible name at 50, 100 or more layers.
+
     Args:
         history: the run's history.
         step: draw the values at this step (the latest at or before it); the last
             recorded values when ``None``.
-
-    Returns:
-        An ``(H, W, 3)`` ``uint8`` image, or ``None`` when neither gradient norms
-        nor activation stds are recorded.
     """
     from matplotlib.figure import Figure
 
@@ -78,7 +102,8 @@ def gradient_flow_image(history: History, step: Optional[int] = None) -> Optiona
             if per_site and per_site[0].name in history.metrics(n)]
     if not layers and not acts:
         return None
-    fig = Figure(figsize=(10, 4), dpi=80)
+    rows = max(len(layers), len(acts), 12)
+    fig = Figure(figsize=(10, 1.4 + ROW_INCHES * rows), dpi=80, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     shown = "last step" if step is None else f"step {step}"
     for i, m in enumerate(per_layer):
@@ -91,39 +116,45 @@ def gradient_flow_image(history: History, step: Optional[int] = None) -> Optiona
     for i, m in enumerate(per_site[1:]):
         values = [_value(history, n, m.name, step) for n in acts]
         if any(math.isfinite(v) and v > 0 for v in values):
-            ax2.plot(list(range(len(acts))), [v if v > 0 else math.nan for v in values], "s--",
-                     color=f"C{1 + i}", label=m.label)
+            ax2.plot([v if v > 0 else math.nan for v in values], list(range(len(acts))), "s--",
+                     color=f"C{1 + i}", label=m.label, markersize=4)
     if acts:
         ax2.legend(loc="best", fontsize=8)
-    fig.suptitle(f"gradient flow ({shown}): input → output, log scale", fontsize=11)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.2, wspace=0.2)
-    return _render(fig)
+    fig.suptitle(f"gradient flow ({shown}): input at the top, output at the bottom, log scale",
+                 fontsize=11)
+    return fig
 
 
-def _depth_plot(ax: object, names: list[str], values: list[float], title: str,
+def _depth_plot(ax: Axes, names: list[str], values: list[float], title: str,
                 color: str, label: Optional[str] = None) -> None:
-    """One log-scale line of ``values`` against depth, labelled by layer name."""
-    xs = list(range(len(names)))
-    ys = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
-    ax.set_title(title, fontsize=10)  # type: ignore[attr-defined]
+    """One log-scale line of ``values`` down the layers, one labelled row per layer."""
+    ys = list(range(len(names)))
+    xs = [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+    ax.set_title(title, fontsize=10)
     if not names:
-        ax.text(0.5, 0.5, "not recorded", ha="center", va="center",  # type: ignore[attr-defined]
-                transform=ax.transAxes)  # type: ignore[attr-defined]
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         return
-    ax.plot(xs, ys, "o-", color=color, label=label)  # type: ignore[attr-defined]
-    if any(math.isfinite(y) for y in ys):
-        ax.set_yscale("log")  # type: ignore[attr-defined]
-    for x, v in zip(xs, values):
+    ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
+    if any(math.isfinite(x) for x in xs):
+        ax.set_xscale("log")
+    for y, v in zip(ys, values):
         if not math.isfinite(v):
-            ax.axvline(x, color="red", alpha=0.4)  # type: ignore[attr-defined]
-    ax.set_xticks(xs)  # type: ignore[attr-defined]
-    ax.set_xticklabels(_short(names), rotation=45, ha="right", fontsize=8)  # type: ignore[attr-defined]
-    ax.set_xlabel("depth (network order)", fontsize=9)  # type: ignore[attr-defined]
-    ax.grid(True, which="both", alpha=0.3)  # type: ignore[attr-defined]
+            ax.axhline(y, color="red", alpha=0.4)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(_short(names), fontsize=8)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(True, which="both", alpha=0.3)
 
 
-def _short(names: list[str], width: int = 18) -> list[str]:
-    return [n if len(n) <= width else "…" + n[-(width - 1):] for n in names]
+def _short(names: list[str], width: int = LABEL_CHARS) -> list[str]:
+    """Names cut to ``width`` characters: their start goes (``…16.block3.linear``), or,
+    when that makes two names alike, their middle (``encoder.l…block3.linear``)."""
+    tails = [n if len(n) <= width else "…" + n[1 - width:] for n in names]
+    if len(set(tails)) == len(set(names)):
+        return tails
+    half = (width - 1) // 2
+    return [n if len(n) <= width else f"{n[:half]}…{n[half + 1 - width:]}" for n in names]
 
 
 def panel_metric(history: History, site: str, candidates: Sequence[str]) -> Optional[str]:
@@ -135,14 +166,22 @@ def panel_metric(history: History, site: str, candidates: Sequence[str]) -> Opti
 def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.ndarray]:
     """Layers × steps heat maps of dead units and saturated outputs.
 
+    Returns:
+        An ``(H, W, 3)`` ``uint8`` image of :func:`unit_health_figure`, or ``None``
+        when no call-site has a dead-unit or saturation metric.
+    """
+    fig = unit_health_figure(history, max_steps=max_steps)
+    return None if fig is None else _render(fig)
+
+
+def unit_health_figure(history: History, *, max_steps: int = 200) -> Optional[Figure]:
+    """The unit-health figure: one heat map per panel, one labelled row per call-site.
+
     Rows are call-sites in network order, columns the recorded steps (at most
     ``max_steps`` of them, evenly spread over the whole run); colour is the
     fraction (0 to 1). Dead units use
-    ``dead_units_window`` (dead over the monitor's window) when recorded.
-
-    Returns:
-        An ``(H, W, 3)`` ``uint8`` image, or ``None`` when no call-site has a
-        dead-unit or saturation metric.
+    ``dead_units_window`` (dead over the monitor's window) when recorded. The
+    figure grows by :data:`ROW_INCHES` per row and leaves room for the longest name.
     """
     from matplotlib.figure import Figure
 
@@ -170,8 +209,9 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
         keep = np.unique(np.linspace(0, len(all_steps) - 1, max_steps).round().astype(int))
         all_steps = [all_steps[i] for i in keep]
     col = {st: j for j, st in enumerate(all_steps)}
-    heights = [max(len(rows), 1) for _, rows in panels]
-    fig = Figure(figsize=(10, 1.2 + 0.28 * sum(heights) + 0.9 * len(panels)), dpi=80)
+    heights = [max(len(rows), 3) for _, rows in panels]
+    fig = Figure(figsize=(10, 1.0 + ROW_INCHES * sum(heights) + 0.6 * len(panels)), dpi=80,
+                 layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False,
                         gridspec_kw={"height_ratios": heights})[:, 0]
     image = None
@@ -192,6 +232,4 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="fraction of units")
     fig.suptitle("unit health: layers × steps (bright = dead / saturated)", fontsize=11)
-    fig.subplots_adjust(left=0.1, right=0.86, top=1 - 0.75 / fig.get_figheight(),
-                        bottom=0.55 / fig.get_figheight(), hspace=0.6)
-    return _render(fig)
+    return fig

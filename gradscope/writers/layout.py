@@ -1,17 +1,20 @@
 """What a gradscope TensorBoard run contains besides scalars: tags, layout, layer index.
 
 The custom-scalars layout is derived from the metric specs of
-:mod:`gradscope.metrics`: a health section with the metrics that have a
-``health`` position, then one section per ``section`` (forward, backward,
-update) with the metrics a run has. The layer index (``gradscope/layers``) is
-the text ``gradscope report`` reads back to know each series' kind and order.
+:mod:`gradscope.metrics` and the run's series: first the ``run`` metrics (one
+line per run), then one category per per-layer health metric (those with a
+``health`` position), then one section per ``section`` (forward, backward,
+update). Per-layer charts are grouped by module block so that none draws more
+than about :data:`CHART_LINES` lines (:func:`group_layers`, :func:`chart_lines`).
+The layer index (``gradscope/layers``) is the text ``gradscope report`` reads
+back to know each series' kind and order.
 
 Example:
-    >>> layout = custom_scalars_layout(["saturation", "grad_out_norm"])
-    >>> list(layout)
-    ['gradscope: health (key metrics by layer)', 'gradscope: backward (gradients)']
+    >>> layout = custom_scalars_layout({"grad_out_norm": ["act1", "act2"]})
+    >>> list(layout)[:2]
+    ['gradscope: run health (one line per run)', 'gradscope: saturation by layer (saturated outputs)']
     >>> layout["gradscope: backward (gradients)"]
-    {'grad_out_norm': ['Multiline', ['^grad_out_norm/']]}
+    {'grad_out_norm · act1–act2': ['Multiline', ['^(?:grad_out_norm/act1|grad_out_norm/act2)$']]}
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,27 +31,41 @@ from gradscope import metrics
 from gradscope.history import LayerInfo
 
 __all__ = [
+    "CHART_LINES",
+    "CLOSED_SECTIONS",
     "FINDINGS_TAG",
     "GRADIENT_FLOW_TAG",
-    "HEALTH_SECTION",
     "LAYERS_TAG",
+    "OTHER_SECTION",
+    "RUN_SECTION",
     "SECTION_TITLES",
     "UNIT_HEALTH_TAG",
+    "chart_lines",
     "check_logdir",
     "custom_scalars_layout",
     "findings_markdown",
+    "group_layers",
+    "health_title",
     "layers_text",
+    "layout_summary",
     "parse_layers_text",
     "scalar_tag",
 ]
 
-HEALTH_SECTION = "gradscope: health (key metrics by layer)"
 #: Section titles, by :data:`gradscope.metrics.SECTIONS`.
 SECTION_TITLES = {
+    "run": "gradscope: run health (one line per run)",
     "forward": "gradscope: forward (activations)",
     "backward": "gradscope: backward (gradients)",
     "update": "gradscope: updates and weights",
 }
+RUN_SECTION = SECTION_TITLES["run"]
+OTHER_SECTION = "gradscope: other"
+#: Categories written closed (the page opens on the health charts).
+CLOSED_SECTIONS = frozenset([*(SECTION_TITLES[s] for s in ("forward", "backward", "update")),
+                             OTHER_SECTION])
+#: The most lines a per-layer chart should draw (TensorBoard's palette repeats after ~10).
+CHART_LINES = 12
 
 #: Text tag holding the layer index.
 LAYERS_TAG = "gradscope/layers"
@@ -59,16 +76,20 @@ GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
 UNIT_HEALTH_TAG = "gradscope/unit_health"
 
 def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
-    """The TensorBoard tag of one series: ``metric/layer``, or ``param/metric/name``.
+    """The TensorBoard tag of one series: ``metric/layer``, ``param/metric/name`` or ``run/metric``.
 
     Example:
         >>> scalar_tag("features.3", "dead_units", "activation")
         'dead_units/features.3'
         >>> scalar_tag("fc1.weight", "grad_norm", "parameter")
         'param/grad_norm/fc1.weight'
+        >>> scalar_tag("", "worst_saturation", "run")
+        'run/worst_saturation'
     """
     if kind == "parameter":
         return f"param/{metric}/{layer}"
+    if kind == "run":
+        return f"run/{metric}"
     return f"{metric}/{layer}"
 
 
@@ -120,29 +141,173 @@ def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -
     return path
 
 
-def custom_scalars_layout(present: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
-    """The custom-scalars layout: per section, one ``Multiline`` chart per metric.
+def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
+                          chart_lines: int = CHART_LINES) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: ``{category: {chart title: ["Multiline", [regex]]}}``.
 
-    Each chart matches ``^<metric>/`` so every layer of that metric is a line,
-    including layers that appear later in the run. The health section lists every
-    health metric whatever the run has (a chart is empty when a run has no such
-    layer), so that TensorBoard, which merges the layouts of the runs it shows,
-    keeps its order for every run; the other sections only the ``present`` metrics.
-    Metrics that are not gradscope's go to a last section.
+    A ``Multiline`` chart draws one line per run shown and per tag its regex matches
+    (TensorBoard's ``re.match``). So each per-layer chart names its series
+    exactly and holds at most ``max(1, chart_lines // runs)`` of them, grouped by
+    :func:`group_layers`: a chart then draws at most ``max(chart_lines, runs)``
+    lines. Categories, in order:
+
+    * :data:`RUN_SECTION`: one chart per ``run`` metric (``run/<name>``, one line per
+      run), every one listed whatever the run has;
+    * one category per per-layer health metric (:func:`health_title`), listed even
+      when empty: TensorBoard merges the layouts of the runs it shows in the order
+      it meets them, so every run lists them to keep their order;
+    * the forward, backward and update sections (:data:`SECTION_TITLES`, written
+      closed by :func:`layout_summary`), then metrics that are not gradscope's.
+
+    Args:
+        series: each metric's series (layer and call-site names) in network order.
+        runs: how many runs will be viewed side by side (a grid's size).
+        chart_lines: the most lines a per-layer chart should draw.
     """
-    have = set(present)
-    chart = lambda m: ["Multiline", [f"^{re.escape(m)}/"]]  # noqa: E731
-    layout: dict[str, dict[str, list[Any]]] = {
-        HEALTH_SECTION: {m.name: chart(m.name) for m in metrics.health()}}
-    for section in metrics.SECTIONS:
-        charts = {m.name: chart(m.name) for m in metrics.METRICS.values()
-                  if m.section == section and m.health is None and m.name in have}
+    if not isinstance(runs, int) or runs < 1 or not isinstance(chart_lines, int) or chart_lines < 1:
+        raise ValueError(f"custom_scalars_layout(runs={runs!r}, chart_lines={chart_lines!r}): "
+                         "both must be ints >= 1")
+    size = max(1, chart_lines // runs)
+    layout: dict[str, dict[str, list[Any]]] = {RUN_SECTION: {
+        m.name: _chart([scalar_tag("", m.name, "run")]) for m in metrics.by_kind("run")}}
+    for m in metrics.health():
+        layout[health_title(m)] = _charts(m.name, series.get(m.name, ()), size)
+    for section in metrics.SECTIONS[1:]:
+        charts: dict[str, list[Any]] = {}
+        for m in metrics.METRICS.values():
+            if m.section == section and m.health is None:
+                charts.update(_charts(m.name, series.get(m.name, ()), size))
         if charts:
             layout[SECTION_TITLES[section]] = charts
-    other = {m: chart(m) for m in present if m not in metrics.METRICS}
+    other: dict[str, list[Any]] = {}
+    for name, names in series.items():
+        if name not in metrics.METRICS:
+            other.update(_charts(name, names, size))
     if other:
-        layout["gradscope: other"] = other
+        layout[OTHER_SECTION] = other
     return layout
+
+
+def health_title(metric: metrics.Metric) -> str:
+    """The category of a per-layer health metric: ``gradscope: grad_norm by layer (...)``."""
+    return f"gradscope: {metric.name} by layer ({metric.label or metric.doc})"
+
+
+def _chart(tags: Sequence[str]) -> list[Any]:
+    """A ``Multiline`` chart of exactly these tags (one anchored regex)."""
+    return ["Multiline", ["^(?:" + "|".join(re.escape(t) for t in tags) + ")$"]]
+
+
+def _charts(metric: str, names: Sequence[str], size: int) -> dict[str, list[Any]]:
+    return {f"{metric} · {label}": _chart([scalar_tag(n, metric) for n in group])
+            for label, group in group_layers(names, size)}
+
+
+def group_layers(names: Sequence[str], size: int) -> list[tuple[str, list[str]]]:
+    """Groups of at most ``size`` series, cut along the module tree, labelled by block.
+
+    Series are grouped by their top-level block (``layer1`` for ``layer1.0.conv1``;
+    a call-site ``relu[1]`` belongs to its module ``relu``). Neighbouring blocks that
+    fit share a group (``"conv1–bn1"``); a block larger than ``size`` is split by
+    its sub-blocks (``layer3.0``, ``layer3.1``, ...), recursively; a leaf block
+    still too large is cut into numbered pieces. A group of one series is labelled
+    by its name.
+
+    Example:
+        >>> names = ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1", "layer1.1.conv1", "fc"]
+        >>> for label, group in group_layers(names, 2):
+        ...     print(label, group)
+        conv1–bn1 ['conv1', 'bn1']
+        layer1.0 ['layer1.0.conv1', 'layer1.0.bn1']
+        layer1.1.conv1 ['layer1.1.conv1']
+        fc ['fc']
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"group_layers(size={size!r}): must be an int >= 1")
+    return [(group[0] if len(group) == 1 else label, group)
+            for label, group in _pack(list(names), 0, size)]
+
+
+_CALL_INDEX = re.compile(r"\[\d+\]$")
+
+
+def _path(name: str) -> list[str]:
+    return _CALL_INDEX.sub("", name).split(".")
+
+
+def _pack(names: list[str], depth: int, size: int) -> list[tuple[str, list[str]]]:
+    """Blocks at ``depth`` of the module tree, packed in order into groups of <= ``size``."""
+    blocks: dict[str, list[str]] = {}
+    for n in names:
+        blocks.setdefault(".".join(_path(n)[:depth + 1]), []).append(n)
+    groups: list[tuple[str, list[str]]] = []
+    keys: list[str] = []
+    held: list[str] = []
+
+    def close() -> None:
+        if held:
+            groups.append((keys[0] if len(keys) == 1 else f"{keys[0]}–{keys[-1]}", held[:]))
+        keys.clear()
+        held.clear()
+
+    for key, members in blocks.items():
+        if len(members) <= size:
+            if len(held) + len(members) > size:
+                close()
+            keys.append(key)
+            held.extend(members)
+            continue
+        close()
+        if any(len(_path(n)) > depth + 1 for n in members):
+            groups += _pack(members, depth + 1, size)
+        else:
+            pieces = [members[i:i + size] for i in range(0, len(members), size)]
+            groups += [(f"{key} ({i + 1}/{len(pieces)})", p) for i, p in enumerate(pieces)]
+    close()
+    return groups
+
+
+def layout_summary(layout: Mapping[str, Mapping[str, Sequence[Any]]]) -> Any:
+    """The layout as the ``Summary`` that ``add_custom_scalars`` writes, detail sections closed.
+
+    TensorBoard opens a category unless its ``closed`` flag is set; the forward,
+    backward, update and other sections start closed so the page opens on the
+    run-level and per-layer health charts.
+    """
+    from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    summary = custom_scalars(layout)
+    tensor = summary.value[0].tensor
+    proto = Layout.FromString(tensor.string_val[0])
+    for category in proto.category:
+        category.closed = category.title in CLOSED_SECTIONS
+    tensor.string_val[0] = proto.SerializeToString()
+    return summary
+
+
+def chart_lines(layout: Mapping[str, Mapping[str, Sequence[Any]]],
+                tags: Mapping[str, Iterable[str]]) -> dict[tuple[str, str], int]:
+    """Lines each ``Multiline`` chart draws: the tags its regexes match, summed over runs.
+
+    ``tags`` maps each run to its scalar tags. A tag is counted once per run even
+    when several regexes of the chart match it.
+
+    Example:
+        >>> layout = custom_scalars_layout({"grad_norm": ["fc1", "fc2"]})
+        >>> lines = chart_lines(layout, {"a": ["grad_norm/fc1", "grad_norm/fc2", "run/nonfinite_count"],
+        ...                              "b": ["grad_norm/fc1", "run/nonfinite_count"]})
+        >>> lines[(RUN_SECTION, "nonfinite_count")], max(lines.values())
+        (2, 3)
+    """
+    out = {}
+    for category, charts in layout.items():
+        for title, (_kind, regexes) in charts.items():
+            patterns = [re.compile(r) for r in regexes]
+            out[(category, title)] = sum(
+                1 for run_tags in tags.values() for t in set(run_tags)
+                if any(p.match(t) for p in patterns))
+    return out
 
 
 def findings_markdown(findings: Sequence[Any]) -> str:

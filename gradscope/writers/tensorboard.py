@@ -9,11 +9,15 @@ tag                             content
                                 one group per metric (``saturation/3``, ``grad_norm/fc1``)
 ``param/<metric>/<parameter>``  the same per parameter (``param/grad_norm/fc1.weight``);
                                 only with ``TensorBoardWriter(parameters=True)``
-custom scalars                  one chart per metric with every layer as a line: a health
-                                section (saturation, dead units, activation std, backprop
-                                RMS, gradient norm, update ratio), then forward, backward
-                                and update sections; written once (again only if a new
-                                metric appears)
+``run/<metric>``                run-level health: one value per step for the whole network
+                                (worst saturation, worst dead units, log10 first/last
+                                backprop RMS, smallest/largest update ratio, non-finite
+                                count; :mod:`gradscope.runlevel`)
+custom scalars                  the run-level charts first (one line per run), then one
+                                category per per-layer health metric, then the forward,
+                                backward and update sections (closed); per-layer charts
+                                grouped by module block, at most ``chart_lines // runs``
+                                series each; rewritten when a new series appears
 ``activations/<site>``          histogram of a call-site's output (device-side bins)
 ``backprop/<site>``             histogram of the gradient flowing back through it
 ``gradients/<parameter>``       histogram of a parameter's gradient
@@ -56,8 +60,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
+from gradscope.runlevel import run_records
 from gradscope.writers.base import Record, Sink
 from gradscope.writers.layout import (
+    CHART_LINES,
     FINDINGS_TAG,
     GRADIENT_FLOW_TAG,
     LAYERS_TAG,
@@ -66,6 +72,7 @@ from gradscope.writers.layout import (
     custom_scalars_layout,
     findings_markdown,
     layers_text,
+    layout_summary,
     scalar_tag,
 )
 
@@ -98,6 +105,10 @@ class TensorBoardWriter(Sink):
         max_queue: events buffered before the background thread writes them.
         image_steps: at most this many steps (columns) in the unit-health image,
             evenly spread over the run.
+        runs: how many runs will be viewed side by side in TensorBoard (a grid's
+            size; ``gradscope compare`` passes it): each per-layer custom-scalars
+            chart then holds at most ``max(1, chart_lines // runs)`` series.
+        chart_lines: the most lines a per-layer custom-scalars chart should draw.
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -124,6 +135,8 @@ class TensorBoardWriter(Sink):
         flush_secs: int = 30,
         max_queue: int = 1000,
         image_steps: int = 200,
+        runs: int = 1,
+        chart_lines: int = CHART_LINES,
     ) -> None:
         if not isinstance(flush_secs, int) or flush_secs < 1:
             raise ValueError(f"TensorBoardWriter(flush_secs={flush_secs!r}): must be an int >= 1")
@@ -131,6 +144,9 @@ class TensorBoardWriter(Sink):
             raise ValueError(f"TensorBoardWriter(max_queue={max_queue!r}): must be an int >= 1")
         if not isinstance(image_steps, int) or image_steps < 2:
             raise ValueError(f"TensorBoardWriter(image_steps={image_steps!r}): must be an int >= 2")
+        for name, v in (("runs", runs), ("chart_lines", chart_lines)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TensorBoardWriter({name}={v!r}): must be an int >= 1")
         if not isinstance(image_interval, (int, float)) or image_interval < 0:
             raise ValueError(f"TensorBoardWriter(image_interval={image_interval!r}): must be "
                              "a number of seconds >= 0 (0 draws at every flush)")
@@ -143,7 +159,8 @@ class TensorBoardWriter(Sink):
         self.image_steps = image_steps
         self.summary_writer = SummaryWriter(
             log_dir=str(self.logdir), flush_secs=flush_secs, max_queue=max_queue)
-        self._layout_metrics: tuple[str, ...] = ()
+        self.runs, self.chart_lines = runs, chart_lines
+        self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
         self._findings_key: Optional[tuple[Any, ...]] = None
         self._error: Optional[Exception] = None  # raised on the background thread, not yet reported
@@ -254,12 +271,12 @@ class TensorBoardWriter(Sink):
             step = min(r[0] for r in records)
             self.summary_writer.add_text(
                 LAYERS_TAG, layers_text([infos[n] for n in names if n in infos]), step)
-        metrics = tuple(sorted({r[2] for r in records} | set(self._layout_metrics)))
-        if metrics != self._layout_metrics:
-            self._layout_metrics = metrics
-            self.summary_writer.add_custom_scalars(custom_scalars_layout(metrics))
+        kinds = {n: infos[n].kind for n in names if n in infos}
         rank = {n: i for i, n in enumerate(names)}
+        self._write_layout(records, kinds, rank)
         add = self.summary_writer.add_scalar
+        for step, metric, value in run_records(records, kinds):
+            add(scalar_tag("", metric, "run"), value, step)
         for step, layer, metric, value in sorted(
                 records, key=lambda r: (r[0], r[2], rank.get(r[1], len(rank)))):
             info = infos.get(layer)
@@ -267,6 +284,23 @@ class TensorBoardWriter(Sink):
             if kind == "parameter" and not self.parameters:
                 continue
             add(scalar_tag(layer, metric, kind), value, step)
+
+    def _write_layout(self, records: Sequence[Record], kinds: dict[str, str],
+                      rank: dict[str, int]) -> None:
+        """(Re)write the custom-scalars layout when the records bring a new series."""
+        new = False
+        for _, layer, metric, _ in records:
+            if kinds.get(layer) != "parameter":
+                have = self._series.setdefault(metric, set())
+                if layer not in have:
+                    have.add(layer)
+                    new = True
+        if new:
+            last = len(rank)
+            series = {m: sorted(have, key=lambda n: (rank.get(n, last), n))
+                      for m, have in self._series.items()}
+            layout = custom_scalars_layout(series, runs=self.runs, chart_lines=self.chart_lines)
+            self.summary_writer._get_file_writer().add_summary(layout_summary(layout))
 
     def _write_histograms(self, histograms: Sequence[Histogram]) -> None:
         for h in histograms:
