@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 import gradscope
 from gradscope import stats as gs_stats
+from gradscope.experiments.sequence import SequenceClassifier
 
 # ----------------------------------------------------------------- settings
 STEPS = 150  # measured steps per side and (workload, setting)
@@ -183,6 +184,10 @@ def _images(*shape: int) -> Callable[[torch.Generator, int], Tensor]:
     return lambda g, n: torch.randn((n, *shape), generator=g)
 
 
+def _rand_images(*shape: int) -> Callable[[torch.Generator, int], Tensor]:
+    return lambda g, n: torch.rand((n, *shape), generator=g)  # pixels in [0, 1]
+
+
 WORKLOADS = [
     Workload("mlp5x1000_relu", lambda small: mlp(nn.ReLU, SMOKE_WIDTH if small else 1000),
              _images(784), 128),
@@ -196,6 +201,11 @@ WORKLOADS = [
     Workload("cnn_resnet32", lambda small: SmallCNN(8 if small else 16), _images(3, 32, 32), 32),
     Workload("transformer", lambda small: SmallTransformer(d=32 if small else 128),
              lambda g, n: torch.randint(0, 256, (n, 32), generator=g), 32),
+    # recurrent nets (gradscope.capture.recurrent replays them on sampled steps)
+    Workload("lstm_pixels100", lambda small: SequenceClassifier(
+        "lstm", hidden=8 if small else 64, sequence="pixels"), _rand_images(784), 64),
+    Workload("gru_rows28", lambda small: SequenceClassifier(
+        "gru", hidden=8 if small else 64, sequence="rows"), _rand_images(784), 64),
 ]
 
 

@@ -21,15 +21,19 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
-__all__ = ["KINDS", "History", "LayerInfo", "decode_value", "encode_value"]
+__all__ = ["KINDS", "MAX_PROFILE_ROWS", "History", "LayerInfo", "decode_value", "encode_value"]
 
-#: The kinds of series: activation call-sites, parameterised modules, parameters, and
+#: The kinds of series: activation call-sites, parameterised modules, parameters,
+#: recurrent layers (one per layer and direction of an RNN module, or per cell), and
 #: model-wide per-step series (the GradScaler's ``scaler``).
-KINDS = ("activation", "layer", "parameter", "step")
+KINDS = ("activation", "layer", "parameter", "recurrent", "step")
+#: A profile series keeps at most this many rows: beyond, every other row is dropped
+#: and only every other new one is kept, so rows stay evenly spread over the run.
+MAX_PROFILE_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class LayerInfo:
     Args:
         name: the series name (``"features.3"``, ``"layer1.0.relu[1]"``, ``"fc1.weight"``).
         kind: ``"activation"`` (a call-site), ``"layer"`` (a module with parameters),
-            ``"parameter"``, or ``"step"`` (a model-wide per-step series: ``scaler``).
+            ``"parameter"``, ``"recurrent"`` (a layer and direction of an RNN, or a cell)
+            or ``"step"`` (a model-wide per-step series: ``scaler``).
         order: position in network order within its kind (execution order of the
             first monitored forward; registration order for modules never called).
         type: the module's class name (``"ReLU"``) or ``"Parameter"``.
@@ -65,6 +70,7 @@ class History:
     def __init__(self) -> None:
         self._layers: dict[str, LayerInfo] = {}
         self._data: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+        self._profiles: dict[tuple[str, str], _Profile] = {}
 
     # -- writing -----------------------------------------------------------
     def add_layer(self, info: LayerInfo) -> None:
@@ -105,6 +111,31 @@ class History:
                 continue
             steps.append(step)
             values.append(float(value))
+
+    def add_profile(self, step: int, layer: str, metric: str, positions: Sequence[int],
+                    values: Sequence[float]) -> None:
+        """Record a profile at ``step``: ``values`` at ``positions`` (``∂L/∂h`` over time steps).
+
+        At most :data:`MAX_PROFILE_ROWS` rows are kept per series, evenly spread over the run.
+        """
+        prof = self._profiles.get((layer, metric))
+        if prof is None:
+            prof = self._profiles[(layer, metric)] = _Profile()
+        prof.add(int(step), tuple(positions), [float(v) for v in values])
+
+    def profile(self, layer: str, metric: str
+                ) -> tuple[list[int], list[tuple[int, ...]], list[list[float]]]:
+        """``(steps, positions per step, values per step)`` of a profile series (copies)."""
+        prof = self._profiles.get((layer, metric))
+        if prof is None:
+            raise KeyError(f"no profile {metric!r} for layer {layer!r}; profiles: "
+                           f"{self.profiles()}")
+        return list(prof.steps), list(prof.positions), [list(v) for v in prof.values]
+
+    def profiles(self) -> list[tuple[str, str]]:
+        """``(layer, metric)`` of every profile series, in network order."""
+        rank = {n: i for i, n in enumerate(self.layers())}
+        return sorted(self._profiles, key=lambda k: (rank.get(k[0], len(rank)), k))
 
     # -- reading -----------------------------------------------------------
     def layers(self, kind: Optional[str] = None) -> list[str]:
@@ -187,7 +218,7 @@ class History:
     # -- persistence -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite values as :func:`encode_value` writes them)."""
-        return {
+        out: dict[str, Any] = {
             "version": 1,
             "layers": [_info_to_dict(self._layers[n]) for n in self.layers() if n in self._layers],
             "data": {
@@ -195,6 +226,13 @@ class History:
                 for layer, d in self._data.items()
             },
         }
+        if self._profiles:
+            out["profiles"] = [
+                {"layer": layer, "metric": metric, "steps": p.steps,
+                 "positions": [list(x) for x in p.positions],
+                 "values": [[encode_value(v) for v in vs] for vs in p.values], "stride": p.stride}
+                for (layer, metric), p in self._profiles.items()]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
@@ -208,6 +246,11 @@ class History:
             for metric, (steps, values) in metrics.items():
                 h._data.setdefault(layer, {})[metric] = (list(steps),
                                                          [decode_value(v) for v in values])
+        for p in d.get("profiles", []):
+            prof = h._profiles[(p["layer"], p["metric"])] = _Profile(stride=int(p.get("stride", 1)))
+            prof.steps = [int(s) for s in p["steps"]]
+            prof.positions = [tuple(x) for x in p["positions"]]
+            prof.values = [[decode_value(v) for v in vs] for vs in p["values"]]
         return h
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -220,6 +263,35 @@ class History:
         """Read a history written by :meth:`save`."""
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
+
+
+class _Profile:
+    """Rows of one profile series, thinned to at most :data:`MAX_PROFILE_ROWS` evenly spread rows."""
+
+    def __init__(self, stride: int = 1) -> None:
+        self.steps: list[int] = []
+        self.positions: list[tuple[int, ...]] = []
+        self.values: list[list[float]] = []
+        self.stride = stride  # keep one offered row in ``stride``
+        self._offered = 0
+
+    def add(self, step: int, positions: tuple[int, ...], values: list[float]) -> None:
+        if self.steps and self.steps[-1] == step:  # a repeated step replaces the row
+            self.positions[-1], self.values[-1] = positions, values
+            return
+        self._offered += 1
+        if (self._offered - 1) % self.stride:
+            return
+        if self.positions and self.positions[-1] == positions:
+            positions = self.positions[-1]  # share the tuple between rows
+        self.steps.append(step)
+        self.positions.append(positions)
+        self.values.append(values)
+        if len(self.steps) > MAX_PROFILE_ROWS:
+            self.steps, self.positions, self.values = \
+                self.steps[::2], self.positions[::2], self.values[::2]
+            self.stride *= 2
+            self._offered = 1  # the last row (even index: kept) is where the new stride starts
 
 
 def _info_to_dict(info: LayerInfo) -> dict[str, Any]:

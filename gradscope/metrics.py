@@ -24,6 +24,10 @@ Kinds (where the values come from):
                 (:func:`gradscope.runlevel.run_values`: ``aggregate`` combines a
                 need over the layers, ``finish`` the combined needs); written by
                 the TensorBoard writer as ``run/<name>``, first in the layout
+``gates``       a recurrent layer's gates and hidden states, replayed on sampled
+                steps (:mod:`gradscope.recurrence`)
+``through_time`` a recurrent layer's profile ``‖∂L/∂h_t‖`` over its time steps,
+                summarised on the host (:func:`gradscope.recurrent_stats.profile_summary`)
 ==============  ==============================================================
 
 Example:
@@ -64,12 +68,13 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "parameter", "step", "run")
+KINDS = ("activation", "window", "backprop", "parameter", "step", "run", "gates", "through_time")
 #: Dashboard sections: ``run`` (the ``run`` metrics) first, then the per-layer health
 #: section (the metrics with a ``health`` position), then these in order.
-SECTIONS = ("run", "forward", "backward", "update")
+SECTIONS = ("run", "forward", "backward", "update", "recurrent")
 #: How a ``run`` metric combines a need's values over the layers (network order).
 RUN_AGGREGATES = ("max", "min", "sum", "first/last")
+_RECURRENT = ("gates", "through_time")
 
 
 class Shape(NamedTuple):
@@ -305,6 +310,55 @@ _SPECS = (
            section="update", label="steps skipped by the GradScaler", empty=0.0),
     Metric("scale", "step", "the GradScaler's loss scale during this step's backward",
            ("scale",), _value("scale"), section="update", label="loss scale"),
+    # -- recurrent layers: the gradient through time (a profile over t, summarised) ----
+    Metric("grad_h_ratio", "through_time",
+           "‖∂L/∂h‖ at the first step a layer processes over ‖∂L/∂h‖ at its last (≪ 1: the "
+           "gradient vanishes back through time)", ("first", "last"), _ratio("first", "last"),
+           section="recurrent", report=0, header="∂L/∂h first/last",
+           label="‖∂L/∂h_first‖ / ‖∂L/∂h_last‖"),
+    Metric("grad_h_fall", "through_time",
+           "the latest step (0-based, in processing order) at which ‖∂L/∂h_t‖ is below 1% of "
+           "its largest value over the sequence; -1 when it never is",
+           ("fall",), _value("fall"), section="recurrent", report=1, header="falls below 1% at"),
+    Metric("grad_h_first", "through_time",
+           "‖∂L/∂h‖ at the first step a layer processes (L2 norm over batch and hidden units)",
+           ("first",), _value("first"), section="recurrent"),
+    Metric("grad_h_last", "through_time", "‖∂L/∂h‖ at the last step a layer processes",
+           ("last",), _value("last"), section="recurrent"),
+    Metric("seq_len", "through_time", "time steps of the sequence (the longest, when packed)",
+           ("len",), _value("len"), section="recurrent", report=1.5, header="steps"),
+    # -- recurrent layers: hidden states and gates, replayed on sampled steps ---------
+    Metric("hidden_saturation", "gates",
+           "fraction of hidden-state elements with |h| > 1 - eps (tanh RNN, GRU, LSTM "
+           "without projection)", ("hidden_saturated",), _per_element("hidden_saturated"),
+           section="recurrent", report=2, header="saturated h", label="saturated hidden state"),
+    Metric("forget_open", "gates",
+           "LSTM: fraction of forget gates f >= 1 - eps (the cell state is kept: remembering)",
+           ("forget_open",), _per_element("forget_open"), section="recurrent", report=3,
+           header="remembering", label="forget gates >= 1-eps (remembering)"),
+    Metric("forget_shut", "gates",
+           "LSTM: fraction of forget gates f <= eps (the cell state is dropped: forgetting)",
+           ("forget_shut",), _per_element("forget_shut"), section="recurrent", report=4,
+           header="forgetting", label="forget gates <= eps (forgetting)"),
+    Metric("forget_mean", "gates", "LSTM: mean forget gate f", ("forget_sum",),
+           _per_element("forget_sum"), section="recurrent", report=5, header="keep gate mean"),
+    Metric("input_mean", "gates", "LSTM: mean input gate i", ("input_sum",),
+           _per_element("input_sum"), section="recurrent", report=6, header="input/reset mean"),
+    Metric("output_mean", "gates", "LSTM: mean output gate o", ("output_sum",),
+           _per_element("output_sum"), section="recurrent", report=7),
+    Metric("update_open", "gates",
+           "GRU: fraction of update gates z >= 1 - eps (the previous state is kept: remembering)",
+           ("update_open",), _per_element("update_open"), section="recurrent", report=3.1,
+           header="remembering"),
+    Metric("update_shut", "gates",
+           "GRU: fraction of update gates z <= eps (the state is replaced: forgetting)",
+           ("update_shut",), _per_element("update_shut"), section="recurrent", report=4.1,
+           header="forgetting"),
+    Metric("update_mean", "gates", "GRU: mean update gate z (1 keeps the previous state)",
+           ("update_sum",), _per_element("update_sum"), section="recurrent", report=5.1,
+           header="keep gate mean"),
+    Metric("reset_mean", "gates", "GRU: mean reset gate r", ("reset_sum",),
+           _per_element("reset_sum"), section="recurrent", report=6.1, header="input/reset mean"),
     # -- run: one value per run and step, over the layers recorded at that step -------
     Metric("worst_saturation", "run", "largest saturation over the call-sites",
            ("saturation",), _value("saturation"), section="run", report=0, aggregate="max",
@@ -362,10 +416,12 @@ def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
 
 
 def series_kind(metric: str) -> Optional[str]:
-    """The series a metric has: ``"activation"`` (call-sites), ``"layer"``, ``"step"`` or ``"run"``."""
+    """The series a metric has: ``"activation"`` (call-sites), ``"layer"``, ``"step"``, ``"run"`` or ``"recurrent"``."""
     m = METRICS.get(metric)
     if m is None:
         return None
+    if m.kind in _RECURRENT:
+        return "recurrent"
     return {"parameter": "layer", "run": "run", "step": "step"}.get(m.kind, "activation")
 
 

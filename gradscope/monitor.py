@@ -45,7 +45,13 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope import distributed
-from gradscope.capture import ActivationRecorder, Context, ModuleCapture, ParamCapture
+from gradscope.capture import (
+    ActivationRecorder,
+    Context,
+    ModuleCapture,
+    ParamCapture,
+    RecurrentCapture,
+)
 from gradscope.capture.params import read_gradients
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
@@ -125,6 +131,7 @@ class Monitor:
         self._modules = ModuleCapture(self._ctx, self._recorder)
         self._params = ParamCapture(self._ctx)
         self._scaler = ScalerCapture(self._ctx, self._end_step)
+        self._recurrent = RecurrentCapture(self._ctx)
 
     # ------------------------------------------------------------------ api
     @property
@@ -174,12 +181,14 @@ class Monitor:
         if not self.attached:
             return
         try:
+            self._recurrent.end_step()
             self._params.commit()
             self.flush()
         finally:
             self._remove_handles()
             self._ctx.state.attached = False
             self._modules.clear()
+            self._recurrent.clear()
             self._recorder.clear()
             self._queue.clear()
             self._params.clear()
@@ -252,6 +261,7 @@ class Monitor:
         hook(model.register_forward_hook(self._root_hook))
         if self.options.activations:
             self._modules.register(model)
+        self._recurrent.register(model)
         if self.options.gradients:
             self._params.register(model)
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
@@ -282,6 +292,7 @@ class Monitor:
                 self._end_step()
             self._step_has_forward = True
         self._modules.start_forward()
+        self._recurrent.start_forward()
         self._ctx.state.recording = counted and self._ctx.state.sampled
 
     def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -330,6 +341,7 @@ class Monitor:
         """The step is over: windows, stacking and the parameters' entries, then the next step."""
         state = self._ctx.state
         self._recorder.end_step()
+        self._recurrent.end_step()
         self._queue.end_step()
         self._params.commit()
         state.step += 1

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,7 @@ __all__ = [
     "ONE_PASS_CONDITION",
     "ActivationCall",
     "Affine",
+    "Call",
     "GradCall",
     "Part",
     "Plan",
@@ -356,19 +357,30 @@ def combine_op(name: str) -> Optional[str]:
 Decoder = Callable[[int, Sequence[float]], list[Record]]
 
 
+class Call(Protocol):
+    """What a :class:`Plan` reduces: element and unit counts, and reductions by name."""
+
+    numel: int
+    units: int
+
+    def part(self, name: str) -> Part: ...
+
+
 class Plan:
     """The metrics of one kind for one family, and the reductions they need, in order.
 
     Args:
         family: the activation family (``None`` for backprop metrics).
-        kind: ``"activation"``, ``"window"`` or ``"backprop"``.
+        kind: ``"activation"``, ``"window"``, ``"backprop"`` or ``"gates"``.
+        metrics: these metrics instead of the family's (a recurrent unit's gates).
     """
 
-    def __init__(self, family: Optional[ActivationFamily], kind: str, *,
-                 partial: bool = False) -> None:
+    def __init__(self, family: Optional[ActivationFamily], kind: str,
+                 metrics: Optional[Sequence[Metric]] = None, *, partial: bool = False) -> None:
         self.kind = kind
         self.partial = partial  # decoders return distributed.Partial values (combining ranks)
-        self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind))
+        self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind) if metrics is None
+                                                 else metrics)
         needs: list[str] = []
         for m in self.metrics:
             needs += [n for n in m.needs if n not in needs]
@@ -380,8 +392,7 @@ class Plan:
         """The metric names, in order."""
         return tuple(m.name for m in self.metrics)
 
-    def run(self, call: Union[ActivationCall, GradCall], layer: str
-            ) -> tuple[list[Tensor], Decoder]:
+    def run(self, call: Call, layer: str) -> tuple[list[Tensor], Decoder]:
         """Reduce ``call``; return the device tensors to queue and their decoder."""
         if call.numel == 0:
             if self.partial:  # nothing to count on this rank: the others' values stand

@@ -3,8 +3,8 @@
 Reads every run under ``LOGDIR`` (a directory holding ``events.out.tfevents.*``
 files) with TensorBoard's own ``EventAccumulator``, keeps the runs that contain
 gradscope tags (``<metric>/<layer>``, ``param/<metric>/<name>``), rebuilds their
-:class:`gradscope.History` and prints, per run, a table of activation call-sites
-and one of parameterised layers at the last step (or the one given by
+:class:`gradscope.History` and prints, per run, a table of activation call-sites,
+one of parameterised layers and one of recurrent layers (when there are any) at the last step (or the one given by
 ``--step``), then the findings of :mod:`gradscope.findings`. With several runs,
 a ranked table comes first: one row per run, worst first (most error findings,
 then warnings, then infos), with the run-level health values
@@ -48,6 +48,8 @@ __all__ = ["RunReport", "configure", "find_runs", "load_run", "rank", "render", 
 #: (a layer shows the first candidate it has).
 ACTIVATION_COLUMNS = tuple(metrics.columns("activation"))
 LAYER_COLUMNS = tuple(metrics.columns("layer"))
+RECURRENT_COLUMNS = tuple(metrics.columns("recurrent"))
+_COLUMNS = {"activation": ACTIVATION_COLUMNS, "layer": LAYER_COLUMNS, "recurrent": RECURRENT_COLUMNS}
 #: Metrics compared side by side when there are several runs: the health metrics.
 COMPARE = tuple((metrics.series_kind(m.name) or "activation", m.header or m.name)
                 for m in metrics.health())
@@ -209,12 +211,13 @@ def _value(h: History, layer: str, candidates: tuple[str, ...]) -> float:
 def _table(r: RunReport, kind: str) -> tuple[list[str], list[list[Any]]]:
     """Header and rows (layer, type, values...) of one kind at the report step."""
     h = r.history
-    cols = ACTIVATION_COLUMNS if kind == "activation" else LAYER_COLUMNS
+    cols = _COLUMNS[kind]
     layers = h.layers(kind)
     names = [(layer, h.info(layer).family or h.info(layer).type) for layer in layers]
     values = [[_value(h, layer, c) for _, c in cols] for layer in layers]
     keep = [j for j in range(len(cols)) if any(not math.isnan(v[j]) for v in values)]
-    header = ["call-site" if kind == "activation" else "layer", "type"] + [cols[j][0] for j in keep]
+    first = {"activation": "call-site", "recurrent": "recurrent layer"}.get(kind, "layer")
+    header = [first, "type"] + [cols[j][0] for j in keep]
     return header, [[*n, *(v[j] for j in keep)] for n, v in zip(names, values)]
 
 
@@ -329,7 +332,8 @@ def render(runs: list[RunReport], fmt: str) -> str:
         parts.append(f"## run `{r.name}` at step {r.step} ({span})" if md
                      else f"== run {r.name} at step {r.step} ({span}, {r.path})")
         for kind, title in (("activation", "activation call-sites"),
-                            ("layer", "parameterised layers")):
+                            ("layer", "parameterised layers"),
+                            ("recurrent", "recurrent layers (∂L/∂h through time, gates)")):
             header, rows = _table(r, kind)
             if rows:
                 parts.append(f"**{title}**" if md else f"{title}:")
@@ -373,6 +377,7 @@ def _run_json(r: RunReport) -> dict[str, Any]:
         "name": r.name, "path": str(r.path), "step": r.step,
         "health": {k: encode_value(v) for k, v in run_health(r).items()},
         "activations": entries("activation"), "layers": entries("layer"),
+        "recurrent": entries("recurrent"),
         "findings": [{k: (encode_value(v) if isinstance(v, float) else v)
                       for k, v in asdict(f).items()} for f in r.findings],
     }

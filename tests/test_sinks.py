@@ -135,6 +135,7 @@ def test_tensorboard_background_failure_is_reported_and_writing_resumes(tmp_path
         with watch(model, sinks=[writer], flush_every=1, summary=False):
             model(torch.randn(2, 3)).sum().backward()
             model(torch.randn(2, 3)).sum().backward()
+            writer._queue.join()  # type: ignore[union-attr]  # the failing writes have run
             state["fail"] = False
             for _ in range(3):
                 model(torch.randn(2, 3)).sum().backward()

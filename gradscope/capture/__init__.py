@@ -7,7 +7,9 @@
   windows, histograms), whoever saw it run;
 * :mod:`~gradscope.capture.modules`: forward hooks on activation modules;
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
-  weight norms, update ratios).
+  weight norms, update ratios);
+* :mod:`~gradscope.capture.recurrent`: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and
+  recurrent cells (the gradient through time, gates and hidden states).
 
 These are internal: use :func:`gradscope.watch`.
 """
@@ -16,5 +18,7 @@ from gradscope.capture.activation import ActivationRecorder, Site
 from gradscope.capture.base import Context, StepState
 from gradscope.capture.modules import ModuleCapture
 from gradscope.capture.params import ParamCapture
+from gradscope.capture.recurrent import RecurrentCapture
 
-__all__ = ["ActivationRecorder", "Context", "ModuleCapture", "ParamCapture", "Site", "StepState"]
+__all__ = ["ActivationRecorder", "Context", "ModuleCapture", "ParamCapture", "RecurrentCapture",
+           "Site", "StepState"]

@@ -78,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", nargs="+", type=int, dest="depths", metavar="N")
     g.add_argument("--width", nargs="+", type=int, dest="widths", metavar="N")
     g.add_argument("--optimizer", nargs="+", dest="optimizers", metavar="OPT",
-                   help="sgd, momentum, adam, rmsprop")
+                   help="sgd, momentum, adam, rmsprop, adagrad, adadelta, adamax")
     g.add_argument("--lr", nargs="+", type=float, dest="lrs")
     g.add_argument("--dropout", nargs="+", type=float, dest="dropouts")
     g.add_argument("--steps", nargs="+", type=int)

@@ -104,6 +104,8 @@ def expand_grid(
 SHORT_INITS = {"xavier_uniform": "xavier"}
 #: Each axis of a run name: the token of a config ("" leaves it out).
 _TOKENS: tuple[tuple[str, Callable[[RunConfig], str]], ...] = (
+    ("model", lambda c: "" if c.model == "mlp" else c.model),
+    ("sequence", lambda c: "" if c.model == "mlp" else c.sequence),
     ("activation", lambda c: c.activation),
     ("init", lambda c: SHORT_INITS.get(c.init, c.init)),
     ("batchnorm", lambda c: "bn" if c.batchnorm else ""),
@@ -235,6 +237,17 @@ COLUMNS = ("run", "test_acc", "final_train_loss", "steps_to_90", "grad_ratio", "
            "peak_dead", "wall_s", "device", "findings")
 HEADERS = ("run", "test acc", "train loss", "steps to 90% train", "grad ratio first/last",
            "peak saturation", "peak dead", "wall s", "device", "findings")
+#: Added after ``grad_ratio`` when some run is a recurrent net.
+TIME_COLUMN = ("time_ratio", "∂L/∂h first/last step")
+
+
+def _columns(results: Sequence[RunResult]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(COLUMNS, HEADERS)``, with :data:`TIME_COLUMN` when some run has a time ratio."""
+    if all(r.time_ratio is None for r in results):
+        return COLUMNS, HEADERS
+    at = COLUMNS.index("grad_ratio") + 1
+    return ((*COLUMNS[:at], TIME_COLUMN[0], *COLUMNS[at:]),
+            (*HEADERS[:at], TIME_COLUMN[1], *HEADERS[at:]))
 
 
 def _cell(key: str, r: RunResult) -> str:
@@ -246,7 +259,7 @@ def _cell(key: str, r: RunResult) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "nan"
-        if key == "grad_ratio":
+        if key in ("grad_ratio", "time_ratio"):
             return f"{v:.3g}"
         if key == "wall_s":
             return f"{v:.1f}"
@@ -256,8 +269,9 @@ def _cell(key: str, r: RunResult) -> str:
 
 def format_table(results: Sequence[RunResult]) -> str:
     """The results as a markdown table."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cell(k, r) for k in COLUMNS) + " |" for r in results]
+    columns, headers = _columns(results)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(k, r) for k in columns) + " |" for r in results]
     return "\n".join(lines)
 
 
@@ -307,18 +321,22 @@ def write_summary(results: Sequence[RunResult], results_dir: Union[str, os.PathL
           "train loss: mean over the last 50 steps (nan: the run diverged). "
           "grad ratio first/last: median over sampled steps of ‖∇W‖ of the first Linear over "
           "that of the output Linear. peak saturation/dead: largest fraction over layers and "
-          "sampled steps (– where the activation has none).", ""]
+          "sampled steps (– where the activation has none)." + (
+              " ∂L/∂h first/last step (recurrent nets): median over sampled steps of the last "
+              "recurrent layer's ‖∂L/∂h_t‖ at the first time step over that at the last."
+              if _columns(results)[0] != COLUMNS else ""), ""]
     if extra:
         md += [extra, ""]
     (out / "summary.md").write_text("\n".join(md), encoding="utf-8")
     buf = io.StringIO()
     w = csv.writer(buf)
     cfg_keys = list(results[0].config.to_dict()) if results else []
-    w.writerow(["run", *cfg_keys, *COLUMNS[1:]])
+    columns = _columns(results)[0]
+    w.writerow(["run", *cfg_keys, *columns[1:]])
     for r in results:
         d = r.to_dict()
         row = [r.name, *(d["config"][k] for k in cfg_keys)]
-        row += ["; ".join(d[k]) if k == "findings" else d[k] for k in COLUMNS[1:]]
+        row += ["; ".join(d[k]) if k == "findings" else d[k] for k in columns[1:]]
         w.writerow(row)
     (out / "summary.csv").write_text(buf.getvalue(), encoding="utf-8")
     with open(out / "summary.json", "w", encoding="utf-8") as f:

@@ -15,6 +15,10 @@ into ``<results_dir>/plots/``:
   runs (``dead_units_window``) and, for LeakyReLU runs, of units stuck in the
   negative regime (``neg_units_window``; they still pass a gradient of 0.01).
 
+* ``gradient_through_time.png`` (recurrent nets): ``‖∂L/∂h_0‖ / ‖∂L/∂h_T‖`` of each
+  run's last recurrent layer over training (``test_accuracy.png`` gets a panel
+  "recurrent nets"; the per-layer and per-activation plots are for the MLPs only).
+
 A plot with nothing to show (no sigmoid run for ``saturation.png``) is not written.
 """
 
@@ -89,7 +93,9 @@ def make_plots(results: Sequence[RunResult], results_dir: Union[str, os.PathLike
     pdir = out / "plots"
     pdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    acts = sorted({r.config.activation for r in results})
+    recurrent = [r for r in results if r.config.model != "mlp"]
+    mlps = [r for r in results if r.config.model == "mlp"]
+    acts = sorted({r.config.activation for r in mlps})
     _label = _labeler(results)
     hist = {r.name: _load(out, r, "history.json") for r in results}
     curves = {r.name: _load(out, r, "curves.json") for r in results}
@@ -100,24 +106,31 @@ def make_plots(results: Sequence[RunResult], results_dir: Union[str, os.PathLike
         plt.close(fig)
         written.append(pdir / name)
 
-    # 1. test accuracy per activation
-    rows, cols = _grid(len(acts))
+    # 1. test accuracy per activation (and the recurrent nets together)
+    groups = [(act, [r for r in mlps if r.config.activation == act]) for act in acts]
+    if recurrent:
+        groups.append(("recurrent nets", recurrent))
+    rows, cols = _grid(len(groups))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, act in zip(axes.flat, acts):
-        for r in results:
+    for ax, (act, runs) in zip(axes.flat, groups):
+        for r in runs:
             c = curves[r.name]
-            if r.config.activation == act and c:
+            if c:
                 ax.plot(c["test_step"], c["test_acc"], marker=".", label=_label(r))
         ax.set(title=act, xlabel="step", ylabel="test accuracy", ylim=(0, 1))
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(acts):]:
+    for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     save(fig, "test_accuracy.png")
+    if recurrent:
+        save(_time_ratio_plot(plt, recurrent, hist, _label), "gradient_through_time.png")
+    if not mlps:
+        return written
 
     # 2. gradients per layer at GRAD_STEP
     fig, axes = plt.subplots(2, len(acts), figsize=(4 * len(acts), 6), squeeze=False)
     for j, act in enumerate(acts):
-        for r in results:
+        for r in mlps:
             h = hist[r.name]
             if r.config.activation != act or h is None:
                 continue
@@ -143,7 +156,7 @@ def make_plots(results: Sequence[RunResult], results_dir: Union[str, os.PathLike
         ("dead_units.png", ("relu", "leaky_relu"), ("dead_units_window", "neg_units_window"),
          "dead (ReLU) / stuck negative (Leaky) fraction"),
     ):
-        runs = [r for r in results if r.config.activation in families and hist[r.name] is not None]
+        runs = [r for r in mlps if r.config.activation in families and hist[r.name] is not None]
         runs = runs[:MAX_PANELS]
         if not runs:
             continue
@@ -163,3 +176,19 @@ def make_plots(results: Sequence[RunResult], results_dir: Union[str, os.PathLike
             ax.axis("off")
         save(fig, fname)
     return written
+
+
+def _time_ratio_plot(plt: Any, runs: Sequence[RunResult], hist: dict[str, Any], label: Any) -> Any:
+    """``‖∂L/∂h_0‖ / ‖∂L/∂h_T‖`` of each recurrent run's last recurrent layer over training."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        h = hist[r.name]
+        layers = [] if h is None else [n for n in h.layers("recurrent")
+                                       if "grad_h_ratio" in h.metrics(n)]
+        if layers:
+            steps, values = h.series(layers[-1], "grad_h_ratio")
+            ax.plot(steps, [v if v > 0 else float("nan") for v in values], label=label(r))
+    ax.set(title="gradient through time: ‖∂L/∂h_0‖ / ‖∂L/∂h_T‖ (0 not drawn)",
+           xlabel="step", ylabel="ratio", yscale="log")
+    ax.legend(fontsize=7)
+    return fig

@@ -30,6 +30,9 @@ Summary metrics (per run):
   any sampled step (sigmoid/tanh/softsign only);
 * ``peak_dead``: the largest fraction of units of any ReLU layer that were not
   active on any sampled step of the monitor's dead window;
+* ``time_ratio`` (recurrent models): median over sampled steps of the last recurrent
+  layer's ``‖∂L/∂h‖`` at the first time step over that at the last (≪ 1: the gradient
+  vanishes back through time); ``grad_ratio`` is ``nan`` for them;
 * ``findings``: titles of :func:`gradscope.findings.analyze` (when installed).
 
 Example:
@@ -61,13 +64,13 @@ import gradscope
 from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.models import ACTIVATIONS, INITS, build_mlp
+from gradscope.experiments.optimizers import OPTIMIZERS, make_optimizer
+from gradscope.experiments.sequence import CELLS, SEQUENCES, SequenceClassifier
 from gradscope.history import History, decode_value, encode_value
 
 __all__ = ["OPTIMIZERS", "RunConfig", "RunResult", "resolve_device", "train_run"]
 
 # ---- settings ---------------------------------------------------------------
-#: Optimisers by name. ``momentum`` is SGD with momentum 0.9.
-OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 #: Training-batch accuracy is averaged over this many steps for ``steps_to_90``.
 ACC_WINDOW = 50
 #: Accuracy threshold of ``steps_to_90``.
@@ -80,6 +83,8 @@ EVAL_BATCH = 10_000
 #: signals (deep Xavier ReLU nets, saturated sigmoids) are full of them and x86 CPUs
 #: compute on them up to ~100× slower; a value that small reads as 0 either way.
 FLUSH_DENORMAL = True
+#: Models by name: the MLP and the recurrent nets of :mod:`gradscope.experiments.sequence`.
+MODELS = ("mlp", *CELLS)
 # ------------------------------------------------------------------------------
 
 
@@ -97,7 +102,8 @@ class RunConfig:
         batchnorm: BatchNorm1d between each hidden Linear and its activation.
         depth: hidden layers (≥ 1).
         width: units per hidden layer (≥ 1).
-        optimizer: one of :data:`OPTIMIZERS`.
+        optimizer: one of :data:`~gradscope.experiments.optimizers.OPTIMIZERS` (``sgd``,
+            ``momentum``, ``adam``, ``rmsprop``, ``adagrad``, ``adadelta``, ``adamax``).
         lr: learning rate (> 0).
         dropout: dropout probability in [0, 1).
         steps: optimiser steps (≥ 1).
@@ -105,6 +111,14 @@ class RunConfig:
         seed: seeds the initialisation, batch order and dropout.
         eval_every: steps between test-set evaluations (the last step is always evaluated).
         monitor_every: the monitor samples one step in this many.
+        model: ``"mlp"``, or a recurrent net over the image read as a sequence:
+            ``"rnn"`` (tanh), ``"lstm"``, ``"gru"``
+            (:class:`~gradscope.experiments.sequence.SequenceClassifier`; ``depth`` is
+            its number of layers and ``width`` its hidden size; ``activation``,
+            ``init``, ``batchnorm`` and ``dropout`` do not apply to it).
+        sequence: for a recurrent ``model``, how the image becomes a sequence
+            (:data:`~gradscope.experiments.sequence.SEQUENCES`: ``rows``, 28 steps, or
+            ``pixels``, 100 steps).
 
     Example:
         >>> RunConfig(activation="tanh", init="xavier_uniform", steps=10).name
@@ -124,6 +138,8 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 100
     monitor_every: int = 5
+    model: str = "mlp"
+    sequence: str = "rows"
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -132,6 +148,13 @@ class RunConfig:
             raise _fail("init", self.init, f"use one of {list(INITS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _fail("optimizer", self.optimizer, f"use one of {list(OPTIMIZERS)}")
+        if self.model not in MODELS:
+            raise _fail("model", self.model, f"use one of {list(MODELS)}")
+        if self.sequence not in SEQUENCES:
+            raise _fail("sequence", self.sequence, f"use one of {list(SEQUENCES)}")
+        if self.model != "mlp" and (self.batchnorm or self.dropout):
+            raise _fail("model", self.model, "a recurrent model has no BatchNorm or dropout "
+                        "option here; use batchnorm=False, dropout=0")
         if not isinstance(self.batchnorm, bool):
             raise _fail("batchnorm", self.batchnorm, "use True or False")
         for name in ("depth", "width", "steps", "batch_size", "eval_every", "monitor_every"):
@@ -149,7 +172,8 @@ class RunConfig:
     def name(self) -> str:
         """The full run name: every field that identifies the run (a grid names its runs
         by the fields that vary instead, :func:`gradscope.experiments.grid.run_names`)."""
-        parts = [self.activation, self.init]
+        parts = ([self.activation, self.init] if self.model == "mlp"
+                 else [self.model, self.sequence])
         if self.batchnorm:
             parts.append("bn")
         parts += [f"{self.depth}x{self.width}", self.optimizer, f"lr{self.lr:g}",
@@ -192,6 +216,7 @@ class RunResult:
     wall_s: float
     device: str
     findings: list[str] = field(default_factory=list)
+    time_ratio: Optional[float] = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -212,6 +237,8 @@ class RunResult:
         cfg = RunConfig.from_dict(d.pop("config"))
         for k in ("test_acc", "test_loss", "final_train_loss", "grad_ratio"):
             d[k] = decode_value(d[k])
+        if d.get("time_ratio") is not None:
+            d["time_ratio"] = decode_value(d["time_ratio"])
         return cls(config=cfg, **d)
 
 
@@ -230,16 +257,6 @@ def resolve_device(device: str) -> torch.device:
             raise ValueError(f"device={device!r}: CUDA is not available here; use --device cpu or auto")
         return torch.device(device)
     raise ValueError(f"device={device!r}: use 'auto', 'cpu' or 'cuda'")
-
-
-def _make_optimizer(cfg: RunConfig, params: Any) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    return torch.optim.RMSprop(params, lr=cfg.lr)
 
 
 @torch.no_grad()
@@ -286,6 +303,29 @@ def gradient_ratio(history: History, first: str = "fc1", last: str = "out") -> f
     ratios = [a / by_step[s] for s, a in zip(fs, fv)
               if s in by_step and by_step[s] > 0 and math.isfinite(a) and math.isfinite(by_step[s])]
     return statistics.median(ratios) if ratios else float("nan")
+
+
+def time_ratio(history: History) -> Optional[float]:
+    """Median over sampled steps of the last recurrent layer's ``grad_h_ratio``.
+
+    ``‖∂L/∂h_first‖ / ‖∂L/∂h_last‖`` of the layer the classifier reads; ``None`` when
+    the history has no recurrent layer.
+    """
+    layers = [n for n in history.layers("recurrent") if "grad_h_ratio" in history.metrics(n)]
+    if not layers:
+        return None
+    vals = [v for v in history.series(layers[-1], "grad_h_ratio")[1] if not math.isnan(v)]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def _build_model(cfg: RunConfig, data: Dataset) -> nn.Module:
+    if cfg.model == "mlp":
+        return build_mlp(in_features=data.in_features, classes=data.classes, depth=cfg.depth,
+                         width=cfg.width, activation=cfg.activation, init=cfg.init,
+                         batchnorm=cfg.batchnorm, dropout=cfg.dropout)
+    return SequenceClassifier(cfg.model, hidden=cfg.width, layers=cfg.depth,
+                              sequence=cfg.sequence, classes=data.classes,
+                              in_features=data.in_features)
 
 
 def _peak(history: History, metric: str) -> Optional[float]:
@@ -379,10 +419,8 @@ def train_run(
         data = data.to(dev)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_mlp(in_features=data.in_features, classes=data.classes, depth=cfg.depth,
-                      width=cfg.width, activation=cfg.activation, init=cfg.init,
-                      batchnorm=cfg.batchnorm, dropout=cfg.dropout).to(dev)
-    opt = _make_optimizer(cfg, model.parameters())
+    model = _build_model(cfg, data).to(dev)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr)
     trained = parallel.wrap(model, dev)  # DDP under torchrun: each rank a shard of each batch
     out_dir = Path(run_dir) if run_dir is not None and parallel.is_writer() else None
     sinks = []
@@ -450,12 +488,13 @@ def train_run(
                 test_loss=curves["test_loss"][-1],
                 final_train_loss=statistics.fmean(batch_loss[-min(ACC_WINDOW, len(batch_loss)):]),
                 steps_to_90=steps_to_target(batch_acc),
-                grad_ratio=gradient_ratio(history),
+                grad_ratio=(gradient_ratio(history) if cfg.model == "mlp" else math.nan),
                 peak_saturation=_peak(history, "saturation"),
                 peak_dead=_peak(history, "dead_units_window"),
                 wall_s=round(wall, 3),
                 device=str(dev),
                 findings=_findings(mon),
+                time_ratio=time_ratio(history),
                 name=name or cfg.name,
             )
             if writer is not None:

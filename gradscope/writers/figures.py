@@ -9,6 +9,9 @@ directly, never ``pyplot``, so they touch no global state and need no display.
   slope of several decades.
 * :func:`unit_health_image`: layers × steps heat maps of the fraction of dead units
   (ReLU-like call-sites) and of saturated outputs (sigmoid, tanh, ...).
+* :func:`time_gradient_image`: per recurrent layer, a steps × time-step heat map of
+  ``‖∂L/∂h_k‖`` relative to its largest value (log scale): a gradient vanishing back
+  through time shows as a dark band at the first steps.
 
 Example:
     >>> from gradscope.history import History, LayerInfo
@@ -35,8 +38,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["gradient_flow_figure", "gradient_flow_image", "panel_metric", "unit_health_figure",
-           "unit_health_image"]
+__all__ = ["gradient_flow_figure", "gradient_flow_image", "panel_metric", "time_gradient_figure",
+           "time_gradient_image", "unit_health_figure", "unit_health_image"]
 
 
 def _value(history: History, layer: str, metric: str, step: Optional[int]) -> float:
@@ -232,4 +235,64 @@ def unit_health_figure(history: History, *, max_steps: int = 200) -> Optional[Fi
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="fraction of units")
     fig.suptitle("unit health: layers × steps (bright = dead / saturated)", fontsize=11)
+    return fig
+
+
+#: ``time_gradient_image``: relative norms below this are drawn as the floor colour.
+TIME_FLOOR = 1e-8
+
+
+def time_gradient_image(history: History, *, profile: str = "grad_h", max_panels: int = 6,
+                        max_steps: int = 200) -> Optional[np.ndarray]:
+    """:func:`time_gradient_figure` as an ``(H, W, 3)`` ``uint8`` image (``None``: no profile)."""
+    fig = time_gradient_figure(history, profile=profile, max_panels=max_panels,
+                               max_steps=max_steps)
+    return None if fig is None else _render(fig)
+
+
+def time_gradient_figure(history: History, *, profile: str = "grad_h", max_panels: int = 6,
+                         max_steps: int = 200) -> Optional[Figure]:
+    """Per recurrent layer, ``log10(‖∂L/∂h_k‖ / max_k ‖∂L/∂h_k‖)`` over training steps × time steps.
+
+    Rows of the history profile ``profile`` (position ``k`` in processing order, as
+    :mod:`gradscope.capture.recurrent` records them) become columns of one heat map
+    per series (at most ``max_panels`` series, ``max_steps`` columns evenly spread
+    over the run); each column is scaled by its own maximum, so the colour says how
+    much of the gradient at the best-served step reaches step ``k``.
+
+    Returns:
+        The figure, or ``None`` when no profile is recorded.
+    """
+    from matplotlib.figure import Figure
+
+    names = [layer for layer, metric in history.profiles() if metric == profile][:max_panels]
+    if not names:
+        return None
+    fig = Figure(figsize=(10, 1.2 + 2.0 * len(names)), dpi=80, layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    image = None
+    for ax, name in zip(axes, names):
+        steps, positions, values = history.profile(name, profile)
+        if len(steps) > max_steps:
+            keep = np.unique(np.linspace(0, len(steps) - 1, max_steps).round().astype(int))
+            steps = [steps[i] for i in keep]
+            positions = [positions[i] for i in keep]
+            values = [values[i] for i in keep]
+        ks = max(positions, key=len)
+        grid = np.full((len(ks), len(steps)), np.nan)
+        for j, (pos, vals) in enumerate(zip(positions, values)):
+            v = np.asarray(vals, dtype=float)
+            top = np.nanmax(v) if v.size and np.isfinite(v).any() else 0.0
+            if top > 0:
+                rel = np.log10(np.clip(v / top, TIME_FLOOR, 1.0))
+                grid[:, j] = np.interp(ks, pos, rel) if tuple(pos) != tuple(ks) else rel
+        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
+                          vmin=math.log10(TIME_FLOOR), vmax=0.0, origin="lower",
+                          extent=(steps[0] - 0.5, steps[-1] + 0.5, ks[0] - 0.5, ks[-1] + 0.5))
+        ax.set_ylabel("time step k", fontsize=8)
+        ax.set_title(f"{name}: ‖∂L/∂h_k‖ / max_k (log10)", fontsize=10)
+    axes[-1].set_xlabel("training step", fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="log10 of the share")
+    fig.suptitle("gradient through time (k in processing order; dark = vanished)", fontsize=11)
     return fig

@@ -39,6 +39,7 @@ __all__ = [
     "OTHER_SECTION",
     "RUN_SECTION",
     "SECTION_TITLES",
+    "TIME_GRADIENT_TAG",
     "UNIT_HEALTH_TAG",
     "chart_lines",
     "check_logdir",
@@ -58,6 +59,7 @@ SECTION_TITLES = {
     "forward": "gradscope: forward (activations)",
     "backward": "gradscope: backward (gradients)",
     "update": "gradscope: updates and weights",
+    "recurrent": "gradscope: recurrent layers (through time, gates)",
 }
 RUN_SECTION = SECTION_TITLES["run"]
 OTHER_SECTION = "gradscope: other"
@@ -74,6 +76,7 @@ FINDINGS_TAG = "gradscope/findings"
 #: Image tags.
 GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
 UNIT_HEALTH_TAG = "gradscope/unit_health"
+TIME_GRADIENT_TAG = "gradscope/time_gradient"
 
 def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
     """The TensorBoard tag of one series: ``metric/layer``, ``param/metric/name`` or ``run/metric``.

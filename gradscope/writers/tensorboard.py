@@ -24,6 +24,8 @@ custom scalars                  the run-level charts first (one line per run), t
 ``weights/<parameter>``         histogram of a parameter
 ``gradscope/gradient_flow``     image per flush: gradient norm and activation std vs depth
 ``gradscope/unit_health``       image per flush: dead and saturated units, layers × steps
+``gradscope/time_gradient``     image per flush (recurrent layers): ‖∂L/∂h_k‖ over time
+                                steps × training steps
 ``gradscope/findings``          text, rewritten when the findings change
 ``gradscope/layers``            text: the layer index (kind, order, type, family, shape)
                                 that ``gradscope report`` reads back
@@ -67,6 +69,7 @@ from gradscope.writers.layout import (
     FINDINGS_TAG,
     GRADIENT_FLOW_TAG,
     LAYERS_TAG,
+    TIME_GRADIENT_TAG,
     UNIT_HEALTH_TAG,
     check_logdir,
     custom_scalars_layout,
@@ -320,6 +323,10 @@ class TensorBoardWriter(Sink):
         health = figures.unit_health_image(history, max_steps=self.image_steps)
         if health is not None:
             self._submit(self.summary_writer.add_image, UNIT_HEALTH_TAG, health, step, None, "HWC")
+        through_time = figures.time_gradient_image(history, max_steps=self.image_steps)
+        if through_time is not None:
+            self._submit(self.summary_writer.add_image, TIME_GRADIENT_TAG, through_time, step,
+                         None, "HWC")
 
 
 def _has_info(history: History, name: str) -> bool:
