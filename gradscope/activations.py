@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -391,4 +392,21 @@ def family_of(module: nn.Module) -> Optional[ActivationFamily]:
         fam = FAMILIES.get(cls)
         if fam is not None:
             return fam
+    if _load_lazy(type(module).__module__):
+        return family_of(module)
     return None
+
+
+#: Families of other libraries, registered the first time a module from there is seen:
+#: module prefix -> the gradscope module whose ``register()`` registers them.
+_LAZY_FAMILIES = {"transformers.": "gradscope.integrations.hf_activations"}
+_loaded: set[str] = set()
+
+
+def _load_lazy(module_name: str) -> bool:
+    """Register the lazy families for a module of that name (once); whether any were new."""
+    for prefix, source in _LAZY_FAMILIES.items():
+        if module_name.startswith(prefix) and source not in _loaded:
+            _loaded.add(source)
+            return bool(importlib.import_module(source).register())
+    return False

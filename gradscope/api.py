@@ -47,6 +47,8 @@ def watch(
     summary: bool = True,
     strict: bool = False,
     fused: str = "off",
+    scaler: Optional[torch.amp.GradScaler] = None,
+    combine_ranks: bool = True,
     **unknown: Any,
 ) -> Monitor:
     """Attach a :class:`Monitor` to ``model`` and return it.
@@ -123,6 +125,17 @@ def watch(
             warning and the eager path); ``"strict"`` raises instead. The same
             values either way. Off by default: on a CPU it measured no faster
             (see ``gradscope.fused``). ``GRADSCOPE_FUSED`` overrides it.
+        scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (needs
+            ``optimizer``). Back-propagated gradients are then divided by the
+            scale on the device (true units, like the parameter gradients
+            ``scaler.step`` unscales); the step ends at ``scaler.update()``, also
+            when the scaler skipped the optimizer step; the series ``scaler``
+            records ``skipped`` and ``scale`` every step.
+        combine_ranks: under ``torch.distributed`` with several ranks (DDP,
+            ``torchrun``), combine each flush's statistics across the ranks with
+            one collective: every rank's history holds the statistics of the
+            union of the ranks' batches, and only rank 0 writes the sinks and
+            prints. ``False``: each rank records and writes on its own.
 
     Example:
         >>> import torch, torch.nn as nn, gradscope
@@ -139,7 +152,7 @@ def watch(
                 histogram_bins=histogram_bins, check_nonfinite=check_nonfinite,
                 retention=retention, start_step=start_step, sinks=sinks, logdir=logdir,
                 resume=resume, findings=findings, summary=summary, strict=strict, fused=fused,
-                **unknown)
+                scaler=scaler, combine_ranks=combine_ranks, **unknown)
     if definitions is not None:
         flat["definitions"] = definitions
     options = Options.build(**flat)

@@ -46,8 +46,9 @@ __all__ = ["KINDS", "MAX_PROFILE_ROWS", "History", "LayerInfo", "Retention", "de
            "encode_value"]
 
 #: The kinds of series: activation call-sites, parameterised modules, parameters,
-#: recurrent layers (one per layer and direction of an RNN module, or per cell).
-KINDS = ("activation", "layer", "parameter", "recurrent")
+#: recurrent layers (one per layer and direction of an RNN module, or per cell), and
+#: model-wide per-step series (the GradScaler's ``scaler``).
+KINDS = ("activation", "layer", "parameter", "recurrent", "step")
 #: A profile series keeps at most this many rows: beyond, every other row is dropped
 #: and only every other new one is kept, so rows stay evenly spread over the run.
 MAX_PROFILE_ROWS = 512
@@ -60,7 +61,8 @@ class LayerInfo:
     Args:
         name: the series name (``"features.3"``, ``"layer1.0.relu[1]"``, ``"fc1.weight"``).
         kind: ``"activation"`` (a call-site), ``"layer"`` (a module with parameters),
-            ``"parameter"`` or ``"recurrent"`` (a layer and direction of an RNN, or a cell).
+            ``"parameter"``, ``"recurrent"`` (a layer and direction of an RNN, or a cell)
+            or ``"step"`` (a model-wide per-step series: ``scaler``).
         order: position in network order within its kind (execution order of the
             first monitored forward; registration order for modules never called).
         type: the module's class name (``"ReLU"``) or ``"Parameter"``.
@@ -336,6 +338,10 @@ class History:
         if i == len(s.steps) or s.steps[i] != step:
             raise KeyError(f"{layer}/{metric} has no value at step {step}")
         return s.values[i]
+
+    def added(self, layer: str, metric: str) -> int:
+        """Points ever added to one series, thinned ones included (``len(series(...)[0])`` or more)."""
+        return self._series(layer, metric).total
 
     def last(self, metric: str, kind: Optional[str] = None) -> dict[str, float]:
         """``{layer: last value}`` of ``metric`` over layers that have it, in network order."""

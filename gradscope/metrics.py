@@ -21,6 +21,7 @@ Kinds (where the values come from):
                 (with respect to the pre-activation)
 ``parameter``   a parameter's gradient and weights (a layer combines its
                 parameters as ``aggregate`` says)
+``step``        model-wide, once per step (the GradScaler's ``skipped``, ``scale``)
 ``run``         one value per run and step from that step's per-layer values
                 (:func:`gradscope.runlevel.run_values`: ``aggregate`` combines a
                 need over the layers, ``finish`` the combined needs); written by
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 #: Where a metric's values come from (see the module docstring).
-KINDS = ("activation", "window", "backprop", "grad_in", "parameter", "run", "gates",
+KINDS = ("activation", "window", "backprop", "grad_in", "parameter", "step", "run", "gates",
          "through_time")
 #: Dashboard sections: ``run`` (the ``run`` metrics) first, then the per-layer health
 #: section (the metrics with a ``health`` position), then these in order.
@@ -126,6 +127,9 @@ class Metric:
         reduce: for a statistic whose device side no other metric shares, its own
             reduction ``call -> part`` (see :mod:`gradscope.reductions`), available
             to ``needs`` under the metric's name. Then the spec is the whole metric.
+        combine: how that own reduction combines across the ranks of
+            ``torch.distributed`` (an op of :data:`gradscope.reductions.COMBINE`);
+            without one, its values under several ranks are each rank's own.
     """
 
     name: str
@@ -143,6 +147,7 @@ class Metric:
     aggregate: Optional[str] = None
     empty: float = math.nan
     reduce: Optional[Callable[[Any], Any]] = None
+    combine: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -321,6 +326,12 @@ _SPECS = (
     Metric("update_ratio", "parameter", "update_norm / weight_norm (rule of thumb ~1e-3)",
            ("update_norm", "weight_norm"), _ratio("update_norm", "weight_norm"),
            section="update", health=5, report=3, label="update ratio ‖Δw‖/‖w‖"),
+    # -- the step: a GradScaler's verdict and scale (series "scaler") -----------------
+    Metric("skipped", "step", "1 when the GradScaler skipped the optimizer step (inf/NaN "
+           "gradients at the scale in force), else 0", ("skipped",), _value("skipped"),
+           section="update", label="steps skipped by the GradScaler", empty=0.0),
+    Metric("scale", "step", "the GradScaler's loss scale during this step's backward",
+           ("scale",), _value("scale"), section="update", label="loss scale"),
     # -- recurrent layers: the gradient through time (a profile over t, summarised) ----
     Metric("grad_h_ratio", "through_time",
            "‖∂L/∂h‖ at the first step a layer processes over ‖∂L/∂h‖ at its last (≪ 1: the "
@@ -427,13 +438,13 @@ def for_family(family: Optional[ActivationFamily], kind: str) -> list[Metric]:
 
 
 def series_kind(metric: str) -> Optional[str]:
-    """The series a metric has: ``"activation"`` (call-sites), ``"layer"``, ``"run"`` or ``"recurrent"``."""
+    """The series a metric has: ``"activation"`` (call-sites), ``"layer"``, ``"step"``, ``"run"`` or ``"recurrent"``."""
     m = METRICS.get(metric)
     if m is None:
         return None
     if m.kind in _RECURRENT:
         return "recurrent"
-    return {"parameter": "layer", "run": "run"}.get(m.kind, "activation")
+    return {"parameter": "layer", "run": "run", "step": "step"}.get(m.kind, "activation")
 
 
 def health() -> list[Metric]:

@@ -16,6 +16,8 @@ What is a step:
   Activations are read from the first training forward of each step.
 * without, one training forward of the model (and its backward). Parameter
   gradients are read when that backward finishes.
+* with ``scaler=`` (a ``torch.amp.GradScaler``), one iteration ending at
+  ``scaler.update()``, whether the scaler let the optimizer step or skipped it.
 
 Only the training thread's forwards and optimizer steps count (the thread that
 called ``watch()`` or ``attach()``; see :mod:`gradscope.capture.base`). A model is
@@ -50,6 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from gradscope import distributed
 from gradscope.capture import (
     ActivationRecorder,
     Context,
@@ -62,10 +65,13 @@ from gradscope.capture import (
     RecurrentCapture,
 )
 from gradscope.capture.base import unwrap
+from gradscope.capture.params import read_gradients
+from gradscope.capture.scaler import ScalerCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
 from gradscope.queue import Queue
+from gradscope.reductions import combine_op
 from gradscope.writers.base import Record, Sink, SinkFanout
 
 __all__ = ["Monitor"]
@@ -125,11 +131,18 @@ class Monitor:
         self._last_flush_step = options.start_step
         self._bw_queued = False
 
-        self._sinks, self.writer = _make_sinks(options)
+        if options.scaler is not None and optimizer is None:
+            raise TypeError("watch(scaler=...) needs optimizer=...: the scaler unscales the "
+                            "gradients inside scaler.step(optimizer); pass that optimizer")
+        combine, writes = distributed.roles(model, optimizer, combine_ranks=options.combine_ranks,
+                                            gradients=options.gradients)
+        #: this process writes the sinks and prints (rank 0 when ranks are combined)
+        self.writes = writes
+        self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
 
-        self._queue = Queue()
+        self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
         self._ctx = Context(options, self._queue, self.history, self._handles.append,
-                            histograms_on=self._sinks.wants("write_histograms"))
+                            histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step)
         self._recorder = ActivationRecorder(self._ctx)
@@ -138,6 +151,7 @@ class Monitor:
         self._modules = ModuleCapture(self._ctx, self._recorder, forward)
         self._functional = FunctionalCapture(self._ctx, self._recorder, forward, self._coverage)
         self._params = ParamCapture(self._ctx)
+        self._scaler = ScalerCapture(self._ctx, self._end_step)
         self._recurrent = RecurrentCapture(self._ctx)
 
     # ------------------------------------------------------------------ api
@@ -212,6 +226,7 @@ class Monitor:
             self._recorder.clear()
             self._queue.clear()
             self._params.clear()
+            self._scaler.clear()
 
     def close(self) -> None:
         """:meth:`detach`, then close the sinks (the findings summary first). Safe to call twice."""
@@ -311,12 +326,22 @@ class Monitor:
         if opt is not None:
             hook(opt.register_step_pre_hook(_weak(self._opt_pre_hook)))
             hook(opt.register_step_post_hook(_weak(self._opt_post_hook)))
+        self._scaler.register()
 
     def _remove_handles(self) -> None:
         handles = list(self._handles)
         self._handles.clear()
         for h in handles:
             h.remove()
+
+    def forward_starts(self, training: bool = True) -> None:
+        """Tell the monitor that a forward of the model starts.
+
+        The watched module's own forward pre-hook does this; an integration calls
+        it when a framework's training step may run the model's submodules without
+        calling the watched module (a LightningModule's ``training_step``).
+        """
+        self._root_pre_hook(_Mode(training), ())  # type: ignore[arg-type]
 
     def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
         if self._ctx.traced() or not self._ctx.on_training_thread():
@@ -359,15 +384,27 @@ class Monitor:
         if self.attached and step == self.step:
             self._params.read(step)  # accumulated gradients: the last backward of the step wins
 
-    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._ctx.state.sampled and self.options.gradients and self._ctx.on_training_thread():
-            self._params.read(self.step, snapshot=self.record_update_ratio)
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        scale = self._scaler.fused(optimizer) if self._scaler.active else None
+        if not (self._ctx.state.sampled and self.options.gradients
+                and self._ctx.on_training_thread()):
+            return None
+        step, snapshot = self.step, self.record_update_ratio
+
+        def read() -> None:
+            if self.attached and step == self.step:
+                self._params.read(step, snapshot=snapshot, grad_scale=scale)
+
+        return read_gradients(args, kwargs, read)
 
     def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._ctx.on_training_thread():
             return
         self._params.updates(self.step)
-        self._end_step()
+        if self._scaler.active:  # the step ends at scaler.update(), skipped or not
+            self._scaler.stepped = True
+        else:
+            self._end_step()
 
     def _end_step(self) -> None:
         """The step is over: windows, stacking and the parameters' entries, then the next step."""
@@ -386,6 +423,13 @@ class Monitor:
 
 
 # ---------------------------------------------------------------- helpers
+class _Mode:
+    """What the root pre-hook reads of a module: whether it is training."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+
 def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
     sinks: list[Sink] = list(options.sinks)

@@ -6,7 +6,8 @@
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
   ``check_nonfinite``, ``retention``, ``start_step``;
 * outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
-* how: ``fused`` (compiled statistics kernels).
+* how: ``fused`` (compiled statistics kernels);
+* training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
 
 Every error names the argument, shows the value and says the fix.
 
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Optional, Union
 
+import torch
 from torch import nn
 
 from gradscope.findings import Thresholds
@@ -117,6 +119,8 @@ class Options:
     summary: bool = True
     strict: bool = False
     fused: str = "off"
+    scaler: Optional[torch.amp.GradScaler] = None
+    combine_ranks: bool = True
     schedule: Schedule = field(init=False, repr=False)
     histogram_schedule: Optional[Schedule] = field(init=False, repr=False)
     include_fn: Callable[[str, nn.Module], bool] = field(init=False, repr=False)
@@ -129,7 +133,7 @@ class Options:
             raise TypeError(f"watch(definitions={self.definitions!r}): pass "
                             "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "check_nonfinite", "resume", "summary", "strict"):
+                     "check_nonfinite", "resume", "summary", "strict", "combine_ranks"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"watch({name}={value!r}): pass True or False")
@@ -144,6 +148,9 @@ class Options:
             raise ValueError(f"watch(fused={self.fused!r}): pass 'off' (eager, the default), 'on' "
                              "(compiled kernels, eager where compiling fails) or 'strict' (raise "
                              "where compiling fails)")
+        if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
+            raise TypeError(f"watch(scaler={self.scaler!r}): pass the torch.amp.GradScaler "
+                            "whose scale(loss).backward() and step(optimizer) you call, or None")
         if self.logdir is not None and not isinstance(self.logdir, (str, os.PathLike)):
             raise TypeError(f"watch(logdir={self.logdir!r}): pass a directory path (str or Path)")
         if self.logdir is not None and not os.fspath(self.logdir).strip():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -33,8 +33,9 @@ from gradscope.writers.base import Record
 __all__ = ["Decoder", "Entry", "Queue"]
 
 #: ``(step, values) -> [Record, ...]``; ``values`` are exactly the values of the
-#: tensors the decoder was queued with, in order.
-Decoder = Callable[[int, Sequence[float]], Iterable[Record]]
+#: tensors the decoder was queued with, in order. When ranks are combined, decoders
+#: of activation statistics return :mod:`gradscope.distributed` partial values instead.
+Decoder = Callable[[int, Sequence[float]], Iterable[Any]]
 
 
 @dataclass
@@ -49,7 +50,10 @@ class Entry:
 class Queue:
     """Statistics waiting on their device for the next flush."""
 
-    def __init__(self) -> None:
+    def __init__(self, combine: Optional[Callable[[list[Any]], list[Record]]] = None) -> None:
+        #: under torch.distributed: combines the decoders' partial values across ranks
+        #: (:class:`gradscope.distributed.RankCombiner`), called once per drain
+        self.combine = combine
         self._pending: list[Entry] = []
         # hook results of the current step, stacked at its end
         self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[tuple[int, Decoder]]]] = {}
@@ -95,7 +99,11 @@ class Queue:
                 n = e.tensor.numel()
                 records.extend(e.decode(e.step, flat[pos:pos + n]))
                 pos += n
-        if len(by_device) > 1:  # each device's records are in step order already
+        if self.combine is not None:  # decoders made partial values: one collective, then records
+            partial = [r for r in records if not isinstance(r, tuple)]
+            records = [r for r in records if isinstance(r, tuple)] + self.combine(partial)
+            records.sort(key=lambda r: r[0])
+        elif len(by_device) > 1:  # each device's records are in step order already
             records.sort(key=lambda r: r[0])
         return records
 

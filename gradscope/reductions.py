@@ -41,6 +41,7 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
+from gradscope.distributed import Partial
 from gradscope.metrics import METRICS, Metric, Shape, for_family
 from gradscope.writers.base import Record
 from gradscope.writers.base import record as _record
@@ -48,6 +49,7 @@ from gradscope.writers.base import record as _record
 __all__ = [
     "ACTIVATION_REDUCTIONS",
     "BACKPROP_REDUCTIONS",
+    "COMBINE",
     "ONE_PASS_CONDITION",
     "ActivationCall",
     "Affine",
@@ -55,6 +57,7 @@ __all__ = [
     "GradCall",
     "Part",
     "Plan",
+    "combine_op",
     "summarize",
 ]
 
@@ -305,12 +308,18 @@ ACTIVATION_REDUCTIONS: dict[str, Callable[[ActivationCall], Part]] = {
 
 # --------------------------------------------------------- backprop reductions
 class GradCall:
-    """The gradient flowing back into a call-site's output."""
+    """The gradient flowing back into a call-site's output.
 
-    __slots__ = ("_parts", "grad", "numel", "units")
+    Under a ``GradScaler`` the backward runs on ``loss * scale``: ``scale`` (a 0-d
+    device tensor) is then divided out of the norms on the device, so that they are
+    in true units without a host read.
+    """
 
-    def __init__(self, grad: Tensor) -> None:
+    __slots__ = ("_parts", "grad", "numel", "scale", "units")
+
+    def __init__(self, grad: Tensor, scale: Optional[Tensor] = None) -> None:
         self.grad = grad
+        self.scale = scale
         self.numel = grad.numel()
         self.units = 0
         self._parts: dict[str, Part] = {}
@@ -324,7 +333,10 @@ class GradCall:
 
 
 def _grad_norm(c: GradCall) -> Part:
-    return stats.l2_norm(c.grad)
+    norm = stats.l2_norm(c.grad)
+    if c.scale is None:
+        return norm
+    return norm.div_(c.scale.to(norm.device, non_blocking=True))
 
 
 def _grad_nonfinite(c: GradCall) -> Part:
@@ -336,6 +348,40 @@ BACKPROP_REDUCTIONS: dict[str, Callable[[GradCall], Part]] = {
     "norm": _grad_norm,
     "nonfinite": _grad_nonfinite,
 }
+
+#: How each reduction combines across the ranks of torch.distributed
+#: (:mod:`gradscope.distributed`): ``sum``, ``min``, ``max``, ``norm`` (root of the
+#: summed squares), ``grad`` (a back-propagated gradient's norm: DDP averages the
+#: ranks' gradients, so the objective is the mean of their losses and the norm is
+#: ``sqrt(Σ ‖g_r‖²) / ranks``), ``mean`` (a fraction, weighted by each rank's element count),
+#: ``centered`` (a centred sum of squares, exact from each rank's count and sum),
+#: ``any``/``all`` (units on in any / every rank's per-unit mask, counted). A
+#: metric's own ``reduce=`` declares its op with ``Metric(combine=...)``.
+COMBINE: dict[str, str] = {
+    "sum": "sum",
+    "ssq": "centered",
+    "min": "min",
+    "max": "max",
+    "nonfinite": "sum",
+    "saturated": "mean",
+    "deriv_small": "sum",
+    "deriv_sum": "sum",
+    "on": "sum",
+    "off": "sum",
+    "active_units": "any",
+    "bad_units": "max",  # a lower bound across ranks (the per-unit masks are not gathered)
+    "idle_units": "all",
+    "norm": "grad",
+}
+
+
+def combine_op(name: str) -> Optional[str]:
+    """The combine op of the reduction ``name`` (``None`` when it declares none)."""
+    op = COMBINE.get(name)
+    if op is None:
+        spec = METRICS.get(name)
+        op = spec.combine if spec is not None else None
+    return op
 
 
 # ---------------------------------------------------------------- the plan
@@ -361,8 +407,9 @@ class Plan:
     """
 
     def __init__(self, family: Optional[ActivationFamily], kind: str,
-                 metrics: Optional[Sequence[Metric]] = None) -> None:
+                 metrics: Optional[Sequence[Metric]] = None, *, partial: bool = False) -> None:
         self.kind = kind
+        self.partial = partial  # decoders return distributed.Partial values (combining ranks)
         self.metrics: tuple[Metric, ...] = tuple(for_family(family, kind) if metrics is None
                                                  else metrics)
         needs: list[str] = []
@@ -379,6 +426,8 @@ class Plan:
     def run(self, call: Call, layer: str) -> tuple[list[Tensor], Decoder]:
         """Reduce ``call``; return the device tensors to queue and their decoder."""
         if call.numel == 0:
+            if self.partial:  # nothing to count on this rank: the others' values stand
+                return [], _Decode(self, layer, 0, call.units, [math.nan] * len(self.needs), 0)
             empty = [(m.name, m.empty) for m in self.metrics]
             return [], lambda step, values: [Record(step, layer, n, v) for n, v in empty]
         return self.queue([call.part(n) for n in self.needs], layer, call.numel, call.units)
@@ -438,6 +487,9 @@ class _Decode:
             else:
                 i, a, b = c  # type: ignore[misc]
                 v[name] = values[i] * a + b
+        if self.plan.partial:
+            return [Partial(step, self.layer, self.plan.kind, self.plan.needs, v,  # type: ignore[list-item]
+                            self.numel, self.units, self.plan.finish)]
         return self.plan.finish(step, self.layer, v, self.numel, self.units)
 
 

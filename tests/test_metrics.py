@@ -28,10 +28,12 @@ def test_every_recorded_metric_is_a_documented_spec() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Tanh(),
                           nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 3), nn.Softmax(dim=1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with watch(model, optimizer=opt, summary=False) as mon:
+    scaler = torch.amp.GradScaler("cpu")  # the scaler's "skipped" and "scale"
+    with watch(model, optimizer=opt, scaler=scaler, summary=False) as mon:
         opt.zero_grad()
-        model(torch.randn(5, 4)).sum().backward()
-        opt.step()
+        scaler.scale(model(torch.randn(5, 4)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
     recorded = set(mon.history.metrics())
     # every per-layer spec is recorded by some family of this model (recurrent layers'
     # specs: tests/test_recurrent.py::test_every_recurrent_spec_is_recorded)

@@ -40,6 +40,7 @@ from torch import Tensor
 from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
+from gradscope.distributed import MaskDecoder
 from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
@@ -113,8 +114,8 @@ class ActivationRecorder:
         self.ctx = ctx
         self.sites: dict[tuple[str, int], Site] = {}
         self._plans: dict[tuple[int, str], Plan] = {}
-        self._backprop = Plan(None, "backprop")
-        self._grad_in = Plan(None, "grad_in")
+        self._backprop = Plan(None, "backprop", partial=ctx.combine)
+        self._grad_in = Plan(None, "grad_in", partial=ctx.combine)
         self._windows: list[tuple[Site, Tensor, int]] = []
         self.fuser = Fuser(ctx.options.fused)
 
@@ -141,7 +142,7 @@ class ActivationRecorder:
         key = (id(family), kind)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = Plan(family, kind)
+            plan = self._plans[key] = Plan(family, kind, partial=self.ctx.combine)
         return plan
 
     def record(self, site: Site, source: Source, x: Optional[Tensor], y: Tensor,
@@ -222,6 +223,9 @@ class ActivationRecorder:
                 tensors, decode = site.plan.run(call, site.name)
                 active = call.active
         self.ctx.queue.defer(step, y.device, tensors, decode)
+        if self.ctx.combine and active is not None:  # the ranks' units are OR-ed at the flush
+            self.ctx.queue.put(step, active.float(),
+                               MaskDecoder(site.name, "activation", "active_units"))
         if active is not None and site.window.metrics:
             self._windows.append((site, active, step))
 
@@ -242,7 +246,7 @@ class ActivationRecorder:
             return False
         try:
             with torch.no_grad():
-                tensors, decode = plan.run(GradCall(grad), site.name)
+                tensors, decode = plan.run(GradCall(grad, self.ctx.grad_scale()), site.name)
             self.ctx.queue.defer(step, grad.device, tensors, decode)
         except Exception as err:
             self.fail(site, err)
@@ -282,7 +286,9 @@ class ActivationRecorder:
                 return
             done[0] = True
             try:
-                self.ctx.queue.add(self.ctx.histogram_entry(step, "backprop", site.name, grad))
+                scale = self.ctx.grad_scale()
+                unscaled = grad if scale is None else grad.float() / scale.to(grad.device)
+                self.ctx.queue.add(self.ctx.histogram_entry(step, "backprop", site.name, unscaled))
             except Exception as err:
                 self.fail(site, err)
 
@@ -300,9 +306,13 @@ class ActivationRecorder:
                     last = site.last_active = torch.full(active.shape, _NEVER, dtype=torch.long,
                                                          device=active.device)
                 last.masked_fill_(active, step)
-                idle = torch.count_nonzero(last <= max(step - window, _NEVER))
+                idle_mask = last <= max(step - window, _NEVER)
+                idle = torch.count_nonzero(idle_mask)
                 tensors, decode = site.window.queue([idle], site.name, 0, active.numel())
                 self.ctx.queue.defer(step, active.device, tensors, decode)
+                if self.ctx.combine:  # idle over the window on every rank: AND-ed at the flush
+                    self.ctx.queue.put(step, idle_mask.float(),
+                                       MaskDecoder(site.name, "window", "idle_units"))
 
     def clear(self) -> None:
         """Forget the step in progress (on detach)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,12 @@ class Context:
     state: StepState = field(default_factory=StepState)
     histograms_on: bool = False  # some sink writes histograms
     ready_histograms: list[Histogram] = field(default_factory=list)
+    #: the loss scale the current backward runs with (a 0-d device tensor), or None
+    #: (set by :class:`gradscope.capture.scaler.ScalerCapture`)
+    grad_scale: Callable[[], Optional[Tensor]] = field(default=lambda: None)
+    #: statistics are combined across the ranks of torch.distributed at each flush:
+    #: per-unit masks are queued too (:mod:`gradscope.distributed`)
+    combine: bool = False
     #: module name -> what a capture sees inside it, for modules whose insides no
     #: module hook reaches (fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``: their gates)
     covered: dict[str, str] = field(default_factory=dict)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from gradscope.writers.base import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["ParamCapture"]
+__all__ = ["ParamCapture", "read_gradients"]
 
 
 @dataclass
@@ -112,12 +112,15 @@ class ParamCapture:
         return self._pending_update is not None
 
     # ------------------------------------------------------------ one step
-    def read(self, step: int, *, snapshot: bool = False) -> None:
+    def read(self, step: int, *, snapshot: bool = False,
+             grad_scale: Optional[Tensor] = None) -> None:
         """Stage gradient norms, weight norms and non-finite gradient counts, one vector per device.
 
         A later read in the same step (another backward without an optimizer, with
         gradients accumulated) replaces this one; :meth:`commit` queues the last.
-        With ``snapshot``, also copy the weights for :meth:`updates`.
+        With ``snapshot``, also copy the weights for :meth:`updates`. ``grad_scale``:
+        the gradients are still multiplied by this loss scale (a 0-d device tensor; an
+        optimizer that unscales in its own kernel), divided out of the norms on the device.
         """
         groups = self._groups()
         staged = self._staged = []
@@ -125,6 +128,8 @@ class ParamCapture:
             for g in groups:
                 grads: list[Tensor] = [r.ref().grad for r in g.refs]  # type: ignore[misc,union-attr]
                 gnorm = stats.foreach_norms(grads)
+                if grad_scale is not None:
+                    gnorm = gnorm / grad_scale.to(gnorm.device, non_blocking=True)
                 g.wnorm = stats.foreach_norms(g.params)
                 if stats.known_finite(gnorm):  # no NaN/Inf in any gradient: counts are 0
                     vec, counted = torch.cat([gnorm, g.wnorm]), False
@@ -206,6 +211,30 @@ class ParamCapture:
                 for b, p in zip(bufs, params)):
             bufs = self._snapshot = _flat_buffers(params)
         return bufs
+
+
+def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
+                   ) -> Optional[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """In an optimizer's step pre-hook: ``read()`` the gradients when they are final.
+
+    Usually they are final already and ``read()`` runs now. Given a closure
+    (``opt.step(closure)``: Lightning, LBFGS), the optimizer runs the forward and
+    backward inside ``step()``: the closure is wrapped to read after it returns
+    (the last call wins), and the new arguments are returned for the hook to hand on.
+    """
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: the optimizer
+    if not callable(closure):
+        read()
+        return None
+
+    def read_after(*a: Any, **k: Any) -> Any:
+        loss = closure(*a, **k)
+        read()
+        return loss
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": read_after}
+    return (args[0], read_after, *args[2:]), kwargs
 
 
 def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str],

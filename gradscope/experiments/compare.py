@@ -108,16 +108,24 @@ def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data(args: argparse.Namespace, command: str) -> Any:
-    """The training data, or ``None`` after saying why it could not be had (a :class:`DataError`)."""
-    from gradscope.experiments import data
+    """The training data, or ``None`` after saying why it could not be had (a :class:`DataError`).
+
+    Under several processes rank 0 fetches and verifies MNIST first, the others then read it.
+    """
+    from gradscope.experiments import data, parallel
 
     if args.synthetic:
         return data.synthetic_dataset(n_train=2048, n_test=512, features=784)
+    if not parallel.is_writer():
+        parallel.barrier()
     try:
-        return data.load_mnist(args.data_dir)
+        mnist = data.load_mnist(args.data_dir)
     except data.DataError as e:
         print(f"gradscope {command}: {e}", file=sys.stderr)
-        return None
+        mnist = None
+    if parallel.is_writer():
+        parallel.barrier()
+    return mnist
 
 
 def _results_dir(args: argparse.Namespace, default: str) -> Path:
@@ -135,9 +143,15 @@ def _results_dir(args: argparse.Namespace, default: str) -> Path:
 
 
 def _setup(args: argparse.Namespace) -> torch.device:
+    from gradscope.experiments import parallel
     from gradscope.experiments.train import resolve_device
 
-    dev = resolve_device(args.device)
+    dev = parallel.start(resolve_device(args.device))  # under torchrun: this rank's device
+    rank, ranks = parallel.world()
+    if ranks > 1:
+        print(f"rank {rank} of {ranks} (data-parallel, DDP)", file=sys.stderr)
+        if rank != 0:
+            return dev
     if dev.type == "cpu":
         print(f"device: cpu ({torch.get_num_threads()} threads)", file=sys.stderr)
     else:
@@ -184,15 +198,24 @@ def run(args: argparse.Namespace) -> int:
     except (GridError, ValueError) as e:
         print(f"gradscope compare: {e}", file=sys.stderr)
         return 2
-    print(f"{len(configs)} runs -> {out}", file=sys.stderr)
-    data = _data(args, "compare")
-    if data is None:
-        return 2
-    t0 = time.perf_counter()
-    skipped, on_result = _counter()
-    results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
+    from gradscope.experiments import parallel
+
+    writer = parallel.is_writer()
+    try:
+        if writer:
+            print(f"{len(configs)} runs -> {out}", file=sys.stderr)
+        data = _data(args, "compare")
+        if data is None:
+            return 2
+        t0 = time.perf_counter()
+        skipped, on_result = _counter()
+        results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
+    finally:
+        parallel.stop()
     if results is None:
         return 130
+    if not writer:
+        return 0
     _print_table(results)
     print(f"\n{_done_line(results, skipped, time.perf_counter() - t0, dev)}")
     print(f"summary, plots and TensorBoard runs in {out} (tensorboard --logdir {out / 'runs'})")

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, load_result, train_run
 
@@ -192,7 +193,9 @@ def run_grid(
         The results of the finished configs, in config order.
     """
     out = Path(results_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    writer = parallel.is_writer()  # under torchrun, rank 0 alone touches files
+    if writer:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
     names = run_names(configs)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -200,7 +203,7 @@ def run_grid(
     data = data.to(device)
     results: list[RunResult] = []
     bar = None
-    if progress:
+    if progress and writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(configs), desc="runs", position=0, dynamic_ncols=True)
@@ -214,7 +217,7 @@ def run_grid(
                 result = done
                 result.name = name
             else:
-                if run_dir.exists():  # unfinished or stale: never trust it
+                if writer and run_dir.exists():  # unfinished or stale: never trust it
                     shutil.rmtree(run_dir)
                 result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
                                    dashboard_images=dashboard_images, name=name,
@@ -231,7 +234,7 @@ def run_grid(
     finally:
         if bar is not None:
             bar.close()
-        if results:
+        if results and writer:
             write_summary(results, out, title=title)
             if plots:
                 from gradscope.experiments.plots import make_plots

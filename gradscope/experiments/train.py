@@ -14,6 +14,10 @@ metrics of the results table. With a ``run_dir`` it writes there:
 * ``result.json``, written last and atomically: its presence marks a finished
   run, which a rerun of the grid skips.
 
+Under ``torchrun`` (:mod:`gradscope.experiments.parallel`) the model trains with
+DDP, each rank on its shard of each batch; rank 0 writes, the training curves
+are averaged over the ranks (the TensorBoard ``train/*`` scalars are rank 0's shard).
+
 Summary metrics (per run):
 
 * ``test_acc``: accuracy on the whole test set after the last step;
@@ -57,6 +61,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.models import ACTIVATIONS, INITS, build_mlp
 from gradscope.experiments.optimizers import OPTIMIZERS, make_optimizer
@@ -416,7 +421,8 @@ def train_run(
     gen = torch.Generator().manual_seed(cfg.seed)
     model = _build_model(cfg, data).to(dev)
     opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr)
-    out_dir = Path(run_dir) if run_dir is not None else None
+    trained = parallel.wrap(model, dev)  # DDP under torchrun: each rank a shard of each batch
+    out_dir = Path(run_dir) if run_dir is not None and parallel.is_writer() else None
     sinks = []
     if out_dir is not None:
         from gradscope.writers import TensorBoardWriter
@@ -430,7 +436,7 @@ def train_run(
     perm = torch.randperm(n, generator=gen)
     pos = 0
     bar = None
-    if progress:
+    if progress and parallel.is_writer():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, desc=name or cfg.name, position=progress_position, leave=False,
@@ -444,10 +450,10 @@ def train_run(
             for step in range(cfg.steps):
                 if pos + cfg.batch_size > n:
                     perm, pos = torch.randperm(n, generator=gen), 0
-                idx = perm[pos:pos + cfg.batch_size].to(dev)
+                idx = parallel.shard(perm[pos:pos + cfg.batch_size]).to(dev)
                 pos += cfg.batch_size
                 x, y = data.x_train[idx], data.y_train[idx]
-                logits = model(x)
+                logits = trained(x)
                 loss = nn.functional.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -474,8 +480,8 @@ def train_run(
                 torch.cuda.synchronize(dev)
             wall = time.perf_counter() - t0
             history = mon.history
-            batch_acc = accs.tolist()
-            batch_loss = losses.tolist()
+            batch_acc = parallel.mean_over_ranks(accs).tolist()
+            batch_loss = parallel.mean_over_ranks(losses).tolist()
             result = RunResult(
                 config=cfg,
                 test_acc=curves["test_acc"][-1],

@@ -31,6 +31,10 @@ rule                      severity  fires when (default thresholds)
 ``activation_blowup``     warning   ... > 100× the first call-site's
 ``update_ratio_low``      warning   a layer's ‖Δw‖/‖w‖ < 1e-5 (rule of thumb ~1e-3)
 ``update_ratio_high``     warning   a layer's ‖Δw‖/‖w‖ > 1e-1
+``scaler_skipped``        info      a GradScaler skipped steps (inf/NaN gradients at
+                                    the scale in force; the ``nonfinite`` rule ignores
+                                    the gradients of those steps); a warning when it
+                                    skipped the last :data:`gradscope.findings.amp.SKIPPED_RUN` steps in a row
 ========================  ========  ===============================================
 
 Gradient RMS is a layer's gradient norm divided by the square root of its number
@@ -54,6 +58,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Callable, Optional
 
+from gradscope.findings.amp import scaler_skipped, skipped_steps
 from gradscope.findings.scan import Run, Scan
 from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
@@ -126,9 +131,12 @@ def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> 
     """The first step with a non-finite value, and the layer it appeared at first.
 
     Reads each series' first alarm (:meth:`History.alarm`, kept through thinning):
-    its cost is the number of series, not of values.
+    its cost is the number of series, not of values. Steps a GradScaler skipped
+    (inf gradients are expected there) do not count for gradients; only then is
+    the series read further, for its first bad value at a step that was not skipped.
     """
     found: list[tuple[int, str, str, str]] = []
+    skipped = skipped_steps(history)
     for kind, metric, where in _NONFINITE_SERIES:
         for layer in history.layers(kind):
             if not _has(history, layer, metric):
@@ -136,8 +144,16 @@ def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> 
             if scan is not None:
                 scan.reads += 1
             alarm = history.alarm(layer, metric)
-            if alarm is not None:
-                found.append((alarm[0], layer, where, metric))
+            if alarm is None:
+                continue
+            if alarm[0] in skipped and where in ("backward", "parameter"):
+                steps, values = history.series(layer, metric)
+                later = [s for s, v in zip(steps, values)
+                         if s not in skipped and (v > 0 or math.isnan(v))]
+                if not later:
+                    continue
+                alarm = (later[0], *alarm[1:])
+            found.append((alarm[0], layer, where, metric))
     if not found:
         return []
     first = min(s for s, *_ in found)
@@ -359,6 +375,7 @@ RULES: dict[str, Rule] = {
     "dead_units": _dead,
     "activation_scale": _activation_scale,
     "update_ratio": _update_ratio,
+    "scaler_skipped": scaler_skipped,
 }
 
 
