@@ -298,6 +298,7 @@ OPTIONAL_SETTINGS: dict[str, Any] = {
     # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope adds to a
     # compiled model (parameter statistics; its activation hooks stay out of the graph)
     "compiled_every1": dict(every=1, compile=True),
+    "every10_no_check": dict(every=10, check_nonfinite=False),
 }
 
 
