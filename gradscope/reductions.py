@@ -253,7 +253,16 @@ def _off(c: ActivationCall) -> Part:
     if stats.known_finite(total):
         on = c.inside(0.0, math.inf) if relu else stats.count_where(torch.ge, src, 0.0)
         return Affine(on, -1.0, float(c.numel))
-    return stats.count_finite_where(torch.le if relu else torch.lt, src, 0.0)
+    return stats.count_finite_where(torch.le if relu else torch.lt, src, 0.0, _finite(c, src))
+
+
+def _finite(c: ActivationCall, src: Tensor) -> Tensor:
+    """:func:`gradscope.stats.finite_mask` of ``src`` (``y`` or ``x``), computed once per call."""
+    key = "finite_y" if src is c.y else "finite_x"
+    mask = c._parts.get(key)
+    if mask is None:
+        mask = c._parts[key] = stats.finite_mask(src)
+    return mask  # type: ignore[return-value]
 
 
 def _regime_source(c: ActivationCall) -> Tensor:
@@ -277,7 +286,8 @@ def _active_units(c: ActivationCall) -> Part:
         c._parts["bad_units"] = 0.0
         c.active = active
     else:
-        finite = torch.isfinite(src).all(dim=dims) if dims else torch.isfinite(src)
+        mask = _finite(c, src)
+        finite = mask.all(dim=dims) if dims else mask
         active &= finite
         c._parts["bad_units"] = (~finite).sum(dtype=torch.float32)
         c.active = active | ~finite

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +39,7 @@ __all__ = [
     "count_where",
     "cpu_kernels",
     "cpu_scratch",
+    "finite_mask",
     "finite_probe",
     "foreach_nonfinite_counts",
     "foreach_norms",
@@ -269,14 +270,26 @@ def count_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
     return total  # type: ignore[return-value]
 
 
-def count_finite_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
+def count_finite_where(op: Callable[..., Tensor], x: Tensor, value: float,
+                       finite: Optional[Tensor] = None) -> Tensor:
     """How many *finite* elements of ``x`` satisfy ``op(x, value)``, as ``float32``.
 
     NaN compares false anyway; this also leaves out ``±Inf`` (``-Inf <= 0`` is true).
+    ``finite`` is :func:`finite_mask` of ``x`` when the caller has it already.
     """
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=x.device)
-    return torch.count_nonzero(op(x, value) & torch.isfinite(x)).to(torch.float32)
+    if finite is None:
+        finite = finite_mask(x)
+    return torch.count_nonzero(op(x, value) & finite).to(torch.float32)
+
+
+def finite_mask(x: Tensor) -> Tensor:
+    """``torch.isfinite(x)`` in two kernels (``x * 0 == 0``: ±0 for finite ``x``, NaN
+    otherwise) where ``isfinite`` decomposes into five on floating tensors."""
+    if not x.is_floating_point():
+        return torch.isfinite(x)
+    return x.mul(0).eq(0)
 
 
 def fraction_where(op: Callable[..., Tensor], x: Tensor, value: float) -> Tensor:
