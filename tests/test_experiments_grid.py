@@ -347,3 +347,17 @@ def test_ioffe_setting_gets_a_finding_and_healthy_nets_none(kw, expected):
     cfg = RunConfig(depth=3, width=100, lr=0.1, batch_size=60, steps=60, eval_every=60,
                     monitor_every=2, **kw)
     assert set(train_run(cfg, data, progress=False).findings) == expected
+
+
+def test_recurrent_runs_do_not_show_the_mlp_only_axes():
+    """activation, init, BatchNorm and dropout do not apply to the recurrent models: their
+    names and the shared-axes line leave them out."""
+    from gradscope.experiments.grid import fixed_axes, run_names
+    from gradscope.experiments.train import RunConfig
+
+    configs = [RunConfig(model=m, sequence="rows", depth=1, width=32, optimizer="adam",
+                         lr=2e-3, steps=300) for m in ("rnn", "lstm", "gru")]
+    assert run_names(configs) == ["rnn", "lstm", "gru"]
+    shared = fixed_axes(configs)
+    assert shared.startswith("rows, 1x32, adam, lr0.002")
+    assert "relu" not in shared and "he" not in shared.split(", ")
