@@ -33,7 +33,7 @@ import json
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -43,11 +43,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import mlp  # the benchmark's MLP: 784 -> depth x width -> 10
 
 import gradscope
 from gradscope import stats
 
-_FREE = {"empty", "empty_strided", "detach", "alias", "lift_fresh", "_to_copy_meta", "set_"}
+_FREE = {"empty", "empty_strided", "detach", "alias", "lift_fresh", "set_"}
 
 
 class Counter(TorchDispatchMode):
@@ -83,29 +86,19 @@ class Counter(TorchDispatchMode):
             self.phase = before
 
 
-def mlp(act: Callable[[], nn.Module], depth: int, width: int) -> nn.Sequential:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    d = 128
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), act()]
-        d = width
-    layers.append(nn.Linear(d, 10))
-    return nn.Sequential(*layers)
-
-
 def count_step(act: Callable[[], nn.Module], attach: Optional[Callable[[nn.Module, Any], Any]],
                *, depth: int = 4, width: int = 256, batch: int = 64) -> Counter:
     """Counts of the third training step (after two warm-up steps) of an MLP, by phase."""
-    model = mlp(act, depth, width)
+    torch.manual_seed(0)
+    model = mlp(act, width, depth)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     mon = attach(model, opt) if attach is not None else None
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 128, generator=gen)
+    x = torch.randn(batch, 784, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
     counter = Counter()
     for i in range(3):
-        with counter if i == 2 else _nothing():
+        with counter if i == 2 else nullcontext():
             opt.zero_grad(set_to_none=True)
             with counter.at("forward"):
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -119,11 +112,6 @@ def count_step(act: Callable[[], nn.Module], attach: Optional[Callable[[nn.Modul
     if mon is not None and hasattr(mon, "close"):
         mon.close()
     return counter
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _gradscope(model: nn.Module, opt: Any) -> Any:

@@ -308,7 +308,7 @@ class History:
     def series(self, layer: str, metric: str) -> tuple[list[int], list[float]]:
         """``(steps, values)`` of one metric of one layer (copies of the points kept)."""
         s = self._series(layer, metric)
-        return s.steps.tolist(), s.values.tolist()
+        return s.steps.tolist(), s.values.tolist()  # ok-sync: host array.array, not a tensor
 
     def since(self, layer: str, metric: str, step: int) -> tuple[Sequence[int], Sequence[float]]:
         """``(steps, values)`` of the points after ``step`` (what a rule has not seen yet).
@@ -397,6 +397,7 @@ class History:
             "version": 1,
             "layers": [_info_to_dict(self._layers[n]) for n in self.layers() if n in self._layers],
             "data": {
+                # ok-sync: host array.array, not a tensor
                 layer: {m: [s.steps.tolist(), [encode_value(v) for v in s.values]]
                         for m, s in d.items()}
                 for layer, d in self._data.items()
