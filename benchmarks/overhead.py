@@ -19,10 +19,13 @@ every 10 steps; and the conventional approaches written here for comparison:
 ``item_hooks`` (forward hooks calling ``.item()`` on per-layer statistics and
 ``grad.norm().item()`` per parameter, every step) and ``tb_histograms``
 (``SummaryWriter.add_histogram`` of every parameter and gradient every step).
-``compiled_every1`` compiles both sides with ``torch.compile`` (``B`` is
-``watch(torch.compile(model))``, every step): gradscope's activation hooks stay out of
-compiled graphs, so ``B`` records parameter statistics only. It runs only when named in ``--settings``
-(compiling every workload takes minutes).
+``compiled_every1`` and ``compiled_every10`` compile both sides with ``torch.compile``
+(``B`` is ``watch(torch.compile(model))``): ``B``'s sampled steps run eagerly
+(``torch.compiler.set_stance("force_eager")``, so that their activations are recorded),
+its other steps run the compiled code; with ``every=1`` every ``B`` step runs eagerly.
+The stance is process-global, so ``A``'s steps run under
+``torch.compiler.set_stance("default")``: ``A`` is always compiled. They run only when
+named in ``--settings`` (compiling every workload takes minutes).
 
 Memory: on CUDA, the extra peak ``torch.cuda.max_memory_allocated`` of a ``B``
 step over an ``A`` step. On CPU there is no allocator counter, so the script
@@ -47,6 +50,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -295,9 +299,10 @@ SETTINGS: dict[str, Any] = {
 #: kernels takes seconds per activation family, and on a CPU it measured no faster.
 OPTIONAL_SETTINGS: dict[str, Any] = {
     "every1_fused": dict(every=1, fused="on"),
-    # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope adds to a
-    # compiled model (parameter statistics; its activation hooks stay out of the graph)
+    # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope costs a
+    # compiled model (B's sampled steps run eagerly; every=1: all of them)
     "compiled_every1": dict(every=1, compile=True),
+    "compiled_every10": dict(every=10, compile=True),
     "every10_no_check": dict(every=10, check_nonfinite=False),
 }
 
@@ -335,10 +340,13 @@ class _Side:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
         self.mon: Optional[gradscope.Monitor] = None
         self.conv: Any = None
+        # the unmonitored compiled side stays compiled while B holds "force_eager"
+        self.stance = (lambda: torch.compiler.set_stance("default")) \
+            if compiled and setting is None else contextlib.nullcontext
         if isinstance(setting, dict):
             options = {k: v for k, v in setting.items() if k != "compile"}
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # compiled: "no activation call-site captured"
+                warnings.simplefilter("ignore")  # compiled, every=1: "runs eagerly on every step"
                 self.mon = gradscope.watch(self.model, optimizer=self.opt, summary=False,
                                            flush_every=FLUSH_EVERY, **options)
         elif setting == "item_hooks":
@@ -348,12 +356,13 @@ class _Side:
         self.step_index = 0
 
     def step(self, x: Tensor, y: Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(self.model(x), y)
-        loss.backward()
-        if self.conv is not None:
-            self.conv.after_backward(self.step_index)
-        self.opt.step()
+        with self.stance():
+            self.opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+            if self.conv is not None:
+                self.conv.after_backward(self.step_index)
+            self.opt.step()
         self.step_index += 1
 
     def held_bytes(self) -> int:

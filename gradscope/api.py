@@ -47,6 +47,7 @@ def watch(
     summary: bool = True,
     strict: bool = False,
     fused: str = "off",
+    sampled_eager: bool = True,
     scaler: Optional[torch.amp.GradScaler] = None,
     combine_ranks: bool = True,
     **unknown: Any,
@@ -125,6 +126,13 @@ def watch(
             warning and the eager path); ``"strict"`` raises instead. The same
             values either way. Off by default: on a CPU it measured no faster
             (see ``gradscope.fused``). ``GRADSCOPE_FUSED`` overrides it.
+        sampled_eager: on a ``torch.compile``'d model, run the sampled steps
+            eagerly (``torch.compiler.set_stance("force_eager")`` for the step, the
+            prior stance restored after it; process-wide: other compiled functions
+            run eagerly during a sampled step too), so that their activations are
+            recorded exactly as eager ones; the other steps run the compiled code.
+            ``False``: compiled code on every step, parameter statistics only (said
+            once). See :mod:`gradscope.capture.compiled`.
         scaler: the ``torch.amp.GradScaler`` of a mixed-precision loop (needs
             ``optimizer``). Back-propagated gradients are then divided by the
             scale on the device (true units, like the parameter gradients
@@ -152,7 +160,7 @@ def watch(
                 histogram_bins=histogram_bins, check_nonfinite=check_nonfinite,
                 retention=retention, start_step=start_step, sinks=sinks, logdir=logdir,
                 resume=resume, findings=findings, summary=summary, strict=strict, fused=fused,
-                scaler=scaler, combine_ranks=combine_ranks, **unknown)
+                sampled_eager=sampled_eager, scaler=scaler, combine_ranks=combine_ranks, **unknown)
     if definitions is not None:
         flat["definitions"] = definitions
     options = Options.build(**flat)

@@ -65,6 +65,7 @@ from gradscope.capture import (
     RecurrentCapture,
 )
 from gradscope.capture.base import unwrap
+from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.params import read_gradients
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
@@ -146,7 +147,8 @@ class Monitor:
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step)
         self._recorder = ActivationRecorder(self._ctx)
-        self._coverage = CoverageTracker(self._ctx, self._recorder)
+        self._compiled = CompiledSteps(self._ctx, optimizer=optimizer is not None)
+        self._coverage = CoverageTracker(self._ctx, self._recorder, self._compiled)
         forward = Forward(self._ctx)
         self._modules = ModuleCapture(self._ctx, self._recorder, forward)
         self._functional = FunctionalCapture(self._ctx, self._recorder, forward, self._coverage)
@@ -204,6 +206,7 @@ class Monitor:
         self._ctx.state.thread = threading.get_ident()
         self._ctx.state.attached = True
         _WATCHED[model] = weakref.ref(self)
+        self._compiled.start(model)  # a compiled model's sampled steps run eagerly
         return self
 
     def detach(self) -> None:
@@ -215,6 +218,7 @@ class Monitor:
             self._params.commit()
             self.flush()
         finally:
+            self._compiled.stop()  # the prior torch.compile stance, always
             self._remove_handles()
             self._ctx.state.attached = False
             self._functional.clear()
@@ -416,6 +420,7 @@ class Monitor:
         self._params.commit()
         state.step += 1
         state.sampled = self._ctx.sample(state.step)
+        self._compiled.next_step()
         state.recording = state.checking = False
         self._step_has_forward = False
         if state.step - self._last_flush_step >= self.options.flush_every:

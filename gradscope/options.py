@@ -6,7 +6,8 @@
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
   ``check_nonfinite``, ``retention``, ``start_step``;
 * outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
-* how: ``fused`` (compiled statistics kernels);
+* how: ``fused`` (compiled statistics kernels), ``sampled_eager`` (a compiled model's
+  sampled steps run eagerly);
 * training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
 
 Every error names the argument, shows the value and says the fix.
@@ -119,6 +120,7 @@ class Options:
     summary: bool = True
     strict: bool = False
     fused: str = "off"
+    sampled_eager: bool = True
     scaler: Optional[torch.amp.GradScaler] = None
     combine_ranks: bool = True
     schedule: Schedule = field(init=False, repr=False)
@@ -133,7 +135,8 @@ class Options:
             raise TypeError(f"watch(definitions={self.definitions!r}): pass "
                             "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "check_nonfinite", "resume", "summary", "strict", "combine_ranks"):
+                     "check_nonfinite", "resume", "summary", "strict", "sampled_eager",
+                     "combine_ranks"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise TypeError(f"watch({name}={value!r}): pass True or False")

@@ -11,6 +11,8 @@
 * :mod:`~gradscope.capture.functional`: functional activations (``F.relu``,
   ``x.sigmoid()``), seen by a ``TorchFunctionMode`` during monitored forwards;
 * :mod:`~gradscope.capture.coverage`: what is and is not seen, reported once;
+* :mod:`~gradscope.capture.compiled`: the sampled steps of a ``torch.compile``'d
+  model run eagerly (``force_eager``), so that its activations are seen;
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
   weight norms, update ratios);
 * :mod:`~gradscope.capture.recurrent`: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and

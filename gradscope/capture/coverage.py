@@ -29,18 +29,15 @@ from torch import nn
 from gradscope.activations import family_of
 from gradscope.capture.activation import ActivationRecorder
 from gradscope.capture.base import Context
+from gradscope.capture.compiled import TRACED, CompiledSteps
 
-__all__ = ["Coverage", "CoverageTracker"]
+__all__ = ["TRACED", "Coverage", "CoverageTracker"]
 
 #: Class names that look like an activation's (with no children and no parameters).
 _ACTIVATION_LIKE = re.compile(
     r"(?i)(relu|gelu|silu|swish|mish|sigmoid|tanh|softmax|softmin|softplus|softsign|elu|glu"
     r"|hardswish|shrink|threshold|activation|^act)")
 _FUSED_RNN = (nn.RNNBase, nn.RNNCellBase)
-#: What the coverage says when torch.compile traced gradscope's hooks.
-TRACED = ("activations inside torch.compile'd code: gradscope leaves its hooks out of "
-          "compiled graphs (no graph break, nothing recorded there); parameter statistics "
-          "are recorded; watch an uncompiled model to see its activations")
 
 
 @dataclass(frozen=True)
@@ -130,9 +127,11 @@ class Coverage:
 class CoverageTracker:
     """Collects what the captures see and do not see; reports once, after the first step."""
 
-    def __init__(self, ctx: Context, recorder: ActivationRecorder) -> None:
+    def __init__(self, ctx: Context, recorder: ActivationRecorder,
+                 compiled: CompiledSteps) -> None:
         self.ctx = ctx
         self.recorder = recorder
+        self.compiled = compiled  # what a torch.compile'd model hides
         self._unknown: dict[str, str] = {}  # module name -> class name
         self._rnn: dict[str, str] = {}  # module name -> class name
         self._fused: Counter[tuple[str, str]] = Counter()
@@ -161,8 +160,7 @@ class CoverageTracker:
                   if name not in covered]
         unseen += [f"gates of {cls} {name or '(root)'!r} (one fused kernel)"
                    for name, cls in self._rnn.items() if name not in covered]
-        if self.ctx.state.traced:
-            unseen.append(TRACED)
+        unseen += self.compiled.unseen()
         unknown = sorted({cls for name, cls in self._unknown.items() if name not in in_function})
         return Coverage(
             step=self.ctx.state.step,
