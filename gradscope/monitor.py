@@ -218,7 +218,6 @@ class Monitor:
             self._params.commit()
             self.flush()
         finally:
-            self._compiled.stop()  # the prior torch.compile stance, always
             self._remove_handles()
             self._ctx.state.attached = False
             self._functional.clear()
@@ -231,6 +230,7 @@ class Monitor:
             self._queue.clear()
             self._params.clear()
             self._scaler.clear()
+            self._compiled.stop()  # the prior torch.compile stance, always
 
     def close(self) -> None:
         """:meth:`detach`, then close the sinks (the findings summary first). Safe to call twice."""

@@ -120,7 +120,8 @@ def test_sampled_eager_false_keeps_compiled_code_and_records_parameters_only() -
     assert mon.history.layers("activation") == []
     assert mon.history.series("fc1", "grad_norm")[0] == [0, 2]
     assert [u for u in mon.coverage().unseen if u.startswith(TRACED)]
-    assert len([m for m in said if "sampled_eager=False" in m]) == 1
+    assert len([m for m in said if "sampled_eager=False" in m]) == 1  # and nothing else:
+    assert not [m for m in said if "no activation call-site" in m]  # said once
     with pytest.raises(TypeError, match="sampled_eager"):
         gradscope.watch(Net(), sampled_eager="yes")
 

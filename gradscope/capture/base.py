@@ -115,7 +115,8 @@ class Context:
 
     def traced(self) -> bool:
         """Whether ``torch.compile`` is tracing the hook that asks (noted for the coverage
-        report). A traced hook does nothing: it adds no graph break and no op to the
+        report and :mod:`gradscope.capture.compiled`, which then runs the sampled steps
+        eagerly). A traced hook does nothing: it adds no graph break and no op to the
         compiled graph, and records nothing."""
         if compiling():
             self.state.traced = True

@@ -94,6 +94,12 @@ class CompiledSteps:
         watched module's forward pre-hook) is inside compiled code."""
         return self.optimizer or not self.hooks_compiled
 
+    @property
+    def hides_activations(self) -> bool:
+        """Whether no activation of the compiled model is recorded (and this was said)."""
+        return self.known and (not self.ctx.options.sampled_eager or self.failed
+                               or not self.counts_steps)
+
     def start(self, model: nn.Module) -> None:
         """At attach: note whether ``model`` is compiled; if so and step 0 is sampled, run it eagerly."""
         self.known = self.known or is_compiled(model)  # (a compile learned before a re-attach)
@@ -123,10 +129,10 @@ class CompiledSteps:
 
     def stop(self) -> None:
         """On detach: give back the prior stance; say what a compile after watch missed."""
+        self.restore()
         self._learn()
         if self._no_step_end():
             self.ctx.once("compile-no-end", "gradscope: " + _NO_END)
-        self.restore()
 
     def restore(self) -> None:
         """Give back the stance in force before ours (safe to call twice)."""
