@@ -197,28 +197,23 @@ class ParamCapture:
         max-abs values (``torch._foreach_norm(…, inf)``: one fused kernel, NaN
         propagates, nothing overflows) are queued and decoded at the flush.
         """
-        by_device: dict[torch.device, tuple[list[str], list[Tensor]]] = {}
+        layers: list[str] = []
+        grads: list[Tensor] = []
         for r in self._checked:
             p = r.ref()
             grad = p.grad if p is not None else None
             if grad is None or grad.is_sparse or not grad.is_floating_point():
                 continue
-            layers, grads = by_device.setdefault(grad.device, ([], []))
             layers.append(r.layer)
-            grads.append(grad)
+            grads.append(grad if grad.dim() == 1 else grad.reshape(-1))
         staged = self._staged = []
-        with torch.no_grad():
-            for layers, grads in by_device.values():
-                if stats.host_readable(grads[0]):
-                    if stats.all_finite(torch.cat([g.reshape(-1) for g in grads])):
-                        continue
-                    layers = [lay for lay, g in zip(layers, grads) if not stats.all_finite(g)]
-                    vec = torch.ones(len(layers))
-                else:
-                    zeroed = torch._foreach_mul(torch._foreach_norm(grads, math.inf), 0.0)
-                    vec = torch.stack([z if z.dtype == torch.float32 else z.float() for z in zeroed])
-                if layers:
-                    staged.append(Entry(step, vec, _CheckDecode(layers)))
+        devices = {g.device for g in grads}
+        for device in devices:  # usually one
+            mine = [(lay, g) for lay, g in zip(layers, grads) if g.device == device] \
+                if len(devices) > 1 else list(zip(layers, grads))
+            names, vec = _check_gradients(mine)
+            if names:
+                staged.append(Entry(step, vec, _CheckDecode(names)))
 
     def _groups(self) -> list[_Group]:
         """The live parameters that have a (dense) gradient, one group per device."""
@@ -324,6 +319,18 @@ def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str
         return out
 
     return decode
+
+
+def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Tensor]:
+    """The layers to decode and the vector to queue for one device's checked gradients."""
+    if stats.host_readable(grads[0][1]):
+        if stats.all_finite(torch.cat([g for _, g in grads])):
+            return [], torch.zeros(0)
+        bad = [layer for layer, g in grads if not stats.all_finite(g)]
+        return bad, torch.ones(len(bad))
+    zeroed = torch._foreach_mul(torch._foreach_norm([g for _, g in grads], math.inf), 0.0)
+    return [layer for layer, _ in grads], torch.stack(
+        [z if z.dtype == torch.float32 else z.float() for z in zeroed])
 
 
 class _CheckDecode:
