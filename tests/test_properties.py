@@ -96,6 +96,10 @@ def test_dead_units_match_a_loop(path: bool, y: torch.Tensor, unit_dim: Any) -> 
     # dead: every value <= 0; a unit with a NaN is not dead (``nonfinite`` reports the NaN)
     dead = sum(1 for unit in a if all(v <= 0 for v in unit)) / a.shape[0]
     assert got["dead_units"] == pytest.approx(dead, abs=1e-6)
+    v = y.double().numpy().ravel()  # zero_frac: finite elements <= 0, over all elements
+    assert got["zero_frac"] == pytest.approx(float((v <= 0).sum()) / v.size, abs=1e-6)
+    bad_units = sum(1 for unit in a if not np.isfinite(unit).all()) / a.shape[0]
+    assert got["nonfinite_units"] == pytest.approx(bad_units, abs=1e-6)
 
 
 @SETTINGS
