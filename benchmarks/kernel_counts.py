@@ -16,6 +16,9 @@ the step:
   whole model,
 * ``flush``: the one transfer per device and what prepares it.
 
+The approach ``gradscope, unsampled step`` counts a step that ``every`` does not
+sample: what is left there is the every-step NaN/Inf check.
+
 It also counts host reads (``aten._local_scalar_dense``, i.e. ``.item()``: a
 GPU sync each) outside the flush, which must be 0 for gradscope, and the same
 figures for the conventional ``.item()`` hooks of ``benchmarks/overhead.py``.
@@ -119,6 +122,12 @@ def _gradscope(model: nn.Module, opt: Any) -> Any:
                            findings=False)
 
 
+def _gradscope_unsampled(model: nn.Module, opt: Any) -> Any:
+    """``every=10``-style unsampled steps (only step 0 is sampled): the every-step NaN/Inf check."""
+    return gradscope.watch(model, optimizer=opt, every=10**9, flush_every=10**6, summary=False,
+                           findings=False)
+
+
 class _ItemHooks:
     """The conventional approach of ``benchmarks/overhead.py``: ``.item()`` in every hook."""
 
@@ -162,7 +171,9 @@ def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str,
         n_params = 2 * (depth + 1)
         for fam, act in FAMILIES.items():
             base = count_step(act, None, depth=depth, width=width, batch=batch)
-            for approach, attach in (("gradscope", _gradscope), ("item_hooks", _ItemHooks)):
+            for approach, attach in (("gradscope", _gradscope),
+                                     ("gradscope, unsampled step", _gradscope_unsampled),
+                                     ("item_hooks", _ItemHooks)):
                 c = count_step(act, attach, depth=depth, width=width, batch=batch)
 
                 def extra(phase: str, c: Counter = c, base: Counter = base) -> tuple[int, int]:

@@ -93,9 +93,12 @@ def watch(
             ``None`` for never); binned on the device, only when a sink writes them.
         histogram_bins: equal-width bins per histogram.
         check_nonfinite: on the steps ``every`` does not sample, still check each
-            activation's output and the gradient reaching it for NaN/Inf (one pass
-            over each; nothing is read back on an accelerator until the flush), so
-            the first non-finite step and layer are exact.
+            activation module's output (one sum per output on the CPU) and each
+            layer's smallest parameter gradient (its bias, usually: one test per
+            device) for NaN/Inf; nothing is read back on an accelerator until the
+            flush. The first non-finite step is exact, and so is its layer: the
+            first activation in forward order, else the deepest layer whose gradient
+            is not finite.
         retention: how much of each series :attr:`Monitor.history` keeps: a
             :class:`gradscope.Retention` (default: the last 1000 steps at full
             resolution, older ones thinned geometrically, the first NaN/Inf and the

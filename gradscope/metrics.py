@@ -214,7 +214,13 @@ def _ratio(a: str, b: str) -> Finish:
 
 
 def ratio(a: float, b: float) -> float:
-    """``a / b`` with ``x / 0 = inf`` and ``0 / 0 = nan``."""
+    """``a / b`` with ``x / 0 = inf``, ``0 / 0 = nan`` and ``x / ±inf = nan``.
+
+    A denominator that is infinite is a norm that overflowed ``float32`` (or a weight
+    that is not finite, said by other metrics): the ratio is unknown, not 0.
+    """
+    if math.isinf(b):
+        return math.nan
     if b == 0:
         return math.inf if a else math.nan
     return a / b

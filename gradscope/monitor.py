@@ -365,7 +365,8 @@ class Monitor:
         if self._ctx.traced():
             return
         state = self._ctx.state
-        if not (state.recording and self.options.gradients and self._optimizer_ref is None):
+        if not ((state.recording or state.checking) and self.options.gradients
+                and self._optimizer_ref is None):
             return
         if threading.get_ident() != state.thread:
             return
@@ -385,15 +386,21 @@ class Monitor:
 
     def _backward_finished(self, step: int) -> None:
         self._bw_queued = False
-        if self.attached and step == self.step:
-            self._params.read(step)  # accumulated gradients: the last backward of the step wins
+        if self.attached and step == self.step:  # accumulated gradients: the last backward wins
+            if self._ctx.state.sampled:
+                self._params.read(step)
+            else:
+                self._params.check(step)
 
     def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         scale = self._scaler.fused(optimizer) if self._scaler.active else None
-        if not (self._ctx.state.sampled and self.options.gradients
-                and self._ctx.on_training_thread()):
+        if not (self.options.gradients and self._ctx.on_training_thread()):
             return None
         step, snapshot = self.step, self.record_update_ratio
+        if not self._ctx.state.sampled:
+            if not self.options.check_nonfinite:
+                return None
+            return read_gradients(args, kwargs, lambda: self._params.check(step))
 
         def read() -> None:
             if self.attached and step == self.step:

@@ -56,6 +56,11 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
             assert r["host_reads_outside_flush"] == 0, r
             assert r["kernels_flush"] >= 1  # the step results are put together there
             assert r["kernels_per_activation_hook"] > 0 and r["kernels_per_backprop_hook"] > 0
+        elif r["approach"] == "gradscope, unsampled step":  # the every-step NaN/Inf check
+            assert r["host_reads_outside_flush"] == 0, r
+            assert r["kernels_per_backprop_hook"] == 0  # gradients: checked at the parameters
+            assert 0 < r["kernels_per_activation_hook"] <= 3, r  # min/max of the output
+            assert 0 < r["kernels_optimizer"] <= 8, r  # one fused max-abs over the biases
         else:  # .item() hooks: a read per statistic and per parameter
             assert r["host_reads_outside_flush"] == 3 * r["sites"] + r["params"], r
     assert "| ReLU | gradscope |" in kc.table(rows)

@@ -8,9 +8,10 @@ monitors, long runs); the writer's and the report's faults are in
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -115,15 +116,30 @@ def test_a_dropped_monitor_is_closed_with_a_warning_and_loses_nothing() -> None:
 
 # ------------------------------------------------------ NaN at an unsampled step
 class _Poison(nn.Module):
-    """Multiplies its input by NaN at one step of the training loop."""
+    """Replaces its input by ``make(x)`` at one step of the training loop (``x * NaN``), or
+    at every step from that one on (``after=True``)."""
 
-    def __init__(self, at: int) -> None:
+    def __init__(self, at: int, make: Callable[[torch.Tensor], torch.Tensor] = lambda x: x * math.nan,
+                 after: bool = False) -> None:
         super().__init__()
-        self.at, self.calls = at, 0
+        self.at, self.make, self.after, self.calls = at, make, after, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return x * float("nan") if self.calls - 1 == self.at else x
+        hit = self.calls - 1 >= self.at if self.after else self.calls - 1 == self.at
+        return self.make(x) if hit else x
+
+
+class _NanGrad(torch.autograd.Function):
+    """The identity, whose backward returns NaN."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g * math.nan
 
 
 @pytest.mark.parametrize("every", [1, 5])
@@ -144,23 +160,85 @@ def test_a_nan_at_an_unsampled_step_is_found_at_its_step_and_layer(every: int) -
 
 
 def test_an_unsampled_nan_in_the_backward_names_the_deepest_layer() -> None:
-    class NanGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-            return g * float("nan")
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
     with gradscope.watch(model, every=10, summary=False) as mon:
         for step in range(6):
             y = model(torch.randn(4, 4))
-            (NanGrad.apply(y) if step == 3 else y).sum().backward()
+            (_NanGrad.apply(y) if step == 3 else y).sum().backward()
     (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
-    assert (f.first_step, f.layer) == (3, "3") and "backward" in f.message
+    # Unsampled steps check the gradients at the parameters: the output layer "4" is the
+    # first in backward order whose gradient is not finite.
+    assert (f.first_step, f.layer) == (3, "4") and "parameter gradients" in f.message
+    assert "unsampled step" in f.message
+    assert mon.history.series("4", "grad_nonfinite_check")[0] == [3, 4, 5]  # never zeroed
+
+
+@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_the_every_step_check_is_exact_on_both_paths(path: str, where: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step and layer of an unsampled NaN on the CPU path (a sum read on the host) and on the
+    accelerator path (min/max and max-abs queued, nothing read before the flush); finite values
+    whose sum overflows are never reported."""
+    if path == "accelerator":
+        from gradscope import stats
+
+        monkeypatch.setattr(stats, "host_readable", lambda t: False)
+
+    class Shrink(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 1e-38
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), _Poison(2, lambda x: x.sign() * 3e38, after=True), nn.ReLU(), Shrink(), nn.Linear(64, 8),
+                          nn.Tanh(), _Poison(at=7 if where == "forward" else -1), nn.Linear(8, 2),
+                          nn.Tanh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, every=5, summary=False) as mon:
+        for step in range(9):
+            opt.zero_grad()
+            y = model(torch.randn(16, 4))
+            (_NanGrad.apply(y) if where == "backward" and step == 6 else y).mean().backward()
+            opt.step()
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    want = (7, "8") if where == "forward" else (6, "7")
+    assert (f.first_step, f.layer) == want and "unsampled step" in f.message
+    assert "nonfinite_check" not in mon.history.metrics("2")  # 3e38s are finite: never checked bad
+    assert mon.history.series("2", "max")[1][-1] == pytest.approx(3e38)  # step 5, sampled
+    assert mon.history.series("2", "nonfinite")[1][-1] == 0.0
+
+
+def test_huge_finite_gradients_are_not_reported_as_nonfinite() -> None:
+    """Gradients of 1e38 are finite; their norm overflows ``float32`` (the CPU path's first test)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            (model(torch.randn(1, 4)).sum() * 1e38).backward()
+            assert torch.linalg.vector_norm(model[2].bias.grad).isinf()
+            opt.step()
+    assert not [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert "grad_nonfinite_check" not in mon.history.metrics("2")
+
+
+def test_a_nan_in_an_accumulated_micro_batch_is_found_at_its_step() -> None:
+    """Two micro-batches per optimizer step; a NaN in the first one's gradient: one record,
+    at that step (the check reads the accumulated gradients once, before the step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
+        for step in range(4):
+            opt.zero_grad()
+            for micro in range(2):
+                out = model(torch.randn(4, 4)).sum()
+                (out * float("nan") if (step, micro) == (2, 0) else out).backward()
+            opt.step()
+    steps, _ = mon.history.series("2", "grad_nonfinite_check")
+    assert steps[0] == 2 and steps.count(2) == 1
 
 
 def test_check_nonfinite_off_sees_only_sampled_steps() -> None:

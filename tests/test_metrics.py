@@ -109,6 +109,8 @@ def test_layer_values_combine_parameters_as_the_specs_say() -> None:
     assert got["grad_norm"] == 5.0 and got["weight_norm"] == 10.0 and got["grad_nonfinite"] == 3.0
     assert got["grad_weight_ratio"] == 0.5 and got["update_ratio"] == pytest.approx(0.01)
     assert math.isnan(metrics.ratio(0.0, 0.0)) and metrics.ratio(1.0, 0.0) == math.inf
+    # an infinite denominator is a norm that overflowed float32: unknown, never 0
+    assert math.isnan(metrics.ratio(1.0, math.inf)) and math.isnan(metrics.ratio(math.inf, math.inf))
 
 
 def test_bad_specs_are_rejected() -> None:

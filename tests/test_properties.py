@@ -96,6 +96,10 @@ def test_dead_units_match_a_loop(path: bool, y: torch.Tensor, unit_dim: Any) -> 
     # dead: every value <= 0; a unit with a NaN is not dead (``nonfinite`` reports the NaN)
     dead = sum(1 for unit in a if all(v <= 0 for v in unit)) / a.shape[0]
     assert got["dead_units"] == pytest.approx(dead, abs=1e-6)
+    v = y.double().numpy().ravel()  # zero_frac: finite elements <= 0, over all elements
+    assert got["zero_frac"] == pytest.approx(float((v <= 0).sum()) / v.size, abs=1e-6)
+    bad_units = sum(1 for unit in a if not np.isfinite(unit).all()) / a.shape[0]
+    assert got["nonfinite_units"] == pytest.approx(bad_units, abs=1e-6)
 
 
 @SETTINGS
@@ -126,3 +130,81 @@ def test_gradient_norms_and_counts_match_float64(path: bool, ts: list[torch.Tens
                 assert abs(got - want) <= tol * want + 1e-30, (got, want)
             elif want > torch.finfo(torch.float32).max:
                 assert got == math.inf  # beyond float32: said, never a wrong finite number
+
+
+@SETTINGS
+@given(t=tensors())
+def test_the_every_step_check_is_exact(t: torch.Tensor) -> None:
+    """``all_finite`` (a sum read on the host, confirmed by min/max when the sum is not finite)
+    is True exactly when every element is finite: huge finite values whose sum overflows
+    included. CPU only: it reads values."""
+    assert stats.all_finite(t) == bool(np.isfinite(t.double().numpy()).all())
+
+
+def _near(v: np.ndarray, edges: list[float], dtype: torch.dtype) -> int:
+    """Elements within rounding of a threshold (the kernel compares in the data's precision)."""
+    tol = 4 * torch.finfo(dtype).eps
+    return int(sum((np.abs(v - e) <= tol * max(1.0, abs(e))).sum() for e in edges))
+
+
+@SETTINGS
+@given(x=tensors(special=False), name=st.sampled_from(["sigmoid", "tanh"]),
+       eps=st.sampled_from([0.01, 0.1]), delta=st.sampled_from([0.01, 0.05]))
+def test_saturation_and_derivatives_match_float64(path: bool, x: torch.Tensor, name: str,
+                                                  eps: float, delta: float) -> None:
+    """Saturation, ``small_deriv`` and ``mean_deriv`` of sigmoid and tanh against a float64
+    loop over the same outputs (f' from the output: y(1-y), 1-y²)."""
+    module = nn.Sigmoid() if name == "sigmoid" else nn.Tanh()
+    y = module(x.float()).to(x.dtype)
+    got = summarize(family_of(module), module, None, y, eps=eps, delta=delta, unit_dim=None)
+    v = y.double().numpy().ravel()
+    if name == "sigmoid":
+        sat = ((v < eps) | (v > 1 - eps)).mean()
+        d, edges = v * (1 - v), [eps, 1 - eps]
+    else:
+        sat = (np.abs(v) > 1 - eps).mean()
+        d, edges = 1 - v * v, [1 - eps, -(1 - eps)]
+    n = v.size
+    assert abs(got["saturation"] - sat) <= _near(v, edges, y.dtype) / n + 1e-6
+    small = (d < delta).mean()
+    assert abs(got["small_deriv"] - small) <= _near(d, [delta], y.dtype) / n + 1e-6
+    # f' is computed in the data's dtype (as autograd does): relative rounding of ~eps
+    assert abs(got["mean_deriv"] - d.mean()) <= 4 * torch.finfo(y.dtype).eps + 1e-6
+
+
+@SETTINGS
+@given(w=tensors(special=False), dw=tensors(special=False))
+def test_update_ratio_matches_float64(w: torch.Tensor, dw: torch.Tensor) -> None:
+    """``update_ratio`` = ‖w_after − w_before‖ / ‖w_before‖ of one optimizer step, against
+    float64 norms of the actual weights before and after (any dtype, ±0, subnormal, huge)."""
+    import gradscope
+
+    dw = dw.to(w.dtype).reshape(-1)[: w.numel()]
+    if dw.numel() < w.numel():
+        dw = torch.cat([dw, torch.zeros(w.numel() - dw.numel(), dtype=w.dtype)])
+    model = nn.Module()
+    model.w = nn.Parameter(w.clone())
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.w.detach().clone()
+    with gradscope.watch(model, optimizer=opt, summary=False, findings=False) as mon:
+        model.w.grad = -dw.reshape(w.shape)
+        opt.step()
+    after = model.w.detach()
+    num = float(np.linalg.norm((after.double() - before.double()).numpy().ravel()))
+    den = float(np.linalg.norm(before.double().numpy().ravel()))
+    (got,) = mon.history.series("w", "update_ratio")[1]
+    f32 = torch.finfo(torch.float32)
+    if den == 0.0:  # all-zero weights: any update is infinitely large relative to them
+        assert got == math.inf if num > 0 else math.isnan(got)
+        return
+    diff = (after.double() - before.double()).abs()
+    if max(float(before.double().abs().max()), float(diff.max())) > math.sqrt(f32.max):
+        # Known limit (reported): the fused norms square in float32, so an element above
+        # ~1.8e19 makes a norm inf: the ratio is then inf or unknown (nan), never finite.
+        assert not math.isfinite(got)
+        return
+    if den < 1e-18:
+        return  # Known limit: weights below ~1e-19 have float32 squares that underflow
+    want = num / den
+    tol = 4 * torch.finfo(w.dtype).eps if w.dtype != torch.float64 else 1e-5
+    assert abs(got - want) <= tol * want + 1e-30, (got, want)

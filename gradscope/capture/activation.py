@@ -18,18 +18,19 @@ output to :meth:`ActivationRecorder.record`, which
 * on histogram steps, queues histograms of the output and of its gradient.
 
 On unsampled steps :meth:`ActivationRecorder.check` does only the every-step
-NaN/Inf check: one pass over the output (:func:`gradscope.stats.finite_probe`,
-its min and max) and one over the gradient flowing back into it. On the CPU the
-result is read at once (free) and only a non-finite one is queued; on an
-accelerator the two values are queued like any statistic (no host read) and the
-decoder keeps only the non-finite ones. A non-finite value gives a record
-``nonfinite_check`` (forward) or ``grad_out_nonfinite_check`` (backward) = 1 at
-that step and call-site: "NaN/Inf seen here, not counted".
+NaN/Inf check of the output. On the CPU it is one sum read on the host
+(:func:`gradscope.stats.all_finite`; a sum that is not finite is confirmed by a
+min/max pass) and only a non-finite output is queued; on an accelerator the output's
+min and max (:func:`gradscope.stats.finite_probe`) are queued like any statistic (no
+host read) and the decoder keeps only the non-finite ones. A non-finite output gives a
+record ``nonfinite_check`` = 1 at that step and call-site: "NaN/Inf seen here, not
+counted". Gradients of unsampled steps are checked at the parameters
+(:meth:`gradscope.capture.params.ParamCapture.check`): a hook on every call-site's
+output gradient at every step would cost more than the rest of the check together.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -70,11 +71,10 @@ class Site:
     bwd_step: int = -1
     gin_step: int = -1
     failed: bool = False
-    checks: tuple[_CheckDecode, _CheckDecode] = field(init=False, repr=False)
+    checks: _CheckDecode = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.checks = (_CheckDecode(self.name, "nonfinite_check"),
-                       _CheckDecode(self.name, "grad_out_nonfinite_check"))
+        self.checks = _CheckDecode(self.name, "nonfinite_check")
 
 
 class _CheckDecode:
@@ -174,32 +174,14 @@ class ActivationRecorder:
             return
         site.fwd_step = step
         try:
+            x = y.detach()
+            if stats.host_readable(x):
+                if stats.all_finite(x):
+                    return  # nothing to record (the usual case on the CPU)
             with torch.no_grad():
-                self._probe(step, y.detach(), site.checks[0])
-            if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():
-                y.register_hook(self._check_hook(site, step))
+                self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
             self.fail(site, err)
-
-    def _check_hook(self, site: Site, step: int) -> Callable[[Tensor], None]:
-        def check_hook(grad: Tensor) -> None:
-            if not self.ctx.state.attached or site.failed or site.bwd_step == step:
-                return
-            site.bwd_step = step
-            try:
-                with torch.no_grad():
-                    self._probe(step, grad, site.checks[1])
-            except Exception as err:
-                self.fail(site, err)
-
-        return check_hook
-
-    def _probe(self, step: int, x: Tensor, decode: _CheckDecode) -> None:
-        probe = stats.finite_probe(x)
-        if stats.host_readable(probe) and all(
-                math.isfinite(v) for v in probe.tolist()):  # ok-sync: CPU only
-            return  # nothing to record (the usual case on the CPU)
-        self.ctx.queue.defer(step, x.device, [probe], decode)
 
     def fail(self, site: Site, err: Exception) -> None:
         """Stop monitoring ``site`` after an error in one of its hooks (or raise, if strict)."""

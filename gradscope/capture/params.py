@@ -8,10 +8,18 @@ ratios on, :meth:`ParamCapture.snapshot` before the optimizer step and
 :meth:`ParamCapture.updates` after it. Norms are fused over all parameters of a
 device (``torch._foreach_norm``); each device's values are queued as one vector
 whose decoder is told which values are which.
+
+On unsampled steps :meth:`ParamCapture.check` is the every-step NaN/Inf check of the
+gradients: each layer's smallest parameter gradient (its bias or norm scale,
+usually: the sum of the gradient reaching the layer over the batch, so a NaN or Inf
+reaching the layer shows there), one test per device. A layer whose
+parameters all exceed :data:`CHECK_MAX_ELEMENTS` (an embedding table) is not read:
+the gradient reaching it comes through the layers above, which are.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +37,10 @@ from gradscope.writers.base import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["ParamCapture", "read_gradients"]
+__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "read_gradients"]
+
+#: The every-step check reads no parameter gradient larger than this (elements).
+CHECK_MAX_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -56,6 +67,7 @@ class ParamCapture:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.refs: list[_ParamRef] = []
+        self._checked: list[_ParamRef] = []  # per layer, the parameter the every-step check reads
         self._layer_order: dict[str, int] = {}
         self._snapshot: list[Tensor] = []  # reused weight-copy buffers
         self._pending_update: Optional[list[_Group]] = None
@@ -65,7 +77,7 @@ class ParamCapture:
 
     def register(self, model: nn.Module) -> None:
         """Find the included layers' parameters (again on each attach: never twice)."""
-        self.refs = []
+        self.refs, self._checked = [], []
         seen: set[int] = set()
         include, history = self.ctx.options.include_fn, self.ctx.history
         for name, module in model.named_modules():
@@ -85,6 +97,9 @@ class ParamCapture:
                 self.refs.append(_ParamRef(layer, full, weakref.ref(p)))
                 history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
                                             type="Parameter", module=name, shape=tuple(p.shape)))
+            smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
+            if own[smallest][1].numel() <= CHECK_MAX_ELEMENTS:
+                self._checked.append(self.refs[len(self.refs) - len(own) + smallest])
 
     def combine(self, records: list[Record]) -> list[Record]:
         """Add the values of layers whose parameters sit on several devices (usually none).
@@ -169,6 +184,36 @@ class ParamCapture:
             names = [r.name for r in g.refs]
             self._staged.append(Entry(step, vec, self._decoder(
                 names, g.layers, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
+
+    def check(self, step: int) -> None:
+        """The every-step NaN/Inf check of an unsampled step's gradients (when they are final).
+
+        Stages ``grad_nonfinite_check`` = 1 for each layer whose checked gradient is
+        not finite; like :meth:`read`, a later check in the same step (another backward,
+        gradients accumulated) replaces this one and :meth:`commit` queues the last. On
+        the CPU the checked gradients of a device are concatenated (they are small: biases)
+        and tested at once with :func:`gradscope.stats.all_finite`, and only when that
+        fails is each tested alone; on an accelerator the gradients'
+        max-abs values (``torch._foreach_norm(…, inf)``: one fused kernel, NaN
+        propagates, nothing overflows) are queued and decoded at the flush.
+        """
+        layers: list[str] = []
+        grads: list[Tensor] = []
+        for r in self._checked:
+            p = r.ref()
+            grad = p.grad if p is not None else None
+            if grad is None or grad.is_sparse or not grad.is_floating_point():
+                continue
+            layers.append(r.layer)
+            grads.append(grad if grad.dim() == 1 else grad.reshape(-1))
+        staged = self._staged = []
+        devices = {g.device for g in grads}
+        for device in devices:  # usually one
+            mine = [(lay, g) for lay, g in zip(layers, grads) if g.device == device] \
+                if len(devices) > 1 else list(zip(layers, grads))
+            names, vec = _check_gradients(mine)
+            if names:
+                staged.append(Entry(step, vec, _CheckDecode(names)))
 
     def _groups(self) -> list[_Group]:
         """The live parameters that have a (dense) gradient, one group per device."""
@@ -274,6 +319,32 @@ def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str
         return out
 
     return decode
+
+
+def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Tensor]:
+    """The layers to decode and the vector to queue for one device's checked gradients."""
+    if stats.host_readable(grads[0][1]):
+        if stats.all_finite(torch.cat([g for _, g in grads])):
+            return [], torch.zeros(0)
+        bad = [layer for layer, g in grads if not stats.all_finite(g)]
+        return bad, torch.ones(len(bad))
+    zeroed = torch._foreach_mul(torch._foreach_norm([g for _, g in grads], math.inf), 0.0)
+    return [layer for layer, _ in grads], torch.stack(
+        [z if z.dtype == torch.float32 else z.float() for z in zeroed])
+
+
+class _CheckDecode:
+    """Decoder of the gradients' every-step check: a record for each layer whose value is
+    not finite (0 where finite, NaN where not)."""
+
+    __slots__ = ("layers",)
+
+    def __init__(self, layers: list[str]) -> None:
+        self.layers = layers
+
+    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
+        return [record(step, layer, "grad_nonfinite_check", 1.0)
+                for layer, v in zip(self.layers, values) if v != 0.0]
 
 
 def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:

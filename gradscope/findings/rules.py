@@ -121,8 +121,8 @@ _NONFINITE_REMEDY = ("lower the learning rate, clip gradients (torch.nn.utils.cl
 _NONFINITE_SERIES = (("activation", "nonfinite", "forward"),
                      ("activation", "nonfinite_check", "forward"),
                      ("activation", "grad_out_nonfinite", "backward"),
-                     ("activation", "grad_out_nonfinite_check", "backward"),
                      ("layer", "grad_nonfinite", "parameter"),
+                     ("layer", "grad_nonfinite_check", "parameter"),
                      ("layer", "weight_norm", "weights"))
 
 
