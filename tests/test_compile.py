@@ -218,3 +218,25 @@ def test_a_whole_compiled_training_step_is_said_to_count_no_step() -> None:
     assert mon.step == 0 and mon.history.layers("activation") == []
     assert _stance() == "default"
     assert any("no step ended" in u for u in mon.coverage().unseen)
+
+
+def test_unsampled_compiled_steps_still_check_parameter_gradients() -> None:
+    """The every-step check of parameter gradients runs in the optimizer's step hook,
+    outside compiled code; that of activations is compiled away (the coverage says so)."""
+    net, opt = _net_opt()
+    model = torch.compile(net)
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt, every=EVERY, summary=False) as mon:
+            for step in range(STEPS):
+                model(x).pow(2).mean().backward()
+                if step == 1:  # unsampled: the model ran compiled
+                    net.fc2.bias.grad[0] = float("nan")
+                opt.step()
+                opt.zero_grad()
+                if step == 1:
+                    with torch.no_grad():
+                        net.fc2.bias.zero_()  # NaN no further
+    assert mon.history.series("fc2", "grad_nonfinite_check")[0] == [1]  # read outside the graph
+    assert mon.history.series("act", "mean")[0] == [0, 2]  # the sampled steps, run eagerly
