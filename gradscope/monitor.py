@@ -7,7 +7,8 @@ queue crosses to the host in one transfer per device and lands in
 :attr:`Monitor.history` and the sinks (TensorBoard, findings, ...). Off-steps
 cost one attribute check per hook.
 
-What is a step:
+What is a step (defined by the hooks of :mod:`gradscope.capture.step`, which the
+monitor registers and owns):
 
 * with ``optimizer=``, one ``optimizer.step()``. Parameter gradients are read in the
   optimizer's step pre-hook, when they are final: after gradient accumulation, and
@@ -45,11 +46,10 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections.abc import Iterable
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope import distributed
@@ -66,8 +66,8 @@ from gradscope.capture import (
 )
 from gradscope.capture.base import unwrap
 from gradscope.capture.compiled import CompiledSteps
-from gradscope.capture.params import read_gradients
 from gradscope.capture.scaler import ScalerCapture
+from gradscope.capture.step import StepHooks, training_mode
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
 from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
@@ -128,9 +128,6 @@ class Monitor:
         self._optimizer_ref = weakref.ref(optimizer) if optimizer is not None else None
         self._handles: list[RemovableHandle] = []
         self._closed = False
-        self._step_has_forward = False
-        self._last_flush_step = options.start_step
-        self._bw_queued = False
 
         if options.scaler is not None and optimizer is None:
             raise TypeError("watch(scaler=...) needs optimizer=...: the scaler unscales the "
@@ -153,8 +150,13 @@ class Monitor:
         self._modules = ModuleCapture(self._ctx, self._recorder, forward)
         self._functional = FunctionalCapture(self._ctx, self._recorder, forward, self._coverage)
         self._params = ParamCapture(self._ctx)
-        self._scaler = ScalerCapture(self._ctx, self._end_step)
         self._recurrent = RecurrentCapture(self._ctx)
+        self._steps = StepHooks(
+            self._ctx, optimizer=optimizer is not None, update_ratio=self.record_update_ratio,
+            sinks=self._sinks, flush=self.flush, recorder=self._recorder,
+            coverage=self._coverage, modules=self._modules, params=self._params,
+            recurrent=self._recurrent, compiled=self._compiled)
+        self._scaler = self._steps.scaler = ScalerCapture(self._ctx, self._steps.end_step)
 
     # ------------------------------------------------------------------ api
     @property
@@ -271,7 +273,7 @@ class Monitor:
         self._coverage.end_step(self._sinks)
         self._recorder.end_step()
         records = self._params.combine(self._queue.drain())
-        self._last_flush_step = self.step
+        self._steps.last_flush_step = self.step
         self.history.extend(records)
         hists, self._ctx.ready_histograms[:] = list(self._ctx.ready_histograms), []
         if records:
@@ -316,8 +318,8 @@ class Monitor:
     # -------------------------------------------------------------- hooks
     def _register(self, model: nn.Module) -> None:
         hook = self._handles.append
-        hook(model.register_forward_pre_hook(_weak(self._root_pre_hook)))
-        hook(model.register_forward_hook(_weak(self._root_hook)))
+        hook(model.register_forward_pre_hook(_weak(self._steps.root_pre_hook)))
+        hook(model.register_forward_hook(_weak(self._steps.root_hook)))
         model = unwrap(model)  # torch.compile(model): hook and name the compiled module's parts
         if self.options.activations:
             self._modules.register(model)
@@ -328,8 +330,8 @@ class Monitor:
             self._params.register(model)
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
         if opt is not None:
-            hook(opt.register_step_pre_hook(_weak(self._opt_pre_hook)))
-            hook(opt.register_step_post_hook(_weak(self._opt_post_hook)))
+            hook(opt.register_step_pre_hook(_weak(self._steps.opt_pre_hook)))
+            hook(opt.register_step_post_hook(_weak(self._steps.opt_post_hook)))
         self._scaler.register()
 
     def _remove_handles(self) -> None:
@@ -345,103 +347,10 @@ class Monitor:
         it when a framework's training step may run the model's submodules without
         calling the watched module (a LightningModule's ``training_step``).
         """
-        self._root_pre_hook(_Mode(training), ())  # type: ignore[arg-type]
-
-    def _root_pre_hook(self, module: nn.Module, args: Any) -> None:
-        if self._ctx.traced() or not self._ctx.on_training_thread():
-            return
-        counted = module.training or self.options.record_eval
-        if self._optimizer_ref is None and counted:
-            if self._step_has_forward:
-                self._end_step()
-            self._step_has_forward = True
-        self._modules.start_forward()
-        self._recurrent.start_forward()
-        state = self._ctx.state
-        state.recording = counted and state.sampled
-        state.checking = counted and not state.sampled and self.options.check_nonfinite
-
-    def _root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._ctx.traced():
-            return
-        state = self._ctx.state
-        if not ((state.recording or state.checking) and self.options.gradients
-                and self._optimizer_ref is None):
-            return
-        if threading.get_ident() != state.thread:
-            return
-        if not torch.is_grad_enabled():
-            return
-        # Without an optimizer, read parameter gradients when this forward's backward finishes.
-        for t in _tensors(output):
-            if t.requires_grad:
-                t.register_hook(self._backward_started)
-
-    def _backward_started(self, grad: Tensor) -> None:
-        if not self._bw_queued and self.attached:
-            self._bw_queued = True
-            step = self.step
-            torch.autograd.Variable._execution_engine.queue_callback(
-                lambda: self._backward_finished(step))
-
-    def _backward_finished(self, step: int) -> None:
-        self._bw_queued = False
-        if self.attached and step == self.step:  # accumulated gradients: the last backward wins
-            if self._ctx.state.sampled:
-                self._params.read(step)
-            else:
-                self._params.check(step)
-
-    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
-        scale = self._scaler.fused(optimizer) if self._scaler.active else None
-        if not (self.options.gradients and self._ctx.on_training_thread()):
-            return None
-        step, snapshot = self.step, self.record_update_ratio
-        if not self._ctx.state.sampled:
-            if not self.options.check_nonfinite:
-                return None
-            return read_gradients(args, kwargs, lambda: self._params.check(step))
-
-        def read() -> None:
-            if self.attached and step == self.step:
-                self._params.read(step, snapshot=snapshot, grad_scale=scale)
-
-        return read_gradients(args, kwargs, read)
-
-    def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._ctx.on_training_thread():
-            return
-        self._params.updates(self.step)
-        if self._scaler.active:  # the step ends at scaler.update(), skipped or not
-            self._scaler.stepped = True
-        else:
-            self._end_step()
-
-    def _end_step(self) -> None:
-        """The step is over: windows, stacking and the parameters' entries, then the next step."""
-        state = self._ctx.state
-        self._coverage.end_step(self._sinks)
-        self._recorder.end_step()
-        self._recurrent.end_step()
-        self._queue.end_step()
-        self._params.commit()
-        state.step += 1
-        state.sampled = self._ctx.sample(state.step)
-        self._compiled.next_step()
-        state.recording = state.checking = False
-        self._step_has_forward = False
-        if state.step - self._last_flush_step >= self.options.flush_every:
-            self.flush()
+        self._steps.root_pre_hook(training_mode(training), ())
 
 
 # ---------------------------------------------------------------- helpers
-class _Mode:
-    """What the root pre-hook reads of a module: whether it is training."""
-
-    def __init__(self, training: bool) -> None:
-        self.training = training
-
-
 def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
     sinks: list[Sink] = list(options.sinks)
@@ -474,15 +383,3 @@ def _weak(method: Any) -> Any:
         return m(*args) if m is not None else None
 
     return call
-
-
-def _tensors(obj: Any) -> Iterable[Tensor]:
-    """Every tensor in a nested output (tensor, tuple, list, dict)."""
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)

@@ -16,7 +16,10 @@
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
   weight norms, update ratios);
 * :mod:`~gradscope.capture.recurrent`: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and
-  recurrent cells (the gradient through time, gates and hidden states).
+  recurrent cells (the gradient through time, gates and hidden states);
+* :mod:`~gradscope.capture.scaler`: a ``torch.amp.GradScaler`` (the scale, skipped steps);
+* :mod:`~gradscope.capture.step`: what a step is (the root, backward and optimizer
+  hooks the monitor registers, and the step's end).
 
 These are internal: use :func:`gradscope.watch`.
 """

@@ -1,0 +1,185 @@
+"""What a step is: the root hooks, the backward's end, the optimizer hooks, the step's end.
+
+The :class:`~gradscope.Monitor` registers these hooks and owns their handles; this
+class decides, from them, when a step begins and ends and what each capture does then:
+
+* with ``optimizer=``, a step is one ``optimizer.step()``. Parameter gradients are
+  read in its pre-hook (after accumulation, and unscaled under a ``GradScaler``), update
+  norms in its post-hook, which ends the step (or ``scaler.update()`` does, see
+  :mod:`gradscope.capture.scaler`);
+* without, one training forward of the watched module and its backward: gradients are
+  read when that backward finishes, and the next forward ends the step.
+
+A training forward of a sampled step is recorded (``StepState.recording``); one of an
+unsampled step only checked for NaN/Inf (``StepState.checking``, with
+``check_nonfinite``), and so are its gradients (:meth:`ParamCapture.check
+<gradscope.capture.params.ParamCapture.check>`) where a sampled step reads them.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from gradscope.capture.activation import ActivationRecorder
+from gradscope.capture.base import Context
+from gradscope.capture.compiled import CompiledSteps
+from gradscope.capture.coverage import CoverageTracker
+from gradscope.capture.modules import ModuleCapture
+from gradscope.capture.params import ParamCapture, read_gradients
+from gradscope.capture.recurrent import RecurrentCapture
+from gradscope.capture.scaler import ScalerCapture
+from gradscope.writers.base import SinkFanout
+
+__all__ = ["StepHooks", "training_mode"]
+
+
+class StepHooks:
+    """The hooks that define a step, and the step's end (see the module's docstring).
+
+    Args:
+        ctx: the monitor's context (its ``state`` is the step).
+        optimizer: whether ``optimizer=`` was given (a step is one ``optimizer.step()``).
+        update_ratio: whether update ratios are recorded (they need ``optimizer=``).
+        sinks: the monitor's sinks (the coverage's line is written there).
+        flush: the monitor's ``flush``, called every ``flush_every`` steps (held weakly).
+    """
+
+    def __init__(self, ctx: Context, *, optimizer: bool, update_ratio: bool, sinks: SinkFanout,
+                 flush: Callable[[], Any], recorder: ActivationRecorder,
+                 coverage: CoverageTracker, modules: ModuleCapture, params: ParamCapture,
+                 recurrent: RecurrentCapture, compiled: CompiledSteps) -> None:
+        self.ctx = ctx
+        self.optimizer, self.update_ratio, self.sinks = optimizer, update_ratio, sinks
+        self._flush = weakref.WeakMethod(flush)  # the monitor is not kept alive by its hooks
+        self.recorder, self.coverage, self.modules = recorder, coverage, modules
+        self.params, self.recurrent, self.compiled = params, recurrent, compiled
+        self.scaler: Optional[ScalerCapture] = None  # set by the monitor (it ends steps too)
+        self.last_flush_step = ctx.options.start_step
+        self._has_forward = False  # without an optimizer: this step's forward has run
+        self._bw_queued = False
+
+    # ------------------------------------------------------------ the forward
+    def root_pre_hook(self, module: nn.Module, args: Any) -> None:
+        """A forward of the watched module starts: a new step without an optimizer, and
+        whether this forward is recorded, checked or neither."""
+        ctx = self.ctx
+        if ctx.traced() or not ctx.on_training_thread():
+            return
+        counted = module.training or ctx.options.record_eval
+        if not self.optimizer and counted:
+            if self._has_forward:
+                self.end_step()
+            self._has_forward = True
+        self.modules.start_forward()
+        self.recurrent.start_forward()
+        state = ctx.state
+        state.recording = counted and state.sampled
+        state.checking = counted and not state.sampled and ctx.options.check_nonfinite
+
+    def root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Without an optimizer, read (or check) parameter gradients when this forward's
+        backward finishes."""
+        state, options = self.ctx.state, self.ctx.options
+        if self.ctx.traced() or self.optimizer or not options.gradients:
+            return
+        if not (state.recording or state.checking) or threading.get_ident() != state.thread:
+            return
+        if not torch.is_grad_enabled():
+            return
+        for t in _tensors(output):
+            if t.requires_grad:
+                t.register_hook(self._backward_started)
+
+    def _backward_started(self, grad: Tensor) -> None:
+        if not self._bw_queued and self.ctx.state.attached:
+            self._bw_queued = True
+            step = self.ctx.state.step
+            torch.autograd.Variable._execution_engine.queue_callback(
+                lambda: self._backward_finished(step))
+
+    def _backward_finished(self, step: int) -> None:
+        self._bw_queued = False
+        state = self.ctx.state
+        if state.attached and step == state.step:  # accumulated gradients: the last backward wins
+            if state.sampled:
+                self.params.read(step)
+            else:
+                self.params.check(step)
+
+    # ---------------------------------------------------------- the optimizer
+    def opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        """Read the gradients when they are final (or check them, on an unsampled step)."""
+        scaler = self.scaler
+        scale = scaler.fused(optimizer) if scaler is not None and scaler.active else None
+        ctx = self.ctx
+        if not (ctx.options.gradients and ctx.on_training_thread()):
+            return None
+        step, snapshot = ctx.state.step, self.update_ratio
+        if not ctx.state.sampled:
+            if not ctx.options.check_nonfinite:
+                return None
+            return read_gradients(args, kwargs, lambda: self.params.check(step))
+
+        def read() -> None:
+            if ctx.state.attached and step == ctx.state.step:
+                self.params.read(step, snapshot=snapshot, grad_scale=scale)
+
+        return read_gradients(args, kwargs, read)
+
+    def opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """The update norms; the step ends here (or at ``scaler.update()``)."""
+        if not self.ctx.on_training_thread():
+            return
+        self.params.updates(self.ctx.state.step)
+        if self.scaler is not None and self.scaler.active:  # ends at scaler.update()
+            self.scaler.stepped = True
+        else:
+            self.end_step()
+
+    # ---------------------------------------------------------- the step's end
+    def end_step(self) -> None:
+        """The step is over: windows, stacking and the parameters' entries, then the next step."""
+        state = self.ctx.state
+        self.coverage.end_step(self.sinks)
+        self.recorder.end_step()
+        self.recurrent.end_step()
+        self.ctx.queue.end_step()
+        self.params.commit()
+        state.step += 1
+        state.sampled = self.ctx.sample(state.step)
+        self.compiled.next_step()
+        state.recording = state.checking = False
+        self._has_forward = False
+        if state.step - self.last_flush_step >= self.ctx.options.flush_every:
+            flush = self._flush()
+            if flush is not None:
+                flush()
+
+
+def training_mode(training: bool) -> nn.Module:
+    """What :meth:`StepHooks.root_pre_hook` reads of a module (its ``training`` flag), for a
+    forward announced by an integration rather than run by the watched module."""
+    return _Mode(training)  # type: ignore[return-value]
+
+
+class _Mode:
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+
+def _tensors(obj: Any) -> Iterable[Tensor]:
+    """Every tensor in a nested output (tensor, tuple, list, dict)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
