@@ -395,6 +395,11 @@ def foreach_norms(tensors: Sequence[Tensor]) -> Tensor:
 
     Accumulated and returned in ``float32`` (an fp16 norm above 65504 is not inf, a bf16
     one not rounded to 8 bits); a list holding ``float64`` tensors keeps their dtype.
+    The squares of elements above ~1.8e19 overflow ``float32``: on the CPU
+    (:func:`host_readable`) a norm that came out infinite for a tensor whose elements
+    are all finite is computed again in ``float64`` (it is inf only if the true norm
+    exceeds ``float32``'s range); on an accelerator it stays inf (never a finite wrong
+    value, and ratios over it are unknown: :func:`gradscope.metrics.ratio`).
     """
     if not tensors:
         return torch.zeros(0)
@@ -402,7 +407,12 @@ def foreach_norms(tensors: Sequence[Tensor]) -> Tensor:
         norms = torch._foreach_norm(list(tensors))
     else:
         norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
-    return torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms])
+    out = torch.stack([n if n.dtype == torch.float32 else n.float() for n in norms])
+    if host_readable(out) and not known_finite(out):  # rare: NaN/Inf, or an overflow
+        for i, v in enumerate(out.tolist()):  # ok-sync: CPU only (above)
+            if math.isinf(v) and all_finite(tensors[i]):
+                out[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64).float()
+    return out
 
 
 def foreach_nonfinite_counts(tensors: Sequence[Tensor]) -> Tensor:

@@ -117,9 +117,13 @@ def test_gradient_norms_and_counts_match_float64(path: bool, ts: list[torch.Tens
         want = float(np.sqrt((ref.astype(np.float64) ** 2).sum())) if not bad else math.nan
         single = stats.l2_norm(t).item()
         if not bad and float(np.abs(ref).max()) > math.sqrt(torch.finfo(torch.float32).max):
-            # Known limit (reported): the fused norms square in float32, so an element
-            # above ~1.8e19 makes them inf although the norm is representable.
-            continue
+            # The fused norms square in float32: an element above ~1.8e19 overflows. On
+            # the CPU path that norm is computed again in float64 (exact below); on the
+            # accelerator path it stays inf (known limit, said: never a finite value).
+            if not path:
+                assert norm == math.inf
+                continue
+            single = norm  # l2_norm alone has no float64 retry: checked through the fused one
         for got, rounded in ((norm, True), (single, False)):
             if bad:
                 assert not math.isfinite(got)
@@ -197,11 +201,8 @@ def test_update_ratio_matches_float64(w: torch.Tensor, dw: torch.Tensor) -> None
     if den == 0.0:  # all-zero weights: any update is infinitely large relative to them
         assert got == math.inf if num > 0 else math.isnan(got)
         return
-    diff = (after.double() - before.double()).abs()
-    if max(float(before.double().abs().max()), float(diff.max())) > math.sqrt(f32.max):
-        # Known limit (reported): the fused norms square in float32, so an element above
-        # ~1.8e19 makes a norm inf: the ratio is then inf or unknown (nan), never finite.
-        assert not math.isfinite(got)
+    if den >= f32.max or num >= f32.max:  # a norm beyond float32: unknown or inf, never 0
+        assert math.isnan(got) or got == math.inf
         return
     if den < 1e-18:
         return  # Known limit: weights below ~1e-19 have float32 squares that underflow

@@ -224,3 +224,14 @@ def test_sum_squares_is_accurate_on_large_tensors(
     centered = (xd - xd.mean()).square().sum().item()
     assert stats.sum_squares(x, x.mean()).item() == pytest.approx(centered, rel=1e-5)
     assert hot(x)["std"] == pytest.approx(xd.std(correction=0).item(), rel=1e-5)
+
+
+def test_fused_norms_of_huge_finite_values_are_exact_on_the_cpu(monkeypatch) -> None:
+    """float32 squares of 1e20 overflow; the CPU path computes that norm again in float64,
+    the accelerator path leaves it inf (never a finite wrong value)."""
+    ts = [torch.tensor([1e20, 2e20]), torch.tensor([1.0, float("nan")]), torch.ones(4)]
+    got = stats.foreach_norms(ts).tolist()
+    assert got[0] == pytest.approx(math.sqrt(5) * 1e20, rel=1e-6)
+    assert math.isnan(got[1]) and got[2] == 2.0
+    monkeypatch.setattr(stats, "host_readable", lambda t: False)
+    assert stats.foreach_norms(ts).tolist()[0] == math.inf
