@@ -280,10 +280,12 @@ def _rnn_verdict(results: list[RunResult], rd: Path) -> Verdict:
             layer = h.layers("recurrent")[-1]
             ratios = h.series(layer, "grad_h_ratio")[1]
             fall = statistics.median(h.series(layer, "grad_h_fall")[1])
+            falls = (f"median last time step where ‖∂L/∂h_t‖ is below 1% of its largest: "
+                     f"{fall:g}") if fall >= 0 else "‖∂L/∂h_t‖ never below 1% of its largest (median)"
             lines.append(f"{seq} ({h.value(layer, 'seq_len'):.0f} steps) {m}: "
                          f"‖∂L/∂h_0‖/‖∂L/∂h_T‖ median {_time(r):.3g} (first sampled step "
-                         f"{ratios[0]:.3g}, last {ratios[-1]:.3g}); median last step below 1% of "
-                         f"the largest {fall:g}; test accuracy {r.test_acc:.3f}")
+                         f"{ratios[0]:.3g}, last {ratios[-1]:.3g}); {falls}; test accuracy "
+                         f"{r.test_acc:.3f}")
     rnn = _pick(results, model="rnn", sequence="pixels")
     gated = [_pick(results, model=m, sequence="pixels") for m in ("lstm", "gru")]
     keep = min(_time(g) for g in gated)
