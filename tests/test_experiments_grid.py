@@ -164,6 +164,22 @@ def test_terminal_table_fits_120_columns():
     assert max(map(len, format_terminal(results, width=100).splitlines())) <= 100
 
 
+def test_grad_ratio_of_a_recurrent_run_reads_not_applicable_not_nan():
+    """fc1/out is an MLP's ratio: a recurrent run shows '–' there; a diverged MLP's 'nan'."""
+    lstm = RunConfig(model="lstm", sequence="rows", depth=1, width=8, optimizer="adam",
+                     lr=2e-3, steps=10)
+    mlp = RunConfig(steps=10)
+    results = [RunResult(lstm, 0.9, 0.3, 0.3, None, math.nan, None, None, 1.0, "cpu", [],
+                         name="lstm"),
+               RunResult(mlp, 0.1, math.nan, math.nan, None, math.nan, None, None, 1.0, "cpu",
+                         [], name="mlp")]
+    rows = format_terminal(results).splitlines()[2:]
+    from gradscope.experiments.grid import TERMINAL
+
+    col = [k for k, _ in TERMINAL].index("grad_ratio")  # each cell one token (no spaces)
+    assert rows[0].split()[col] == "–" and rows[1].split()[col] == "nan"
+
+
 def _hparams_differ(run_dir):
     """The hparams a run's experiment summary marks as differing between runs."""
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData

@@ -264,8 +264,8 @@ def _columns(results: Sequence[RunResult]) -> tuple[tuple[str, ...], tuple[str, 
 
 def _cell(key: str, r: RunResult) -> str:
     v: Any = r.name if key == "run" else getattr(r, key)
-    if v is None:
-        return "–"
+    if v is None or (key == "grad_ratio" and r.config.model != "mlp"):
+        return "–"  # not measured, or not defined (fc1/out of an MLP; a recurrent run has time_ratio)
     if key == "findings":
         return "; ".join(v) if v else "–"
     if isinstance(v, float):
