@@ -397,8 +397,8 @@ class History:
             "version": 1,
             "layers": [_info_to_dict(self._layers[n]) for n in self.layers() if n in self._layers],
             "data": {
-                # ok-sync: host array.array, not a tensor
-                layer: {m: [s.steps.tolist(), [encode_value(v) for v in s.values]]
+                layer: {m: [s.steps.tolist(),  # ok-sync: host array.array, not a tensor
+                            [encode_value(v) for v in s.values]]
                         for m, s in d.items()}
                 for layer, d in self._data.items()
             },

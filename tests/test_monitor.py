@@ -455,7 +455,9 @@ def test_deep_sigmoid_normal_init_vanishes_while_relu_he_does_not(seed: int) -> 
     xav_ratio, xav_gout, xav_sat = _first_last_backprop(nn.Sigmoid, "xavier", seed)
     assert sig_sat > 0.4  # heavy saturation in the first layer
     assert sig_ratio < 0.15  # more than an order of magnitude below the output layer
-    assert 1 / 3 < relu_ratio < 3 and 1 / 3 < relu_gout < 3  # within a small factor
+    # He init keeps the back-propagated gradient's size through depth (0.85-1.10 measured
+    # for seeds 0-2; a wrong scale per layer or width would leave this band)
+    assert 0.5 < relu_ratio < 2 and 0.5 < relu_gout < 2
     assert relu_ratio > 5 * sig_ratio
     # Xavier alone does not cure sigmoid: sigma' <= 1/4 shrinks the signal at every layer.
     assert xav_sat < 0.05
