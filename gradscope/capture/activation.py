@@ -31,7 +31,6 @@ output gradient at every step would cost more than the rest of the check togethe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -40,12 +39,11 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
-from gradscope.capture.base import Context
+from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.distributed import MaskDecoder
 from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
-from gradscope.writers.base import Record, record
 
 __all__ = ["ActivationRecorder", "Site", "input_node"]
 
@@ -71,23 +69,10 @@ class Site:
     bwd_step: int = -1
     gin_step: int = -1
     failed: bool = False
-    checks: _CheckDecode = field(init=False, repr=False)
+    checks: NonfiniteCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.checks = _CheckDecode(self.name, "nonfinite_check")
-
-
-class _CheckDecode:
-    """Decoder of an every-step check: a record only when the probe was not finite."""
-
-    __slots__ = ("layer", "metric")
-
-    def __init__(self, layer: str, metric: str) -> None:
-        self.layer, self.metric = layer, metric
-
-    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
-        bad = any(v - v != 0.0 for v in values)  # NaN or ±Inf
-        return [record(step, self.layer, self.metric, 1.0)] if bad else []
+        self.checks = NonfiniteCheck([self.name], "nonfinite_check", per=2)  # min, max
 
 
 def site_name(base: str, call: int) -> str:

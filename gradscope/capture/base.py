@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -31,8 +32,9 @@ from gradscope.histograms import Histogram, decode_histogram, histogram_vector
 from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
+from gradscope.writers.base import Record, record
 
-__all__ = ["Context", "StepState", "compiling", "unwrap"]
+__all__ = ["Context", "NonfiniteCheck", "StepState", "compiling", "unwrap"]
 
 #: Whether ``torch.compile`` is tracing the code that calls it.
 compiling = torch.compiler.is_compiling
@@ -45,6 +47,21 @@ def unwrap(model: nn.Module) -> nn.Module:
     if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
         return inner
     return model
+
+
+class NonfiniteCheck:
+    """Decoder of the every-step NaN/Inf check: ``metric`` = 1 for each of ``names`` that
+    has a value that is not finite among its ``per`` values (nothing for the others)."""
+
+    __slots__ = ("metric", "names", "per")
+
+    def __init__(self, names: Sequence[str], metric: str, per: int = 1) -> None:
+        self.names, self.metric, self.per = list(names), metric, per
+
+    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
+        per = self.per
+        return [record(step, name, self.metric, 1.0) for i, name in enumerate(self.names)
+                if any(v - v != 0.0 for v in values[i * per:(i + 1) * per])]  # NaN or ±Inf
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gradscope import stats
-from gradscope.capture.base import Context
+from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.history import LayerInfo
 from gradscope.metrics import METRICS, Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
@@ -197,23 +197,16 @@ class ParamCapture:
         max-abs values (``torch._foreach_norm(…, inf)``: one fused kernel, NaN
         propagates, nothing overflows) are queued and decoded at the flush.
         """
-        layers: list[str] = []
-        grads: list[Tensor] = []
+        by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
         for r in self._checked:
             p = r.ref()
             grad = p.grad if p is not None else None
             if grad is None or grad.is_sparse or not grad.is_floating_point():
                 continue
-            layers.append(r.layer)
-            grads.append(grad if grad.dim() == 1 else grad.reshape(-1))
-        staged = self._staged = []
-        devices = {g.device for g in grads}
-        for device in devices:  # usually one
-            mine = [(lay, g) for lay, g in zip(layers, grads) if g.device == device] \
-                if len(devices) > 1 else list(zip(layers, grads))
-            names, vec = _check_gradients(mine)
-            if names:
-                staged.append(Entry(step, vec, _CheckDecode(names)))
+            flat = grad if grad.dim() == 1 else grad.reshape(-1)
+            by_device.setdefault(grad.device, []).append((r.layer, flat))
+        self._staged = [Entry(step, vec, NonfiniteCheck(names, "grad_nonfinite_check"))
+                        for names, vec in map(_check_gradients, by_device.values()) if names]
 
     def _groups(self) -> list[_Group]:
         """The live parameters that have a (dense) gradient, one group per device."""
@@ -327,24 +320,10 @@ def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Tensor
         if stats.all_finite(torch.cat([g for _, g in grads])):
             return [], torch.zeros(0)
         bad = [layer for layer, g in grads if not stats.all_finite(g)]
-        return bad, torch.ones(len(bad))
+        return bad, torch.full((len(bad),), math.nan)
     zeroed = torch._foreach_mul(torch._foreach_norm([g for _, g in grads], math.inf), 0.0)
     return [layer for layer, _ in grads], torch.stack(
         [z if z.dtype == torch.float32 else z.float() for z in zeroed])
-
-
-class _CheckDecode:
-    """Decoder of the gradients' every-step check: a record for each layer whose value is
-    not finite (0 where finite, NaN where not)."""
-
-    __slots__ = ("layers",)
-
-    def __init__(self, layers: list[str]) -> None:
-        self.layers = layers
-
-    def __call__(self, step: int, values: Sequence[float]) -> list[Record]:
-        return [record(step, layer, "grad_nonfinite_check", 1.0)
-                for layer, v in zip(self.layers, values) if v != 0.0]
 
 
 def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:
