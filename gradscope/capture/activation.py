@@ -163,8 +163,7 @@ class ActivationRecorder:
             if stats.host_readable(x):
                 if stats.all_finite(x):
                     return  # nothing to record (the usual case on the CPU)
-            with torch.no_grad():
-                self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
+            self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
             self.fail(site, err)
 
