@@ -37,7 +37,7 @@ def watch(
     include: Include = None,
     histogram_every: Union[int, Schedule, None] = 500,
     histogram_bins: int = 64,
-    check_nonfinite: bool = True,
+    check_nonfinite: Union[bool, str] = True,
     retention: Optional[Retention] = DEFAULT_RETENTION,
     start_step: int = 0,
     sinks: Sequence[Any] = (),
@@ -92,13 +92,18 @@ def watch(
             gradient and weight histograms on these steps (an int or a schedule;
             ``None`` for never); binned on the device, only when a sink writes them.
         histogram_bins: equal-width bins per histogram.
-        check_nonfinite: on the steps ``every`` does not sample, still check each
-            activation module's output (one sum per output on the CPU) and each
-            layer's smallest parameter gradient (its bias, usually: one test per
-            device) for NaN/Inf; nothing is read back on an accelerator until the
+        check_nonfinite: on the steps ``every`` does not sample, still check for
+            NaN/Inf: the model's outputs (one sum each on the CPU; an activation
+            module's output is held, not copied, until the forward ends, and tested
+            only when an output is not finite) and each layer's smallest parameter
+            gradient (its bias, usually: one test per device). A non-finite
+            activation that reaches neither an output nor a parameter gradient
+            (masked, or in an unused branch) is seen on sampled steps only;
+            ``"all"`` tests each activation module's output at its call instead
+            (one sum per output). Nothing is read back on an accelerator until the
             flush. The first non-finite step is exact, and so is its layer: the
-            first activation in forward order, else the deepest layer whose gradient
-            is not finite.
+            first activation in forward order, else the deepest layer whose
+            gradient is not finite. ``False``: sampled steps only.
         retention: how much of each series :attr:`Monitor.history` keeps: a
             :class:`gradscope.Retention` (default: the last 1000 steps at full
             resolution, older ones thinned geometrically, the first NaN/Inf and the

@@ -229,6 +229,7 @@ class Monitor:
             self._modules.clear()
             self._recurrent.clear()
             self._recorder.clear()
+            self._steps.clear()
             self._queue.clear()
             self._params.clear()
             self._scaler.clear()
@@ -319,7 +320,7 @@ class Monitor:
     def _register(self, model: nn.Module) -> None:
         hook = self._handles.append
         hook(model.register_forward_pre_hook(_weak(self._steps.root_pre_hook)))
-        hook(model.register_forward_hook(_weak(self._steps.root_hook)))
+        hook(model.register_forward_hook(_weak(self._steps.root_hook), always_call=True))
         model = unwrap(model)  # torch.compile(model): hook and name the compiled module's parts
         if self.options.activations:
             self._modules.register(model)

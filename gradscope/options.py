@@ -110,7 +110,7 @@ class Options:
     include: Include = None
     histogram_every: Union[int, Schedule, None] = 500
     histogram_bins: int = 64
-    check_nonfinite: bool = True
+    check_nonfinite: Union[bool, str] = True
     retention: Optional[Retention] = DEFAULT_RETENTION
     start_step: int = 0
     sinks: tuple[Sink, ...] = ()
@@ -134,8 +134,13 @@ class Options:
         if not isinstance(self.definitions, Definitions):
             raise TypeError(f"watch(definitions={self.definitions!r}): pass "
                             "gradscope.Definitions(eps=..., delta=..., dead_window=..., unit_dim=...)")
+        if not (isinstance(self.check_nonfinite, bool) or self.check_nonfinite == "all"):
+            raise TypeError(f"watch(check_nonfinite={self.check_nonfinite!r}): pass True (each "
+                            "unsampled step: the model's outputs, then its activations when an "
+                            "output is not finite), 'all' (each activation output at its call) "
+                            "or False")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "check_nonfinite", "resume", "summary", "strict", "sampled_eager",
+                     "resume", "summary", "strict", "sampled_eager",
                      "combine_ranks"):
             value = getattr(self, name)
             if not isinstance(value, bool):

@@ -76,6 +76,8 @@ class Queue:
 
     def end_step(self) -> None:
         """Stack the deferred results: one queued vector per step and device."""
+        if not self._deferred:
+            return
         deferred, self._deferred = self._deferred, {}
         with torch.no_grad():
             for (step, device), (parts, layout) in deferred.items():

@@ -241,6 +241,150 @@ def test_a_nan_in_an_accumulated_micro_batch_is_found_at_its_step() -> None:
     assert steps[0] == 2 and steps.count(2) == 1
 
 
+class _Masked(nn.Module):
+    """A ReLU whose input gets a NaN at call ``at`` (0-based), masked to 0 after it by
+    ``torch.where``: the model's output stays finite and so do its gradients (the masked
+    elements get gradient 0, which ReLU's and the addition's backward pass on as 0)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.act, self.at, self.calls = nn.ReLU(), at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls - 1 == self.at:
+            x = x + torch.tensor([math.nan] + [0.0] * (x.shape[-1] - 1))
+        y = self.act(x)
+        return torch.where(torch.isnan(y), torch.zeros_like(y), y)
+
+
+@pytest.mark.parametrize("mode", [True, "all"])
+def test_a_nan_masked_before_the_output_is_seen_with_all(mode: Any) -> None:
+    """The default check holds activation outputs and tests them when the model's outputs
+    are not finite: a NaN masked on the way (finite output, finite gradients) is seen only
+    on sampled steps; ``check_nonfinite="all"`` tests each output at its call."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), _Masked(at=3), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, every=5, check_nonfinite=mode, summary=False) as mon:
+        for _ in range(6):
+            opt.zero_grad()
+            model(torch.randn(4, 4)).sum().backward()
+            opt.step()
+            assert not mon._recorder._held  # released when the forward ends
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    checked = mon.history.series("1.act", "nonfinite_check")[0] \
+        if "nonfinite_check" in mon.history.metrics("1.act") else []
+    assert checked == ([3] if mode == "all" else [])
+
+
+def test_outputs_held_for_the_check_are_the_forwards_and_are_released() -> None:
+    """The default check keeps references (no copies) to the call-sites' outputs until the
+    model's forward ends, then drops them: a frozen layer's output (no gradient: autograd
+    would not keep it) and a forward without autograd are tested at the call instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)  # frozen: relu "1"'s output needs no gradient
+    seen: list[list[str]] = []
+    with gradscope.watch(model, every=10, summary=False, record_eval=True) as mon:
+        model[4].register_forward_hook(
+            lambda m, a, o: seen.append([site.name for site, _, _ in mon._recorder._held]))
+        for _ in range(3):
+            model(torch.randn(4, 4)).sum().backward()
+            assert not mon._recorder._held
+        with torch.no_grad():
+            model(torch.randn(4, 4))
+    assert seen[1:3] == [["3"], ["3"]] and seen[3] == []  # step 0 is sampled: nothing held
+
+
+def test_a_site_modified_in_place_after_its_call_is_checked_at_its_call() -> None:
+    """An output changed in place later in the forward (its version counter moves) is tested
+    at its call from then on, so a NaN the later operation brings is not put on this site."""
+
+    class AddInPlace(nn.Module):  # GELU's backward needs its input, not its output: allowed
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return x.add_(math.nan if self.calls == 6 else 0.0)  # the NaN enters after GELU
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), AddInPlace(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
+        for _ in range(7):
+            opt.zero_grad()
+            model(torch.randn(4, 4)).sum().backward()
+            opt.step()
+    assert mon._recorder.sites[("1", 0)].check_now  # learned at the first unsampled step
+    assert "nonfinite_check" not in mon.history.metrics("1")  # finite when GELU returned
+    assert mon.history.series("3", "grad_nonfinite_check")[0][0] == 5
+
+
+def test_a_forward_that_raises_leaves_the_check_working() -> None:
+    """A forward that raises (caught by the loop) ends the check's forward too: a later NaN is
+    still found at its step and layer."""
+
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("bad batch")
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), Fails(), nn.Linear(8, 8), nn.Tanh(),
+                          _Poison(at=5), nn.Linear(8, 2), nn.Tanh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
+        for _ in range(8):
+            opt.zero_grad()
+            try:
+                out = model(torch.randn(4, 4))
+            except RuntimeError:
+                continue
+            out.sum().backward()
+            opt.step()
+        assert mon._steps._depth == 0 and not mon._recorder._held
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    # the forward that raised made no step: the poison's 6th call is step 5
+    assert (f.first_step, f.layer) == (5, "7")
+
+
+def test_a_model_calling_itself_is_checked_when_the_outer_forward_ends() -> None:
+    """A nested call of the watched module does not end the check's forward: a NaN in the
+    outer forward after the inner call is found."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+            self.head = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+            self.poison = _Poison(at=2)
+
+        def forward(self, x: torch.Tensor, inner: bool = False) -> torch.Tensor:
+            if inner:
+                return self.body(x)
+            return self.head(self.poison(self(x, inner=True)))
+
+    torch.manual_seed(0)
+    model = Twice()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
+        for _ in range(4):
+            opt.zero_grad()
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (2, "head.1")
+
+
 def test_check_nonfinite_off_sees_only_sampled_steps() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(at=7), nn.Linear(8, 2), nn.Tanh())

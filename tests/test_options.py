@@ -64,9 +64,11 @@ def test_definitions_grouped_or_flat_but_not_both() -> None:
      ({"include": 42}, r"include=42\): pass fnmatch patterns"),
      ({"definitions": {"eps": 0.1}}, r"definitions=.*gradscope\.Definitions"),
      ({"histogram_bins": 0}, r"histogram_bins=0\): must be an int >= 1"),
-     ({"unit_dim": 1.5}, r"unit_dim=1\.5\): pass an int")],
+     ({"unit_dim": 1.5}, r"unit_dim=1\.5\): pass an int"),
+     ({"check_nonfinite": "yes"}, r"check_nonfinite='yes'\): pass True .*'all' .* or False"),
+     ({"check_nonfinite": 1}, r"check_nonfinite=1\): pass True")],
     ids=["bool_as_string", "bool_as_int", "sinks_none", "include_int", "definitions_dict",
-         "histogram_bins", "unit_dim_float"])
+         "histogram_bins", "unit_dim_float", "check_nonfinite_string", "check_nonfinite_int"])
 def test_bad_values_name_the_option_and_the_fix(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
         watch(mlp(), **kwargs)

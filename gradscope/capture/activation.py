@@ -18,19 +18,30 @@ output to :meth:`ActivationRecorder.record`, which
 * on histogram steps, queues histograms of the output and of its gradient.
 
 On unsampled steps :meth:`ActivationRecorder.check` does only the every-step
-NaN/Inf check of the output. On the CPU it is one sum read on the host
-(:func:`gradscope.stats.all_finite`; a sum that is not finite is confirmed by a
-min/max pass) and only a non-finite output is queued; on an accelerator the output's
-min and max (:func:`gradscope.stats.finite_probe`) are queued like any statistic (no
-host read) and the decoder keeps only the non-finite ones. A non-finite output gives a
+NaN/Inf check, and lazily: the output is held (a reference, no copy: autograd keeps it
+anyway) until the model's forward ends, when :meth:`ActivationRecorder.check_forward`
+tests the model's outputs. A NaN or ±Inf in an activation reaches them (or, masked on the
+way, a parameter gradient, which is checked too), so on the CPU the usual step costs one
+sum per model output, whatever the number of call-sites; only when an output is not
+finite is each held activation tested, in forward order. The test is one sum read on the
+host (:func:`gradscope.stats.all_finite`; a sum that is not finite is confirmed by a
+min/max pass). On an accelerator nothing is read: the held outputs' max-abs values
+(``torch._foreach_norm(..., inf)``, one fused call per device) are queued like any
+statistic and the decoder keeps only the non-finite ones. A non-finite output gives a
 record ``nonfinite_check`` = 1 at that step and call-site: "NaN/Inf seen here, not
-counted". Gradients of unsampled steps are checked at the parameters
+counted". An output is tested at its call instead (:meth:`ActivationRecorder.check_now`)
+in a forward without autograd (holding it would keep it alive), when it needs no gradient
+(a frozen layer's: autograd does not keep it), with ``check_nonfinite="all"`` (each
+output at its call, whether or not a NaN reaches the model's outputs), and for a site
+whose output a later operation modified in place (seen by its version counter; from
+then on). Gradients of unsampled steps are checked at the parameters
 (:meth:`gradscope.capture.params.ParamCapture.check`): a hook on every call-site's
 output gradient at every step would cost more than the rest of the check together.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -39,7 +50,7 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
-from gradscope.capture.base import Context, NonfiniteCheck
+from gradscope.capture.base import Context, NonfiniteCheck, tensors
 from gradscope.distributed import MaskDecoder
 from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
@@ -69,6 +80,7 @@ class Site:
     bwd_step: int = -1
     gin_step: int = -1
     failed: bool = False
+    check_now: bool = False  # its output was modified in place after its call: tested at the call
     checks: NonfiniteCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +114,12 @@ class ActivationRecorder:
         self._backprop = Plan(None, "backprop", partial=ctx.combine)
         self._grad_in = Plan(None, "grad_in", partial=ctx.combine)
         self._windows: list[tuple[Site, Tensor, int]] = []
+        self._held: list[tuple[Site, Tensor, int]] = []  # unsampled: (site, output, its version)
+        self._lazy = ctx.options.check_nonfinite is True  # "all": each output at its call
+        #: this forward ends in the watched module's forward hook (it is not one announced by
+        #: an integration, which has none), so outputs may be held until then
+        self.forward_ends = False
+        self.nonfinite_step = -1  # the last step whose check found a non-finite output (CPU)
         self.fuser = Fuser(ctx.options.fused)
 
     def site(self, base: str, call: int, family: ActivationFamily, *, module_name: str,
@@ -153,19 +171,77 @@ class ActivationRecorder:
             self.fail(site, err)
 
     def check(self, site: Site, y: Tensor) -> None:
-        """The every-step NaN/Inf check of an unsampled step's call (once per step)."""
+        """The every-step NaN/Inf check of an unsampled step's call (once per step): hold
+        the output for :meth:`check_forward`, or test it now (see the module's docstring)."""
         step = self.ctx.state.step
         if site.failed or site.fwd_step == step:
             return
         site.fwd_step = step
+        if self._lazy and self.forward_ends and not site.check_now and y.requires_grad \
+                and torch.is_grad_enabled():
+            self._held.append((site, y, y._version))
+        else:
+            self.check_now(site, y)
+
+    def check_now(self, site: Site, y: Tensor) -> None:
+        """Test ``y`` of ``site`` for NaN/Inf now: a sum read on the CPU, a min/max queued
+        on an accelerator."""
         try:
             x = y.detach()
+            step = self.ctx.state.step
             if stats.host_readable(x):
                 if stats.all_finite(x):
                     return  # nothing to record (the usual case on the CPU)
+                self.nonfinite_step = step
             self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
             self.fail(site, err)
+
+    def check_forward(self, output: Any) -> Optional[bool]:
+        """An unsampled forward of the watched model ended (``output``: what it returned):
+        test its outputs and, unless they are finite, the held activation outputs (see
+        the module's docstring). Whether the outputs are finite (``None``: not known
+        without a host read: an accelerator's, or no tensor)."""
+        held, self._held = self._held, []
+        for site, y, version in held:
+            if y._version != version:  # modified in place after its call: from now on at the call
+                site.check_now = True
+        if len(held) and not all(stats.host_readable(y) for _, y, _ in held):
+            self._probe([(site, y) for site, y, _ in held if not stats.host_readable(y)])
+            held = [h for h in held if stats.host_readable(h[1])]
+        finite: Optional[bool] = None
+        try:
+            outs = [t.detach() for t in tensors(output) if t.is_floating_point()]
+            if outs and all(stats.host_readable(t) for t in outs):
+                finite = all(stats.all_finite(t) for t in outs)
+        except Exception as err:
+            self._lazy = False  # from now on each output at its call
+            self.ctx.failed("the every-step NaN/Inf check of the model's outputs", err)
+        if finite is not True:
+            for site, y, _ in held:
+                if not site.failed:
+                    self.check_now(site, y)
+        return finite
+
+    def _probe(self, held: list[tuple[Site, Tensor]]) -> None:
+        """Queue the max-abs of each held accelerator output (×0: 0 if finite, NaN if not),
+        one fused ``torch._foreach_norm`` per device; nothing is read back."""
+        by_device: dict[torch.device, list[tuple[Site, Tensor]]] = {}
+        for site, y in held:
+            if y.numel() and not site.failed:
+                by_device.setdefault(y.device, []).append((site, y.detach()))
+        step = self.ctx.state.step
+        for device, items in by_device.items():
+            try:
+                with torch.no_grad():
+                    norms = torch._foreach_norm([y for _, y in items], math.inf)
+                    vec = (torch.stack(norms) if len({n.dtype for n in norms}) == 1
+                           else torch.stack([n.float() for n in norms])).float() * 0.0
+                self.ctx.queue.defer(step, device, [vec], NonfiniteCheck(
+                    [site.name for site, _ in items], "nonfinite_check"))
+            except Exception as err:
+                for site, _ in items:
+                    self.fail(site, err)
 
     def fail(self, site: Site, err: Exception) -> None:
         """Stop monitoring ``site`` after an error in one of its hooks (or raise, if strict)."""
@@ -263,6 +339,10 @@ class ActivationRecorder:
     # ------------------------------------------------------------ step's end
     def end_step(self) -> None:
         """Update the unit windows with this step's active units and defer the idle counts."""
+        if self._held:  # a forward whose end was not seen: each held output is tested
+            self.check_forward(None)
+        if not self._windows:
+            return
         windows, self._windows = self._windows, []
         window = self.ctx.options.definitions.dead_window
         with torch.no_grad():
@@ -283,6 +363,7 @@ class ActivationRecorder:
     def clear(self) -> None:
         """Forget the step in progress (on detach)."""
         self._windows.clear()
+        self._held.clear()
 
     def held_numel(self) -> int:
         """Elements of the per-unit window state (O(units), independent of the batch)."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,7 @@ from gradscope.options import Options
 from gradscope.queue import Entry, Queue
 from gradscope.writers.base import Record, record
 
-__all__ = ["Context", "NonfiniteCheck", "StepState", "compiling", "unwrap"]
+__all__ = ["Context", "NonfiniteCheck", "StepState", "compiling", "tensors", "unwrap"]
 
 #: Whether ``torch.compile`` is tracing the code that calls it.
 compiling = torch.compiler.is_compiling
@@ -47,6 +47,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
         return inner
     return model
+
+
+def tensors(obj: Any) -> Iterable[Tensor]:
+    """Every tensor in a nested output (tensor, tuple, list, dict: a ``ModelOutput`` too)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from tensors(o)
 
 
 class NonfiniteCheck:

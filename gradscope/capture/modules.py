@@ -88,27 +88,27 @@ class ModuleCapture:
         def activation_hook(module: nn.Module, args: Any, output: Any) -> None:
             state = self.ctx.state
             if self.ctx.traced() or not (state.recording or state.checking):
-                return
+                return  # (traced first: dynamo would guard on the state it reads)
             if threading.get_ident() != state.thread:
                 return  # the root hook said so once
+            if not state.recording:  # an unsampled step: the NaN/Inf check only
+                call = self.forward.next_call(base)
+                site = self.recorder.sites.get((base, call))
+                if site is not None and isinstance(output, Tensor) and output.is_floating_point():
+                    self.recorder.check(site, output)  # a site a sampled step has declared
+                return
             kept, node = self._stash.pop(id(module), (None, None))
-            if state.recording:
-                self.forward.in_activation -= 1
+            self.forward.in_activation -= 1
             call = self.forward.next_call(base)
             if not isinstance(output, Tensor) or not output.is_floating_point():
                 return
             x = args[0] if args and isinstance(args[0], Tensor) else None
             site = self.recorder.sites.get((base, call))
             if site is None:
-                if not state.recording:
-                    return  # checked once a sampled step has declared the site
                 site = self.recorder.site(
                     base, call, family, module_name=module_name,
                     type_name=type(module).__name__, shape=tuple(output.shape),
                     unit_dim=self.forward.unit_dim(x))
-            if not state.recording:
-                self.recorder.check(site, output)
-                return
             if kept is not None:
                 x = kept
             elif not family.needs_input:

@@ -374,6 +374,8 @@ class RecurrentCapture:
 
     def end_step(self) -> None:
         """Queue each cell's gate sums and gradient profile of the step that ends."""
+        if not self.sites and not self._pending:
+            return
         with torch.no_grad():
             for site in self.sites.values():
                 if site.fused or site.step < 0 or site.failed:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from gradscope.capture.activation import ActivationRecorder
-from gradscope.capture.base import Context
+from gradscope.capture.base import Context, tensors
 from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.coverage import CoverageTracker
 from gradscope.capture.modules import ModuleCapture
@@ -63,6 +62,8 @@ class StepHooks:
         self.last_flush_step = ctx.options.start_step
         self._has_forward = False  # without an optimizer: this step's forward has run
         self._bw_queued = False
+        self._depth = 0  # forwards of the watched module in progress (a model may call itself)
+        self._suspect = False  # outputs not finite, no activation output explains it
 
     # ------------------------------------------------------------ the forward
     def root_pre_hook(self, module: nn.Module, args: Any) -> None:
@@ -80,19 +81,30 @@ class StepHooks:
         self.recurrent.start_forward()
         state = ctx.state
         state.recording = counted and state.sampled
-        state.checking = counted and not state.sampled and ctx.options.check_nonfinite
+        state.checking = counted and not state.sampled and bool(ctx.options.check_nonfinite)
+        announced = isinstance(module, _Mode)  # by an integration: no forward hook will end it
+        if not announced:
+            self._depth += 1
+        self.recorder.forward_ends = not announced
 
     def root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        """Without an optimizer, read (or check) parameter gradients when this forward's
-        backward finishes."""
+        """The watched module's forward ended (also when it raised): the every-step check of
+        its held activations, and, without an optimizer, read (or check) parameter
+        gradients when this forward's backward finishes."""
         state, options = self.ctx.state, self.ctx.options
-        if self.ctx.traced() or self.optimizer or not options.gradients:
+        if self.ctx.traced() or threading.get_ident() != state.thread:
             return
-        if not (state.recording or state.checking) or threading.get_ident() != state.thread:
+        if self._depth:
+            self._depth -= 1
+            if not self._depth and state.checking:
+                if self.recorder.check_forward(output) is False \
+                        and self.recorder.nonfinite_step != state.step:
+                    self._suspect = True  # gradients: each parameter's, not each layer's smallest
+        if self.optimizer or not options.gradients or not (state.recording or state.checking):
             return
         if not torch.is_grad_enabled():
             return
-        for t in _tensors(output):
+        for t in tensors(output):
             if t.requires_grad:
                 t.register_hook(self._backward_started)
 
@@ -110,7 +122,7 @@ class StepHooks:
             if state.sampled:
                 self.params.read(step)
             else:
-                self.params.check(step)
+                self.params.check(step, every_parameter=self._suspect)
 
     # ---------------------------------------------------------- the optimizer
     def opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
@@ -124,7 +136,8 @@ class StepHooks:
         if not ctx.state.sampled:
             if not ctx.options.check_nonfinite:
                 return None
-            return read_gradients(args, kwargs, lambda: self.params.check(step))
+            return read_gradients(args, kwargs, lambda: self.params.check(
+                step, every_parameter=self._suspect))
 
         def read() -> None:
             if ctx.state.attached and step == ctx.state.step:
@@ -142,6 +155,10 @@ class StepHooks:
         else:
             self.end_step()
 
+    def clear(self) -> None:
+        """Forget the forwards in progress (on detach)."""
+        self._depth = 0
+
     # ---------------------------------------------------------- the step's end
     def end_step(self) -> None:
         """The step is over: windows, stacking and the parameters' entries, then the next step."""
@@ -155,7 +172,7 @@ class StepHooks:
         state.sampled = self.ctx.sample(state.step)
         self.compiled.next_step()
         state.recording = state.checking = False
-        self._has_forward = False
+        self._has_forward = self._suspect = False
         if state.step - self.last_flush_step >= self.ctx.options.flush_every:
             flush = self._flush()
             if flush is not None:
@@ -171,15 +188,3 @@ def training_mode(training: bool) -> nn.Module:
 class _Mode:
     def __init__(self, training: bool) -> None:
         self.training = training
-
-
-def _tensors(obj: Any) -> Iterable[Tensor]:
-    """Every tensor in a nested output (tensor, tuple, list, dict)."""
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
