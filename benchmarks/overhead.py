@@ -304,6 +304,8 @@ OPTIONAL_SETTINGS: dict[str, Any] = {
     "compiled_every1": dict(every=1, compile=True),
     "compiled_every10": dict(every=10, compile=True),
     "every10_no_check": dict(every=10, check_nonfinite=False),
+    # the every-step check testing each activation output at its call (not through the outputs)
+    "every10_check_all": dict(every=10, check_nonfinite="all"),
 }
 
 

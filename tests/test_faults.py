@@ -385,6 +385,32 @@ def test_a_model_calling_itself_is_checked_when_the_outer_forward_ends() -> None
     assert (f.first_step, f.layer) == (2, "head.1")
 
 
+@pytest.mark.parametrize("path", ["cpu", "accelerator"])
+@pytest.mark.parametrize("at", [5, 7])
+def test_a_nan_entering_after_the_last_activation_is_found_in_the_output(
+        path: str, at: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN added to the logits (after the last activation; the sum's gradient is 1, so
+    every gradient stays finite) is found at its step, sampled (5) or not (7), as the
+    model's output (it was seen nowhere before)."""
+    if path == "accelerator":
+        from gradscope import stats
+
+        monkeypatch.setattr(stats, "host_readable", lambda t: False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2), _Poison(
+        at, lambda x: x + torch.tensor([math.nan, 0.0])))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, optimizer=opt, every=5, summary=False) as mon:
+        for _ in range(9):
+            opt.zero_grad()
+            model(torch.randn(4, 4)).sum().backward()
+            opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (at, "(output)") and "model's output" in f.message
+    assert mon.history.series("(output)", "output_nonfinite")[0] == [at]
+
+
 def test_check_nonfinite_off_sees_only_sampled_steps() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(at=7), nn.Linear(8, 2), nn.Tanh())
@@ -483,7 +509,7 @@ def test_soak_flush_work_and_memory_stay_flat() -> None:
         last = findings.reads
         for _ in range(20):
             opt.zero_grad()
-            model(x).sum().backward()
+            model(x).pow(2).mean().backward()  # (the sum diverges: -inf at step 742)
             opt.step()
         reads.append(findings.reads - last)
         kept.append(len(mon.history))

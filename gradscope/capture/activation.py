@@ -56,9 +56,11 @@ from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.reductions import ActivationCall, GradCall, Plan
 
-__all__ = ["ActivationRecorder", "Site", "input_node"]
+__all__ = ["OUTPUT_SERIES", "ActivationRecorder", "Site", "input_node"]
 
 _NEVER = -(2**62)  # "last active step" of a unit never seen active
+#: The series of the model's outputs' NaN/Inf check (kind ``step``).
+OUTPUT_SERIES = "(output)"
 
 
 @dataclass
@@ -197,11 +199,42 @@ class ActivationRecorder:
         except Exception as err:
             self.fail(site, err)
 
+    def check_outputs(self, output: Any) -> Optional[bool]:
+        """The NaN/Inf check of the watched model's outputs (``output``: what its forward
+        returned), on every counted step: whether they are finite (``None``: not known
+        without a host read, an accelerator's, or no tensor). Outputs that are not finite
+        give ``output_nonfinite`` = 1 at series :data:`OUTPUT_SERIES` (a NaN that enters
+        after the last activation, with finite gradients, is seen nowhere else); on an
+        accelerator their min/max are queued and decoded at the flush."""
+        try:
+            outs = [t.detach() for t in tensors(output) if t.is_floating_point() and t.numel()]
+            if not outs:
+                return None
+            step = self.ctx.state.step
+            if all(stats.host_readable(t) for t in outs):
+                if all(stats.all_finite(t) for t in outs):
+                    return True
+                self._declare_output()
+                self.ctx.queue.defer(step, outs[0].device, [torch.full((1,), math.nan)],
+                                     NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite"))
+                return False
+            self._declare_output()
+            for t in outs:
+                self.ctx.queue.defer(step, t.device, [stats.finite_probe(t)],
+                                     NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite", per=2))
+        except Exception as err:
+            self._lazy = False  # from now on each activation output at its call
+            self.ctx.failed("the NaN/Inf check of the model's outputs", err)
+        return None
+
+    def _declare_output(self) -> None:
+        self.ctx.history.add_layer(LayerInfo(OUTPUT_SERIES, kind="step", order=1,
+                                             type="model output"))
+
     def check_forward(self, output: Any) -> Optional[bool]:
         """An unsampled forward of the watched model ended (``output``: what it returned):
-        test its outputs and, unless they are finite, the held activation outputs (see
-        the module's docstring). Whether the outputs are finite (``None``: not known
-        without a host read: an accelerator's, or no tensor)."""
+        test its outputs (:meth:`check_outputs`) and, unless they are finite, the held
+        activation outputs (see the module's docstring). Whether the outputs are finite."""
         held, self._held = self._held, []
         for site, y, version in held:
             if y._version != version:  # modified in place after its call: from now on at the call
@@ -209,14 +242,7 @@ class ActivationRecorder:
         if len(held) and not all(stats.host_readable(y) for _, y, _ in held):
             self._probe([(site, y) for site, y, _ in held if not stats.host_readable(y)])
             held = [h for h in held if stats.host_readable(h[1])]
-        finite: Optional[bool] = None
-        try:
-            outs = [t.detach() for t in tensors(output) if t.is_floating_point()]
-            if outs and all(stats.host_readable(t) for t in outs):
-                finite = all(stats.all_finite(t) for t in outs)
-        except Exception as err:
-            self._lazy = False  # from now on each output at its call
-            self.ctx.failed("the every-step NaN/Inf check of the model's outputs", err)
+        finite = self.check_outputs(output)
         if finite is not True:
             for site, y, _ in held:
                 if not site.failed:

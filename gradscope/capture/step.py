@@ -100,6 +100,8 @@ class StepHooks:
                 if self.recorder.check_forward(output) is False \
                         and self.recorder.nonfinite_step != state.step:
                     self._suspect = True  # gradients: each parameter's, not each layer's smallest
+            elif not self._depth and state.recording:  # a sampled step: outputs too
+                self.recorder.check_outputs(output)
         if self.optimizer or not options.gradients or not (state.recording or state.checking):
             return
         if not torch.is_grad_enabled():

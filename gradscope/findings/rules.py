@@ -120,6 +120,7 @@ _NONFINITE_REMEDY = ("lower the learning rate, clip gradients (torch.nn.utils.cl
 #: come from the every-step check of unsampled steps.
 _NONFINITE_SERIES = (("activation", "nonfinite", "forward"),
                      ("activation", "nonfinite_check", "forward"),
+                     ("step", "output_nonfinite", "output"),
                      ("activation", "grad_out_nonfinite", "backward"),
                      ("layer", "grad_nonfinite", "parameter"),
                      ("layer", "grad_nonfinite_check", "parameter"),
@@ -157,13 +158,16 @@ def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> 
     if not found:
         return []
     first = min(s for s, *_ in found)
-    hits: dict[str, list[tuple[str, str]]] = {"forward": [], "backward": [], "parameter": [],
-                                              "weights": []}
+    hits: dict[str, list[tuple[str, str]]] = {"forward": [], "output": [], "backward": [],
+                                              "parameter": [], "weights": []}
     for s, layer, where, metric in found:
         if s == first:
             hits[where].append((layer, metric))
     if hits["forward"]:
         (layer, metric), what = hits["forward"][0], "in the forward pass (activations)"
+    elif hits["output"]:  # no activation output was, and the forward comes first
+        (layer, metric), what = hits["output"][0], ("in the model's output, after its last "
+                                                    "activation")
     elif hits["backward"]:
         # The backward pass runs from the output: the deepest call-site sees it first.
         (layer, metric), what = hits["backward"][-1], "in the backward pass (gradients reaching it)"
