@@ -17,8 +17,8 @@ findings sink keeps one across flushes, so each flush reads only the new points.
 rule                      severity  fires when (default thresholds)
 ========================  ========  ===============================================
 ``nonfinite``             error     any NaN/Inf in activations, back-propagated
-                                    gradients, parameter gradients or weights; names
-                                    the first layer it appeared at
+                                    gradients, parameter gradients, the model's output
+                                    or weights; names the first layer it appeared at
 ``exploding_gradients``   error     first-layer gradient RMS > 100× the last layer's,
                                     or the total gradient norm > 100× its start
 ``vanishing_gradients``   warning   first-layer gradient RMS < 0.01× the last layer's
@@ -165,14 +165,14 @@ def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> 
             hits[where].append((layer, metric))
     if hits["forward"]:
         (layer, metric), what = hits["forward"][0], "in the forward pass (activations)"
-    elif hits["output"]:  # no activation output was, and the forward comes first
-        (layer, metric), what = hits["output"][0], ("in the model's output, after its last "
-                                                    "activation")
     elif hits["backward"]:
         # The backward pass runs from the output: the deepest call-site sees it first.
         (layer, metric), what = hits["backward"][-1], "in the backward pass (gradients reaching it)"
     elif hits["parameter"]:
         (layer, metric), what = hits["parameter"][-1], "in parameter gradients"
+    elif hits["output"]:  # neither an activation output nor a gradient was
+        (layer, metric), what = hits["output"][0], ("in the model's output (no activation "
+                                                    "output or gradient was)")
     else:
         (layer, metric), what = hits["weights"][0], "in the weights"
     how = (" (an unsampled step: found by the every-step check, which sees that a value is "
