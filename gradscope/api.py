@@ -94,8 +94,9 @@ def watch(
         histogram_bins: equal-width bins per histogram.
         check_nonfinite: on the steps ``every`` does not sample, still check for
             NaN/Inf: the model's outputs (one sum each on the CPU; an activation
-            module's output is held, not copied, until the forward ends, and tested
-            only when an output is not finite) and each layer's smallest parameter
+            output its backward keeps anyway, ReLU's, sigmoid's, tanh's, softmax's, is
+            held, not copied, until the forward ends, and tested only when an output
+            is not finite; the others are summed at their call) and each layer's smallest parameter
             gradient (its bias, usually: one test per device). A non-finite
             activation that reaches neither an output nor a parameter gradient
             (masked, or in an unused branch) is seen on sampled steps only;

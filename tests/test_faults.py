@@ -279,15 +279,18 @@ def test_a_nan_masked_before_the_output_is_seen_with_all(mode: Any) -> None:
 
 
 def test_outputs_held_for_the_check_are_the_forwards_and_are_released() -> None:
-    """The default check keeps references (no copies) to the call-sites' outputs until the
-    model's forward ends, then drops them: a frozen layer's output (no gradient: autograd
-    would not keep it) and a forward without autograd are tested at the call instead."""
+    """The default check keeps references (no copies) to outputs their activation's own
+    backward keeps (ReLU, tanh: their result) until the model's forward ends, then drops
+    them. A frozen layer's output (no gradient: autograd does not keep it), GELU's (its
+    backward keeps its input; the dropout after it would free the output) and a forward
+    without autograd are tested at the call instead."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8),
+                          nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 2))
     model[0].requires_grad_(False)  # frozen: relu "1"'s output needs no gradient
     seen: list[list[str]] = []
     with gradscope.watch(model, every=10, summary=False, record_eval=True) as mon:
-        model[4].register_forward_hook(
+        model[7].register_forward_hook(
             lambda m, a, o: seen.append([site.name for site, _, _ in mon._recorder._held]))
         for _ in range(3):
             model(torch.randn(4, 4)).sum().backward()
@@ -295,32 +298,54 @@ def test_outputs_held_for_the_check_are_the_forwards_and_are_released() -> None:
         with torch.no_grad():
             model(torch.randn(4, 4))
     assert seen[1:3] == [["3"], ["3"]] and seen[3] == []  # step 0 is sampled: nothing held
+    sites = mon._recorder.sites
+    assert (sites[("3", 0)].hold, sites[("5", 0)].hold) == (True, False)
 
 
 def test_a_site_modified_in_place_after_its_call_is_checked_at_its_call() -> None:
-    """An output changed in place later in the forward (its version counter moves) is tested
-    at its call from then on, so a NaN the later operation brings is not put on this site."""
+    """An output changed in place later in the forward (its version counter moves; autograd
+    allows it when no backward runs) is tested at its call from then on, so a NaN the later
+    operation brings is not put on this site: the model's output names it."""
 
-    class AddInPlace(nn.Module):  # GELU's backward needs its input, not its output: allowed
+    class AddInPlace(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.calls = 0
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.calls += 1
-            return x.add_(math.nan if self.calls == 6 else 0.0)  # the NaN enters after GELU
+            return x.add_(math.nan if self.calls == 6 else 0.0)  # the NaN enters after tanh
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), AddInPlace(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), AddInPlace(), nn.Linear(8, 2))
+    with gradscope.watch(model, every=10, summary=False) as mon:  # a step per forward
+        for _ in range(8):
+            model(torch.randn(4, 4))
+    assert mon._recorder.sites[("1", 0)].check_now  # learned at the first unsampled step
+    assert "nonfinite_check" not in mon.history.metrics("1")  # finite when tanh returned
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (5, "(output)")
+
+
+def test_outputs_not_finite_with_finite_activations_check_every_parameter() -> None:
+    """A NaN added to a layer's input after the last activation reaches that layer's weight
+    gradient but no bias gradient: the outputs were not finite and no activation output was,
+    so that step's check reads every parameter's gradient and names the layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(
+        6, lambda x: x + torch.tensor([math.nan] + [0.0] * 7)), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:
-        for _ in range(7):
+        for _ in range(8):
             opt.zero_grad()
             model(torch.randn(4, 4)).sum().backward()
+            if mon.step == 6:
+                assert torch.isfinite(model[3].bias.grad).all()  # the check's usual read
+                assert not torch.isfinite(model[3].weight.grad).all()
             opt.step()
-    assert mon._recorder.sites[("1", 0)].check_now  # learned at the first unsampled step
-    assert "nonfinite_check" not in mon.history.metrics("1")  # finite when GELU returned
-    assert mon.history.series("3", "grad_nonfinite_check")[0][0] == 5
+    assert mon.history.series("3", "grad_nonfinite_check")[0] == [6]
+    (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
+    assert (f.first_step, f.layer) == (6, "3") and "parameter gradients" in f.message
 
 
 def test_a_forward_that_raises_leaves_the_check_working() -> None:

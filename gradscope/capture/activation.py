@@ -18,8 +18,9 @@ output to :meth:`ActivationRecorder.record`, which
 * on histogram steps, queues histograms of the output and of its gradient.
 
 On unsampled steps :meth:`ActivationRecorder.check` does only the every-step
-NaN/Inf check, and lazily: the output is held (a reference, no copy: autograd keeps it
-anyway) until the model's forward ends, when :meth:`ActivationRecorder.check_forward`
+NaN/Inf check, and lazily where it costs no memory: an output that the activation's own
+backward keeps (ReLU, sigmoid, tanh, softmax save their result) is held (a reference, no
+copy) until the model's forward ends, when :meth:`ActivationRecorder.check_forward`
 tests the model's outputs. A NaN or ±Inf in an activation reaches them (or, masked on the
 way, a parameter gradient, which is checked too), so on the CPU the usual step costs one
 sum per model output, whatever the number of call-sites; only when an output is not
@@ -30,8 +31,10 @@ min/max pass). On an accelerator nothing is read: the held outputs' max-abs valu
 statistic and the decoder keeps only the non-finite ones. A non-finite output gives a
 record ``nonfinite_check`` = 1 at that step and call-site: "NaN/Inf seen here, not
 counted". An output is tested at its call instead (:meth:`ActivationRecorder.check_now`)
-in a forward without autograd (holding it would keep it alive), when it needs no gradient
-(a frozen layer's: autograd does not keep it), with ``check_nonfinite="all"`` (each
+when autograd may not keep it, so that holding it could raise the peak memory: a family
+whose backward saves its input (GELU, SiLU, LeakyReLU, ELU: a dropout after it would free
+the output), a forward without autograd, an output that needs no gradient (a frozen
+layer's); and with ``check_nonfinite="all"`` (each
 output at its call, whether or not a NaN reaches the model's outputs), and for a site
 whose output a later operation modified in place (seen by its version counter; from
 then on). Gradients of unsampled steps are checked at the parameters
@@ -83,6 +86,7 @@ class Site:
     gin_step: int = -1
     failed: bool = False
     check_now: bool = False  # its output was modified in place after its call: tested at the call
+    hold: Optional[bool] = None  # its autograd node keeps its output (held for free; None: unknown)
     checks: NonfiniteCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -181,9 +185,12 @@ class ActivationRecorder:
         site.fwd_step = step
         if self._lazy and self.forward_ends and not site.check_now and y.requires_grad \
                 and torch.is_grad_enabled():
-            self._held.append((site, y, y._version))
-        else:
-            self.check_now(site, y)
+            if site.hold is None:  # decided once: the family's backward is the same every step
+                site.hold = hasattr(y.grad_fn, "_saved_result")
+            if site.hold:
+                self._held.append((site, y, y._version))
+                return
+        self.check_now(site, y)
 
     def check_now(self, site: Site, y: Tensor) -> None:
         """Test ``y`` of ``site`` for NaN/Inf now: a sum read on the CPU, a min/max queued
