@@ -94,17 +94,18 @@ def watch(
         histogram_bins: equal-width bins per histogram.
         check_nonfinite: on the steps ``every`` does not sample, still check for
             NaN/Inf: the model's outputs (one sum each on the CPU; an activation
-            output its backward keeps anyway, ReLU's, sigmoid's, tanh's, softmax's, is
-            held, not copied, until the forward ends, and tested only when an output
-            is not finite; the others are summed at their call) and each layer's smallest parameter
-            gradient (its bias, usually: one test per device). A non-finite
+            output its backward keeps anyway, ReLU's, sigmoid's, tanh's, softmax's,
+            is held, not copied, until the forward ends, and tested only when an
+            output is not finite; the others are summed at their call) and each
+            layer's smallest parameter gradient (its bias, usually). A non-finite
             activation that reaches neither an output nor a parameter gradient
             (masked, or in an unused branch) is seen on sampled steps only;
             ``"all"`` tests each activation module's output at its call instead
             (one sum per output). Nothing is read back on an accelerator until the
             flush. The first non-finite step is exact, and so is its layer: the
             first activation in forward order, else the deepest layer whose
-            gradient is not finite. ``False``: sampled steps only.
+            gradient is not finite, else ``(output)``. ``False``: sampled steps only
+            (where the model's outputs are checked too).
         retention: how much of each series :attr:`Monitor.history` keeps: a
             :class:`gradscope.Retention` (default: the last 1000 steps at full
             resolution, older ones thinned geometrically, the first NaN/Inf and the

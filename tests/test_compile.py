@@ -240,3 +240,22 @@ def test_unsampled_compiled_steps_still_check_parameter_gradients() -> None:
                         net.fc2.bias.zero_()  # NaN no further
     assert mon.history.series("fc2", "grad_nonfinite_check")[0] == [1]  # read outside the graph
     assert mon.history.series("act", "mean")[0] == [0, 2]  # the sampled steps, run eagerly
+
+
+def test_unsampled_compiled_steps_check_the_models_outputs() -> None:
+    """The wrapper's forward hook runs outside the compiled graph, so a NaN in the output of
+    an unsampled compiled step is found at its step (its activations ran compiled)."""
+    net, opt = _net_opt()
+    model = torch.compile(net)
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gradscope.watch(model, optimizer=opt, every=EVERY, summary=False) as mon:
+            for step in range(STEPS):
+                model(x * (math.nan if step == 1 else 1.0)).pow(2).mean().backward()  # 1: unsampled
+                if step == 1:
+                    opt.zero_grad()  # the NaN stays in step 1
+                opt.step()
+                opt.zero_grad()
+    assert mon.history.series("(output)", "output_nonfinite")[0] == [1]
+    assert "nonfinite_check" not in mon.history.metrics("act")  # compiled: not seen there

@@ -321,7 +321,7 @@ def test_a_site_modified_in_place_after_its_call_is_checked_at_its_call() -> Non
     with gradscope.watch(model, every=10, summary=False) as mon:  # a step per forward
         for _ in range(8):
             model(torch.randn(4, 4))
-    assert mon._recorder.sites[("1", 0)].check_now  # learned at the first unsampled step
+    assert mon._recorder.sites[("1", 0)].at_call  # learned at the first unsampled step
     assert "nonfinite_check" not in mon.history.metrics("1")  # finite when tanh returned
     (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
     assert (f.first_step, f.layer) == (5, "(output)")

@@ -31,13 +31,15 @@ min/max pass). On an accelerator nothing is read: the held outputs' max-abs valu
 statistic and the decoder keeps only the non-finite ones. A non-finite output gives a
 record ``nonfinite_check`` = 1 at that step and call-site: "NaN/Inf seen here, not
 counted". An output is tested at its call instead (:meth:`ActivationRecorder.check_now`)
-when autograd may not keep it, so that holding it could raise the peak memory: a family
-whose backward saves its input (GELU, SiLU, LeakyReLU, ELU: a dropout after it would free
-the output), a forward without autograd, an output that needs no gradient (a frozen
-layer's); and with ``check_nonfinite="all"`` (each
-output at its call, whether or not a NaN reaches the model's outputs), and for a site
-whose output a later operation modified in place (seen by its version counter; from
-then on). Gradients of unsampled steps are checked at the parameters
+when autograd may not keep it, so that holding it could raise the peak memory (a family
+whose backward saves its input: GELU, SiLU, LeakyReLU, ELU, whose output a dropout after
+them would free; a forward without autograd; an output that needs no gradient, a frozen
+layer's); for a site whose output a later operation modified in place (seen by its
+version counter; from then on); and with ``check_nonfinite="all"`` (each output at its
+call, whether or not a NaN reaches the model's outputs). The model's outputs are checked
+on sampled steps too (:meth:`ActivationRecorder.check_outputs`). When they are not finite
+and no activation output is, :class:`gradscope.capture.step.StepHooks` has every
+parameter's gradient checked. Gradients of unsampled steps are checked at the parameters
 (:meth:`gradscope.capture.params.ParamCapture.check`): a hook on every call-site's
 output gradient at every step would cost more than the rest of the check together.
 """
@@ -85,7 +87,7 @@ class Site:
     bwd_step: int = -1
     gin_step: int = -1
     failed: bool = False
-    check_now: bool = False  # its output was modified in place after its call: tested at the call
+    at_call: bool = False  # its output was modified in place after its call: tested at the call
     hold: Optional[bool] = None  # its autograd node keeps its output (held for free; None: unknown)
     checks: NonfiniteCheck = field(init=False, repr=False)
 
@@ -183,7 +185,7 @@ class ActivationRecorder:
         if site.failed or site.fwd_step == step:
             return
         site.fwd_step = step
-        if self._lazy and self.forward_ends and not site.check_now and y.requires_grad \
+        if self._lazy and self.forward_ends and not site.at_call and y.requires_grad \
                 and torch.is_grad_enabled():
             if site.hold is None:  # decided once: the family's backward is the same every step
                 site.hold = hasattr(y.grad_fn, "_saved_result")
@@ -245,7 +247,7 @@ class ActivationRecorder:
         held, self._held = self._held, []
         for site, y, version in held:
             if y._version != version:  # modified in place after its call: from now on at the call
-                site.check_now = True
+                site.at_call = True
         if len(held) and not all(stats.host_readable(y) for _, y, _ in held):
             self._probe([(site, y) for site, y, _ in held if not stats.host_readable(y)])
             held = [h for h in held if stats.host_readable(h[1])]
