@@ -271,7 +271,7 @@ def test_a_nan_masked_before_the_output_is_seen_with_all(mode: Any) -> None:
             opt.zero_grad()
             model(torch.randn(4, 4)).sum().backward()
             opt.step()
-            assert not mon._recorder._held  # released when the forward ends
+            assert not mon._recorder.checks._held  # released when the forward ends
     assert all(torch.isfinite(p).all() for p in model.parameters())
     checked = mon.history.series("1.act", "nonfinite_check")[0] \
         if "nonfinite_check" in mon.history.metrics("1.act") else []
@@ -291,10 +291,10 @@ def test_outputs_held_for_the_check_are_the_forwards_and_are_released() -> None:
     seen: list[list[str]] = []
     with gradscope.watch(model, every=10, summary=False, record_eval=True) as mon:
         model[7].register_forward_hook(
-            lambda m, a, o: seen.append([site.name for site, _, _ in mon._recorder._held]))
+            lambda m, a, o: seen.append([site.name for site, _, _ in mon._recorder.checks._held]))
         for _ in range(3):
             model(torch.randn(4, 4)).sum().backward()
-            assert not mon._recorder._held
+            assert not mon._recorder.checks._held
         with torch.no_grad():
             model(torch.randn(4, 4))
     assert seen[1:3] == [["3"], ["3"]] and seen[3] == []  # step 0 is sampled: nothing held
@@ -376,7 +376,7 @@ def test_a_forward_that_raises_leaves_the_check_working() -> None:
                 continue
             out.sum().backward()
             opt.step()
-        assert mon._steps._depth == 0 and not mon._recorder._held
+        assert mon._steps._depth == 0 and not mon._recorder.checks._held
     (f,) = [f for f in analyze(mon.history) if f.rule == "nonfinite"]
     # the forward that raised made no step: the poison's 6th call is step 5
     assert (f.first_step, f.layer) == (5, "7")

@@ -5,6 +5,8 @@
 * :mod:`~gradscope.capture.activation`: activation call-sites and what is
   recorded when one runs (forward statistics, the gradients flowing back, unit
   windows, histograms), whoever saw it run;
+* :mod:`~gradscope.capture.nancheck`: the every-step NaN/Inf check of unsampled steps
+  (held activation outputs, the model's outputs);
 * :mod:`~gradscope.capture.forward`: the forward in progress (call indices, the
   running modules, the layouts that decide unit dimensions);
 * :mod:`~gradscope.capture.modules`: hooks on activation modules;

@@ -95,7 +95,7 @@ class ModuleCapture:
                 call = self.forward.next_call(base)
                 site = self.recorder.sites.get((base, call))
                 if site is not None and isinstance(output, Tensor) and output.is_floating_point():
-                    self.recorder.check(site, output)  # a site a sampled step has declared
+                    self.recorder.checks.check(site, output)  # a site a sampled step declared
                 return
             kept, node = self._stash.pop(id(module), (None, None))
             self.forward.in_activation -= 1

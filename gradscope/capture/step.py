@@ -85,7 +85,7 @@ class StepHooks:
         announced = isinstance(module, _Mode)  # by an integration: no forward hook will end it
         if not announced:
             self._depth += 1
-        self.recorder.forward_ends = not announced
+        self.recorder.checks.forward_ends = not announced
 
     def root_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         """The watched module's forward ended (also when it raised): the every-step check of
@@ -97,11 +97,11 @@ class StepHooks:
         if self._depth:
             self._depth -= 1
             if not self._depth and state.checking:
-                if self.recorder.check_forward(output) is False \
-                        and self.recorder.nonfinite_step != state.step:
+                checks = self.recorder.checks
+                if checks.check_forward(output) is False and checks.nonfinite_step != state.step:
                     self._suspect = True  # gradients: each parameter's, not each layer's smallest
             elif not self._depth and state.recording:  # a sampled step: outputs too
-                self.recorder.check_outputs(output)
+                self.recorder.checks.check_outputs(output)
         if self.optimizer or not options.gradients or not (state.recording or state.checking):
             return
         if not torch.is_grad_enabled():
