@@ -42,6 +42,7 @@ __all__ = [
     "cpu_scratch",
     "finite_mask",
     "finite_probe",
+    "foreach_finite_probe",
     "foreach_nonfinite_counts",
     "foreach_norms",
     "fraction",
@@ -144,6 +145,8 @@ def known_finite(reduction: Tensor) -> bool:
     if reduction.ndim == 0:
         return math.isfinite(reduction.item())  # ok-sync: CPU memory, nothing to wait for
     return all(math.isfinite(v) for v in reduction.tolist())  # ok-sync: CPU only (above)
+
+
 def all_finite(x: Tensor) -> bool:
     """Whether every element of ``x`` (in CPU memory) is finite: the every-step check's test.
 
@@ -176,6 +179,18 @@ def finite_probe(x: Tensor) -> Tensor:
     if both.dtype == torch.float64:
         both = both * 0.0
     return both if both.dtype == torch.float32 else both.float()
+
+
+def foreach_finite_probe(tensors: Sequence[Tensor]) -> Tensor:
+    """A ``float32`` vector with, per tensor, 0 when every element is finite and NaN when
+    one is not: each tensor's max-abs (``torch._foreach_norm(..., inf)``: one fused call,
+    NaN propagates, nothing overflows) times 0. Nothing is read back (the accelerator
+    path of the every-step check); an empty tensor gives 0."""
+    full = [t for t in tensors if t.numel()]
+    # x 0 in the tensors' own dtype: a float64 max-abs beyond float32's range is finite
+    zeroed = iter(torch._foreach_mul(torch._foreach_norm(full, math.inf), 0.0) if full else [])
+    out = [next(zeroed) if t.numel() else torch.zeros((), device=t.device) for t in tensors]
+    return torch.stack([z if z.dtype == torch.float32 else z.float() for z in out])
 
 
 def l2_norm(x: Tensor) -> Tensor:

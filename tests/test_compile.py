@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -220,24 +220,36 @@ def test_a_whole_compiled_training_step_is_said_to_count_no_step() -> None:
     assert any("no step ended" in u for u in mon.coverage().unseen)
 
 
-def test_unsampled_compiled_steps_still_check_parameter_gradients() -> None:
-    """The every-step check of parameter gradients runs in the optimizer's step hook,
-    outside compiled code; that of activations is compiled away (the coverage says so)."""
+def _unsampled_compiled_run(train_step: Callable[[int, nn.Module, Net, Any], None]
+                            ) -> gradscope.Monitor:
+    """``STEPS`` steps of ``torch.compile(Net())`` watched with ``every=EVERY`` (step 1 is
+    unsampled: it runs compiled); ``train_step(step, model, net, opt)`` runs one."""
     net, opt = _net_opt()
     model = torch.compile(net)
-    x = torch.randn(4, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with gradscope.watch(model, optimizer=opt, every=EVERY, summary=False) as mon:
             for step in range(STEPS):
-                model(x).pow(2).mean().backward()
-                if step == 1:  # unsampled: the model ran compiled
-                    net.fc2.bias.grad[0] = float("nan")
-                opt.step()
-                opt.zero_grad()
-                if step == 1:
-                    with torch.no_grad():
-                        net.fc2.bias.zero_()  # NaN no further
+                train_step(step, model, net, opt)
+    return mon
+
+
+def test_unsampled_compiled_steps_still_check_parameter_gradients() -> None:
+    """The every-step check of parameter gradients runs in the optimizer's step hook,
+    outside compiled code; that of activations is compiled away (the coverage says so)."""
+    x = torch.randn(4, 8)
+
+    def train_step(step: int, model: nn.Module, net: Net, opt: Any) -> None:
+        model(x).pow(2).mean().backward()
+        if step == 1:
+            net.fc2.bias.grad[0] = float("nan")
+        opt.step()
+        opt.zero_grad()
+        if step == 1:
+            with torch.no_grad():
+                net.fc2.bias.zero_()  # NaN no further
+
+    mon = _unsampled_compiled_run(train_step)
     assert mon.history.series("fc2", "grad_nonfinite_check")[0] == [1]  # read outside the graph
     assert mon.history.series("act", "mean")[0] == [0, 2]  # the sampled steps, run eagerly
 
@@ -245,17 +257,15 @@ def test_unsampled_compiled_steps_still_check_parameter_gradients() -> None:
 def test_unsampled_compiled_steps_check_the_models_outputs() -> None:
     """The wrapper's forward hook runs outside the compiled graph, so a NaN in the output of
     an unsampled compiled step is found at its step (its activations ran compiled)."""
-    net, opt = _net_opt()
-    model = torch.compile(net)
     x = torch.randn(4, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with gradscope.watch(model, optimizer=opt, every=EVERY, summary=False) as mon:
-            for step in range(STEPS):
-                model(x * (math.nan if step == 1 else 1.0)).pow(2).mean().backward()  # 1: unsampled
-                if step == 1:
-                    opt.zero_grad()  # the NaN stays in step 1
-                opt.step()
-                opt.zero_grad()
+
+    def train_step(step: int, model: nn.Module, net: Net, opt: Any) -> None:
+        model(x * (math.nan if step == 1 else 1.0)).pow(2).mean().backward()
+        if step == 1:
+            opt.zero_grad()  # the NaN stays in step 1
+        opt.step()
+        opt.zero_grad()
+
+    mon = _unsampled_compiled_run(train_step)
     assert mon.history.series("(output)", "output_nonfinite")[0] == [1]
     assert "nonfinite_check" not in mon.history.metrics("act")  # compiled: not seen there

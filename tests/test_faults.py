@@ -116,18 +116,24 @@ def test_a_dropped_monitor_is_closed_with_a_warning_and_loses_nothing() -> None:
 
 # ------------------------------------------------------ NaN at an unsampled step
 class _Poison(nn.Module):
-    """Replaces its input by ``make(x)`` at one step of the training loop (``x * NaN``), or
-    at every step from that one on (``after=True``)."""
+    """Replaces its input by ``make(x)`` at one call of the training loop (0-based; ``x *
+    NaN``), or at every call from that one on (``after=True``); by ``other(x)`` (``x``) at
+    the others."""
 
     def __init__(self, at: int, make: Callable[[torch.Tensor], torch.Tensor] = lambda x: x * math.nan,
-                 after: bool = False) -> None:
+                 after: bool = False,
+                 other: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> None:
         super().__init__()
-        self.at, self.make, self.after, self.calls = at, make, after, 0
+        self.at, self.make, self.after, self.other, self.calls = at, make, after, other, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         hit = self.calls - 1 >= self.at if self.after else self.calls - 1 == self.at
-        return self.make(x) if hit else x
+        return self.make(x) if hit else self.other(x)
+
+
+def _raise(x: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("bad batch")
 
 
 class _NanGrad(torch.autograd.Function):
@@ -307,17 +313,9 @@ def test_a_site_modified_in_place_after_its_call_is_checked_at_its_call() -> Non
     allows it when no backward runs) is tested at its call from then on, so a NaN the later
     operation brings is not put on this site: the model's output names it."""
 
-    class AddInPlace(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            return x.add_(math.nan if self.calls == 6 else 0.0)  # the NaN enters after tanh
-
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), AddInPlace(), nn.Linear(8, 2))
+    add_in_place = _Poison(5, lambda x: x.add_(math.nan), other=lambda x: x.add_(0.0))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), add_in_place, nn.Linear(8, 2))
     with gradscope.watch(model, every=10, summary=False) as mon:  # a step per forward
         for _ in range(8):
             model(torch.randn(4, 4))
@@ -352,19 +350,8 @@ def test_a_forward_that_raises_leaves_the_check_working() -> None:
     """A forward that raises (caught by the loop) ends the check's forward too: a later NaN is
     still found at its step and layer."""
 
-    class Fails(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            if self.calls == 3:
-                raise RuntimeError("bad batch")
-            return x
-
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), Fails(), nn.Linear(8, 8), nn.Tanh(),
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), _Poison(2, _raise), nn.Linear(8, 8), nn.Tanh(),
                           _Poison(at=5), nn.Linear(8, 2), nn.Tanh())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with gradscope.watch(model, optimizer=opt, every=10, summary=False) as mon:

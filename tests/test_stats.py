@@ -235,3 +235,16 @@ def test_fused_norms_of_huge_finite_values_are_exact_on_the_cpu(monkeypatch) -> 
     assert math.isnan(got[1]) and got[2] == 2.0
     monkeypatch.setattr(stats, "host_readable", lambda t: False)
     assert stats.foreach_norms(ts).tolist()[0] == math.inf
+
+
+def test_foreach_finite_probe_flags_each_tensor_like_isfinite() -> None:
+    """0 for a tensor whose elements are all finite (huge ones and empty ones too), NaN for
+    one holding a NaN or ±Inf, whatever the dtype; one fused call."""
+    big = torch.full((3,), 3e38)
+    tensors = [torch.randn(5), torch.tensor([1.0, math.nan]), torch.tensor([-math.inf]),
+               big, torch.zeros(0), torch.randn(4, dtype=torch.float16),
+               torch.tensor([math.inf], dtype=torch.bfloat16), big.double() * 1e10]
+    got = stats.foreach_finite_probe(tensors)
+    assert got.dtype == torch.float32
+    want = [0.0 if bool(torch.isfinite(t).all()) else math.nan for t in tensors]
+    assert [v if v == v else math.nan for v in got.tolist()] == pytest.approx(want, nan_ok=True)

@@ -129,38 +129,35 @@ class NonfiniteChecker:
         test its outputs (:meth:`check_outputs`) and, unless they are finite, the held
         activation outputs (see the module's docstring). Whether the outputs are finite."""
         held, self._held = self._held, []
+        host: list[tuple[Site, Tensor]] = []
+        device: dict[torch.device, list[tuple[Site, Tensor]]] = {}
         for site, y, version in held:
             if y._version != version:  # modified in place after its call: from now on at the call
                 site.at_call = True
-        if len(held) and not all(stats.host_readable(y) for _, y, _ in held):
-            self._probe([(site, y) for site, y, _ in held if not stats.host_readable(y)])
-            held = [h for h in held if stats.host_readable(h[1])]
+            if stats.host_readable(y):
+                host.append((site, y))
+            elif not site.failed:
+                device.setdefault(y.device, []).append((site, y.detach()))
+        for items in device.values():
+            self._probe(items)
         finite = self.check_outputs(output)
         if finite is not True:
-            for site, y, _ in held:
+            for site, y in host:
                 if not site.failed:
                     self.check_now(site, y)
         return finite
 
-    def _probe(self, held: list[tuple[Site, Tensor]]) -> None:
-        """Queue the max-abs of each held accelerator output (×0: 0 if finite, NaN if not),
-        one fused ``torch._foreach_norm`` per device; nothing is read back."""
-        by_device: dict[torch.device, list[tuple[Site, Tensor]]] = {}
-        for site, y in held:
-            if y.numel() and not site.failed:
-                by_device.setdefault(y.device, []).append((site, y.detach()))
-        step = self.ctx.state.step
-        for device, items in by_device.items():
-            try:
-                with torch.no_grad():
-                    norms = torch._foreach_norm([y for _, y in items], math.inf)
-                    vec = (torch.stack(norms) if len({n.dtype for n in norms}) == 1
-                           else torch.stack([n.float() for n in norms])).float() * 0.0
-                self.ctx.queue.defer(step, device, [vec], NonfiniteCheck(
-                    [site.name for site, _ in items], "nonfinite_check"))
-            except Exception as err:
-                for site, _ in items:
-                    self._fail(site, err)
+    def _probe(self, items: list[tuple[Site, Tensor]]) -> None:
+        """Queue one device's held outputs' :func:`gradscope.stats.foreach_finite_probe`
+        (one fused call); nothing is read back."""
+        try:
+            with torch.no_grad():
+                vec = stats.foreach_finite_probe([y for _, y in items])
+            self.ctx.queue.defer(self.ctx.state.step, vec.device, [vec], NonfiniteCheck(
+                [site.name for site, _ in items], "nonfinite_check"))
+        except Exception as err:
+            for site, _ in items:
+                self._fail(site, err)
 
     def end_step(self) -> None:
         """The step ends: outputs still held (a forward whose end was not seen) are tested."""

@@ -48,6 +48,7 @@ class _ParamRef:
     layer: str
     name: str
     ref: Callable[[], Optional[Tensor]]
+    checked: bool = False  # its layer's parameter the every-step check reads
 
 
 @dataclass
@@ -68,7 +69,6 @@ class ParamCapture:
         self.ctx = ctx
         self.refs: list[_ParamRef] = []
         self._checked: list[_ParamRef] = []  # per layer, the parameter the every-step check reads
-        self._checked_ids: set[int] = set()
         self._layer_order: dict[str, int] = {}
         self._snapshot: list[Tensor] = []  # reused weight-copy buffers
         self._pending_update: Optional[list[_Group]] = None
@@ -100,8 +100,9 @@ class ParamCapture:
                                             type="Parameter", module=name, shape=tuple(p.shape)))
             smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
             if own[smallest][1].numel() <= CHECK_MAX_ELEMENTS:
-                self._checked.append(self.refs[len(self.refs) - len(own) + smallest])
-        self._checked_ids = {id(r) for r in self._checked}
+                ref = self.refs[len(self.refs) - len(own) + smallest]
+                ref.checked = True
+                self._checked.append(ref)
 
     def combine(self, records: list[Record]) -> list[Record]:
         """Add the values of layers whose parameters sit on several devices (usually none).
@@ -210,16 +211,12 @@ class ParamCapture:
             grad = p.grad if p is not None else None
             if grad is None or grad.is_sparse or not grad.is_floating_point():
                 continue
-            if every_parameter and id(r) not in self._checked_ids \
-                    and not stats.host_readable(grad):
+            if every_parameter and not r.checked and not stats.host_readable(grad):
                 continue  # (only the CPU path knows the outputs were not finite)
             by_device.setdefault(grad.device, []).append((r.layer, grad))
         self._staged = []
         for grads in by_device.values():
             names, vec = _check_gradients(grads)
-            if every_parameter and names and vec is not None:  # CPU: NaNs; a layer once
-                names = list(dict.fromkeys(names))
-                vec = vec[:len(names)]
             if names and vec is not None:
                 self._staged.append(Entry(step, vec, NonfiniteCheck(names, "grad_nonfinite_check")))
 
@@ -332,12 +329,10 @@ def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str
 def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Optional[Tensor]]:
     """The layers to decode and the vector to queue for one device's checked gradients
     (none: every one is finite, seen on the CPU)."""
-    if stats.host_readable(grads[0][1]):
-        bad = [layer for layer, g in grads if not stats.all_finite(g)]
+    if stats.host_readable(grads[0][1]):  # each layer once (several gradients: every_parameter)
+        bad = list(dict.fromkeys(layer for layer, g in grads if not stats.all_finite(g)))
         return bad, (torch.full((len(bad),), math.nan) if bad else None)
-    zeroed = torch._foreach_mul(torch._foreach_norm([g for _, g in grads], math.inf), 0.0)
-    return [layer for layer, _ in grads], torch.stack(
-        [z if z.dtype == torch.float32 else z.float() for z in zeroed])
+    return [layer for layer, _ in grads], stats.foreach_finite_probe([g for _, g in grads])
 
 
 def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:
