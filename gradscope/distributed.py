@@ -213,12 +213,19 @@ class RankCombiner:
         self.ops = ops
         self.collectives = 0
         self._warned: set[str] = set()
+        self._buffers: Optional[tuple[torch.Tensor, list[torch.Tensor]]] = None
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
         partials = _merge(items)
         payload, layout = self._payload(partials)
-        gathered = self._all_gather(payload)
-        mine = gathered[torch.distributed.get_rank()]
+        if not torch.distributed.is_initialized():
+            self._warn("destroyed", "the process group was destroyed before this flush; it "
+                       "keeps this rank's own values. Close the monitor (mon.close()) before "
+                       "torch.distributed.destroy_process_group()")
+            gathered, mine = [payload], payload
+        else:
+            gathered = self._all_gather(payload)
+            mine = gathered[torch.distributed.get_rank()]
         if any(g[:HEADER] != mine[:HEADER] for g in gathered):
             self._warn("layout", "the ranks recorded different call-sites or steps in this "
                        "flush (a hook failed on one rank, or the graphs differ); this flush "
@@ -266,6 +273,11 @@ class RankCombiner:
         out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
         dist.all_gather(out, t)
         self.collectives += 1
+        # Kept until the next flush: gloo's worker thread drops its references to a
+        # collective's tensors just after the call returns; were it the last owner, it
+        # would need the GIL to free them, and at interpreter exit that aborts the
+        # process ("terminate called without an active exception").
+        self._buffers = (t, out)
         return torch.stack(out).tolist()  # ok-sync: the flush
 
     # ------------------------------------------------------------ combining

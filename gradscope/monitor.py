@@ -43,6 +43,8 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import threading
 import warnings
 import weakref
@@ -79,6 +81,28 @@ __all__ = ["Monitor"]
 
 #: The attached monitor of each watched model (both held weakly).
 _WATCHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
+#: Every monitor not yet closed (held weakly), and a counter of their creation order.
+_OPEN: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_SERIAL = itertools.count()
+
+
+@atexit.register
+def _close_open_monitors() -> None:
+    """Close the monitors still open when the interpreter exits, while it is whole.
+
+    Left to the garbage collector during interpreter finalization, a monitor's last
+    flush would run its across-rank collective after Python has started tearing down,
+    and gloo's worker thread, needing the GIL to release the collective's tensors,
+    aborts the process ("terminate called without an active exception"); the
+    TensorBoard writer's thread would be cut off mid-write. Here every rank closes its
+    monitors in the same order, so their last collectives match.
+    """
+    for mon in sorted(_OPEN, key=lambda m: m._serial):
+        try:
+            mon.close()
+        except Exception as e:  # at exit: report, never raise
+            warnings.warn(f"gradscope: closing {mon!r} at exit failed: {e}", RuntimeWarning,
+                          stacklevel=1)
 
 
 class Monitor:
@@ -157,6 +181,8 @@ class Monitor:
             coverage=self._coverage, modules=self._modules, params=self._params,
             recurrent=self._recurrent, compiled=self._compiled)
         self._scaler = self._steps.scaler = ScalerCapture(self._ctx, self._steps.end_step)
+        self._serial = next(_SERIAL)  # creation order: every rank closes in the same order
+        _OPEN.add(self)  # closed at interpreter exit if still open (see _close_open_monitors)
 
     # ------------------------------------------------------------------ api
     @property
@@ -243,6 +269,7 @@ class Monitor:
             self.detach()
         finally:
             self._closed = True
+            _OPEN.discard(self)
             self._sinks.emit("close")
 
     def __enter__(self) -> Monitor:

@@ -516,3 +516,31 @@ def test_torchvision_resnet_reused_relu_has_two_call_sites_per_block() -> None:
     assert acts[:3] == ["relu", "layer1.0.relu", "layer1.0.relu[1]"]
     assert all(mon.history.value(a, "grad_out_norm") > 0 for a in acts)
     assert len(mon.history.layers("layer")) == 1 + 1 + 8 * 4 + 3 * 2 + 1  # conv/bn/fc, downsample
+
+
+def test_a_monitor_left_open_is_closed_at_exit_with_nothing_lost(tmp_path: Any) -> None:
+    """A script that never calls close(): at exit the queued steps reach TensorBoard."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gradscope.events import event_files, read_events, scalars
+
+    script = (
+        "import torch, gradscope\n"
+        "from torch import nn\n"
+        "m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))\n"
+        "opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+        f"mon = gradscope.watch(m, optimizer=opt, logdir={str(tmp_path / 'tb')!r}, "
+        "flush_every=100, summary=False)\n"
+        "for _ in range(7):\n"
+        "    opt.zero_grad(); m(torch.randn(16, 4)).pow(2).mean().backward(); opt.step()\n"
+        "print('left open')\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "garbage-collected without close()" not in proc.stderr  # closed before finalization
+    steps = {s.step for f in event_files(tmp_path / "tb") for s in scalars(read_events(f))
+             if s.tag.startswith("grad_norm/")}
+    assert steps == set(range(7))

@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -45,10 +47,26 @@ def start(device: torch.device) -> torch.device:
 
 
 def stop() -> None:
-    """Leave the process group :func:`start` joined."""
-    if _started[0] and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-        _started[0] = False
+    """Leave the process group :func:`start` joined, on every rank, cleanly.
+
+    A final barrier first (no rank tears down its connections while another still
+    talks to it), then a garbage collection (the DDP models of finished runs hold
+    the process group: while they live, destroying it leaves gloo's worker threads
+    running into interpreter exit, where a thread that releases a tensor aborts the
+    process: "terminate called without an active exception"), then the group is
+    destroyed, which joins those threads. Never raises: it runs in ``finally``
+    blocks, after a failed or interrupted run too.
+    """
+    if not (_started[0] and torch.distributed.is_initialized()):
+        return
+    _started[0] = False
+    try:
+        torch.distributed.barrier()
+    except Exception as e:  # a rank that failed: tear down all the same
+        warnings.warn(f"gradscope: the final barrier failed ({e}); leaving the process group",
+                      RuntimeWarning, stacklevel=2)
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def is_writer() -> bool:
