@@ -36,7 +36,7 @@ DESCRIPTION = ("See why your network trains badly: per-layer activation and grad
 
 EXAMPLES = """\
 examples:
-  gradscope demo                          # a sigmoid and a ReLU net side by side, offline, ~10 s
+  gradscope demo                          # a sigmoid and a ReLU net side by side, offline
   tensorboard --logdir runs/demo          # their dashboards
   gradscope report runs/demo              # the same numbers as tables, worst run first
   gradscope compare --quick               # MNIST: 5 activations x 3 inits x BatchNorm (30 runs)
