@@ -12,6 +12,7 @@ per net:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ HEADER_PX, DPI = 36, 80
 # ------------------------------------------------------------------------------
 
 
-def train(act: type[nn.Module], init, steps: int) -> History:
+def train(act: type[nn.Module], init: Callable[[torch.Tensor], object], steps: int) -> History:
     """One MLP trained under the monitor on a fixed random teacher's labels."""
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)

@@ -186,3 +186,25 @@ def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
                     encoding="utf-8")
     assert anchors(page.read_text()) == {"a", "a-1", "x"}
     assert [t for _, t in links(page)] == ["#a-1", "#x", "#b"]
+
+
+def test_the_readmes_picture_script_runs(tmp_path: Path) -> None:
+    """scripts/gradient_flow_pair.py at a tiny size: two nets, one PNG of both images."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("gradient_flow_pair",
+                                                  ROOT / "scripts" / "gradient_flow_pair.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from gradscope.writers.figures import gradient_flow_image
+
+    images = {title: gradient_flow_image(script.train(act, init, steps=2))
+              for title, (act, init) in script.NETS.items()}
+    script.side_by_side(images, tmp_path / "pair.png")
+    with Image.open(tmp_path / "pair.png") as png:
+        width, height = png.size
+    assert width == sum(im.shape[1] for im in images.values())
+    assert height == max(im.shape[0] for im in images.values()) + script.HEADER_PX
