@@ -6,7 +6,7 @@ merges their layouts as TensorBoard's custom-scalars plugin does (categories by
 title, identical charts once, in the order of the sorted runs) and counts the
 lines of each chart with :func:`gradscope.writers.layout.chart_lines`.
 
-It can also write the two runs the README's figures come from (with whatever
+It can also write the two runs the figures of docs/dashboard.md come from (with whatever
 gradscope is on ``PYTHONPATH``, so the same script measures an older version):
 
 * ``--make grid DIR``: the quick grid's 30 configs on synthetic data, 2 steps each;

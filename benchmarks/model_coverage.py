@@ -6,7 +6,7 @@ history, ``true`` the number of activation ops that forward ran, counted below
 autograd by ``tests/fixtures/counting.py`` (a ``TorchDispatchMode``; it shares no
 code with gradscope). ``by module`` / ``by function`` and ``not seen`` come from
 ``mon.coverage()``. The tests (``tests/test_models.py``) assert captured == true on
-the models of CI; this script prints the table of the README's "Which models".
+the models of CI; this script prints the table of docs/models.md.
 
 Usage::
 
@@ -61,7 +61,7 @@ def measure(name: str) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows as the README's table."""
+    """The rows as the table of docs/models.md."""
     cols = ["model", "captured", "true"] + [c for c in ("by_module", "by_function", "not_seen")
                                            if c in rows[0]]
     lines = ["| " + " | ".join(c.replace("_", " ") for c in cols) + " |",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
-from typing import Any, Optional, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, TypeVar, Union, cast
 
 import torch
 from torch import nn
@@ -17,7 +18,40 @@ from gradscope.schedules import Schedule
 
 __all__ = ["watch"]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+
+def _model_only_positional(fn: _F) -> _F:
+    """``fn`` with a ``TypeError`` naming the keyword for a second positional argument.
+
+    ``watch(model, opt)`` would otherwise fail with Python's bare "takes 1 positional
+    argument". The signature stays ``fn``'s (``inspect.signature`` follows
+    ``__wrapped__``), so ``help(gradscope.watch)`` still shows every option.
+    """
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1:
+            raise TypeError(_positional_error(args[1:]))
+        return fn(*args, **kwargs)
+
+    return cast(_F, checked)
+
+
+def _positional_error(extra: tuple[Any, ...]) -> str:
+    """What to write instead of the positional arguments after the model."""
+    kinds = ", ".join(type(a).__name__ for a in extra)
+    first = extra[0]
+    if isinstance(first, torch.optim.Optimizer):
+        fix = "pass the optimizer by name: watch(model, optimizer=opt)"
+    elif isinstance(first, torch.amp.GradScaler):
+        fix = "pass the scaler by name: watch(model, optimizer=opt, scaler=scaler)"
+    else:
+        fix = "pass them by name, e.g. watch(model, optimizer=opt, every=10)"
+    return (f"watch() takes the model as its only positional argument; got {len(extra)} more "
+            f"({kinds}). Every option is keyword-only: {fix}")
+
+
+@_model_only_positional
 def watch(
     model: nn.Module,
     *,

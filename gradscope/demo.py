@@ -30,7 +30,17 @@ from torch import nn
 import gradscope
 from gradscope.history import History
 
-__all__ = ["configure", "make_model", "run", "run_demo"]
+__all__ = ["EXAMPLES", "HELP", "configure", "make_model", "run", "run_demo"]
+
+HELP = ("train a sick and a healthy network side by side (sigmoid with N(0,1) weights, ReLU with "
+        "He init) on synthetic data, offline, and write their TensorBoard runs")
+EXAMPLES = """\
+examples:
+  gradscope demo                          # both nets, 300 steps each, runs in runs/demo
+  tensorboard --logdir runs/demo          # their dashboards
+  gradscope report runs/demo              # the same numbers as tables
+  gradscope demo --steps 50 --logdir /tmp/demo --seed 1
+"""
 
 # ---- settings ---------------------------------------------------------------
 DEPTH, WIDTH, D_IN, CLASSES = 5, 32, 196, 10
@@ -127,14 +137,20 @@ def _table(h: History) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope demo``."""
-    parser.add_argument("--logdir", default="runs/demo", help="where to write TensorBoard runs")
-    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per model")
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--logdir", default="runs/demo", metavar="DIR",
+                        help="where to write the two TensorBoard runs (default: runs/demo)")
+    parser.add_argument("--steps", type=int, default=STEPS, metavar="N",
+                        help=f"training steps per model, >= 1 (default: {STEPS})")
+    parser.add_argument("--seed", type=int, default=SEED, metavar="INT",
+                        help="seed of the weights, the synthetic data and the batch order, an "
+                        f"integer >= 0; the same seed gives the same runs (default: {SEED})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gradscope demo``."""
     if args.steps < 1:
-        raise SystemExit(f"gradscope demo: --steps {args.steps} must be >= 1")
+        raise SystemExit(f"gradscope demo: --steps {args.steps}: use an integer >= 1")
+    if args.seed < 0:
+        raise SystemExit(f"gradscope demo: --seed {args.seed}: use an integer >= 0")
     run_demo(logdir=args.logdir, steps=args.steps, seed=args.seed)
     return 0

@@ -45,8 +45,16 @@ from gradscope.findings import SEVERITIES
 from gradscope.history import History, encode_value
 from gradscope.runs import RunFiles, RunReport, find_runs, load_run
 
-__all__ = ["RunFiles", "RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
-           "run_health"]
+__all__ = ["EXAMPLES", "HELP", "RunFiles", "RunReport", "configure", "find_runs", "load_run",
+           "rank", "render", "run", "run_health"]
+
+HELP = "per-layer tables and findings from TensorBoard runs written by gradscope"
+EXAMPLES = """\
+examples:
+  gradscope report runs/                       # every run under runs/, ranked worst first
+  gradscope report runs/exp1 --step 2000       # values at step 2000 (the latest at or before it)
+  gradscope report runs/ --format markdown     # or json, for notebooks and CI
+"""
 
 #: Table columns per series kind, from the metric specs: ``(header, candidate metrics)``
 #: (a layer shows the first candidate it has).
@@ -68,13 +76,13 @@ _SHORT_SEVERITY = {"error": "err", "warning": "warn"}
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope report``."""
-    parser.add_argument("logdir", help="a TensorBoard run directory, a directory of runs, or "
-                                       "one event file")
-    parser.add_argument("--step", type=int, default=None,
+    parser.add_argument("logdir", metavar="LOGDIR",
+                        help="a TensorBoard run directory, a directory of runs, or one event file")
+    parser.add_argument("--step", type=int, default=None, metavar="N",
                         help="report the values at this step (the latest recorded at or "
                              "before it) instead of the last step")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="output format (default: text)")
+                        help="output format: text (tables), markdown or json (default: text)")
 
 
 def run(args: argparse.Namespace) -> int:

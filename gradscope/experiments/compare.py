@@ -24,13 +24,15 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-__all__ = ["FULL", "QUICK", "configure", "configure_preset", "run", "run_preset"]
+__all__ = ["EXAMPLES", "FULL", "HELP", "PRESET_EXAMPLES", "QUICK", "configure", "configure_preset",
+           "preset_help", "run", "run_preset"]
 
 # ---- settings ---------------------------------------------------------------
 ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "gelu"]
@@ -48,15 +50,43 @@ QUICK: dict[str, Any] = dict(
 MNIST_TRAIN = 60_000
 # ------------------------------------------------------------------------------
 
+HELP = ("MNIST: MLPs over a grid of activations × initialisations × BatchNorm (and depth, width, "
+        "optimiser, lr, ...), each under the monitor; a summary table, plots and TensorBoard runs")
+EXAMPLES = """\
+examples:
+  gradscope compare --quick                        # 30 runs, minutes on 2 CPU cores
+  tensorboard --logdir results/compare-quick/runs  # their dashboards and HParams table
+  gradscope compare --quick --activations tanh relu --inits he xavier_uniform --batchnorm off
+  gradscope compare --quick --optimizer sgd adam --lr 0.1 0.001 --steps 500
+  gradscope compare --synthetic --quick --steps 20 # offline smoke test on random data
+  gradscope compare                                # the full grid (60 runs: a GPU, or a long run)
+  torchrun --nproc_per_node 2 -m gradscope compare --quick   # data-parallel (DDP)
+"""
+PRESET_EXAMPLES = """\
+examples:
+  gradscope preset --list                  # every preset: its claim and its setup
+  gradscope preset glorot2010 --quick      # the small version, with its verdict
+  gradscope preset rnn --device cuda       # full size on a GPU
+  tensorboard --logdir results/glorot2010-quick/runs
+"""
+
+
+def preset_help() -> str:
+    """``gradscope preset``'s one-line help, naming every preset of the registry."""
+    from gradscope.experiments.presets import PRESETS
+
+    return (f"MNIST: re-run one of {len(PRESETS)} classic results ({', '.join(PRESETS)}) "
+            "and print a verdict computed from the measurements")
+
 
 def _common(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the small version: minutes on 2 CPU cores")
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="MNIST cache (default: $GRADSCOPE_DATA or ~/.cache/gradscope)")
-    parser.add_argument("--results-dir", default=None,
+    parser.add_argument("--results-dir", default=None, metavar="DIR",
                         help=f"output directory (default: {default_dir}, with -quick for --quick)")
     parser.add_argument("--rerun", action="store_true",
                         help="train finished configs again instead of skipping them")
@@ -72,23 +102,50 @@ def _common(parser: argparse.ArgumentParser, default_dir: str) -> None:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope compare``."""
     _common(parser, "results/compare")
-    g = parser.add_argument_group("grid axes (each overrides the --quick/full default)")
-    g.add_argument("--activations", nargs="+", metavar="ACT")
-    g.add_argument("--inits", nargs="+", metavar="INIT")
-    g.add_argument("--batchnorm", nargs="+", choices=["off", "on"])
-    g.add_argument("--depth", nargs="+", type=int, dest="depths", metavar="N")
-    g.add_argument("--width", nargs="+", type=int, dest="widths", metavar="N")
+    from gradscope.experiments.models import ACTIVATIONS, INITS
+    from gradscope.experiments.optimizers import OPTIMIZERS
+
+    quick, full = QUICK, FULL
+    g = parser.add_argument_group(
+        "grid axes", textwrap.fill(
+            "Each takes one or more values and overrides the --quick/full default. The whole "
+            "grid is validated before anything trains: every invalid value is listed at once.",
+            77))
+    g.add_argument("--activations", nargs="+", metavar="ACT",
+                   help=f"{', '.join(ACTIVATIONS)} (default: {' '.join(full['activations'])})")
+    g.add_argument("--inits", nargs="+", metavar="INIT",
+                   help=f"{', '.join(INITS)} (default: {' '.join(quick['inits'])} with --quick, "
+                   f"else {' '.join(full['inits'])})")
+    g.add_argument("--batchnorm", nargs="+", choices=["off", "on"],
+                   help="BatchNorm1d between each hidden Linear and its activation: off, on "
+                   "(default: off on)")
+    g.add_argument("--depth", nargs="+", type=int, dest="depths", metavar="N",
+                   help=f"hidden layers, >= 1 (default: {full['depths'][0]})")
+    g.add_argument("--width", nargs="+", type=int, dest="widths", metavar="N",
+                   help=f"units per hidden layer, >= 1 (default: {full['widths'][0]})")
     g.add_argument("--optimizer", nargs="+", dest="optimizers", metavar="OPT",
-                   help="sgd, momentum, adam, rmsprop, adagrad, adadelta, adamax")
-    g.add_argument("--lr", nargs="+", type=float, dest="lrs")
-    g.add_argument("--dropout", nargs="+", type=float, dest="dropouts")
-    g.add_argument("--steps", nargs="+", type=int)
-    g.add_argument("--epochs", type=float, default=None,
-                   help="train this many passes over the 60k MNIST images (sets --steps)")
-    g.add_argument("--batch-size", nargs="+", type=int, dest="batch_sizes")
-    g.add_argument("--seed", nargs="+", type=int, dest="seeds")
-    g.add_argument("--eval-every", type=int)
-    g.add_argument("--monitor-every", type=int)
+                   help=f"{', '.join(OPTIMIZERS)} (default: {full['optimizers'][0]})")
+    g.add_argument("--lr", nargs="+", type=float, dest="lrs", metavar="LR",
+                   help=f"learning rate, > 0 (default: {full['lrs'][0]:g})")
+    g.add_argument("--dropout", nargs="+", type=float, dest="dropouts", metavar="P",
+                   help="dropout probability after each hidden activation, in [0, 1) "
+                   f"(default: {full['dropouts'][0]:g})")
+    g.add_argument("--steps", nargs="+", type=int, metavar="N",
+                   help=f"SGD steps per run, >= 1 (default: {quick['steps'][0]} with --quick, "
+                   f"else {full['steps'][0]})")
+    g.add_argument("--epochs", type=float, default=None, metavar="E",
+                   help="train this many passes over the 60k MNIST images (sets --steps), > 0")
+    g.add_argument("--batch-size", nargs="+", type=int, dest="batch_sizes", metavar="N",
+                   help=f"examples per step, >= 1 (default: {full['batch_sizes'][0]})")
+    g.add_argument("--seed", nargs="+", type=int, dest="seeds", metavar="INT",
+                   help="seeds of initialisation, batch order and dropout, integers >= 0 "
+                   f"(default: {full['seeds'][0]})")
+    g.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"steps between test-set evaluations, >= 1 (default: "
+                   f"{quick['eval_every']} with --quick, else {full['eval_every']})")
+    g.add_argument("--monitor-every", type=int, metavar="N",
+                   help=f"the monitor samples one step in N, >= 1 (default: "
+                   f"{quick['monitor_every']} with --quick, else {full['monitor_every']})")
 
 
 def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +293,8 @@ def configure_preset(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope preset``."""
     from gradscope.experiments.presets import PRESETS
 
-    parser.add_argument("name", nargs="?", choices=sorted(PRESETS), help="the preset to run")
+    parser.add_argument("name", nargs="?", choices=list(PRESETS), metavar="NAME",
+                        help=f"the preset to run: {', '.join(PRESETS)}")
     parser.add_argument("--list", action="store_true", help="describe every preset and exit")
     _common(parser, "results/<name>")
 

@@ -95,7 +95,7 @@ class Preset:
     verdict: Callable[[list[RunResult], Path], Verdict]
 
     def describe(self) -> str:
-        """Claim and setup, for ``--list-presets`` and ``summary.md``."""
+        """Claim and setup, for ``gradscope preset --list`` and ``summary.md``."""
         return f"{self.name}\n  claim: {self.claim}\n  setup: {self.setup}"
 
 
@@ -335,8 +335,9 @@ PRESETS: dict[str, Preset] = {
         "deep sigmoid/tanh nets: with standard init U[±1/√n_in] the top sigmoid layer is driven "
         "to 0 (saturates) early and back-propagated gradients shrink toward the input; normalized (Xavier) init "
         "keeps them more even",
-        "paper: 5×1000 hidden, softmax, SGD batch 10, biases 0. Here: 4×1000 (the issue notes "
-        "the Fig. 2 saturation shows with 4×1000 sigmoid, standard init, lr 0.1, batch 10), "
+        "paper: 5×1000 hidden, softmax, SGD batch 10, biases 0. Here: 4×1000 (the saturation "
+        "of the paper's Fig. 2 already shows with 4×1000 sigmoid, standard init, lr 0.1, "
+        "batch 10), "
         "sigmoid and tanh × standard and normalized init, 2000 updates instead of millions; "
         "gradients compared at step 0 over one batch of 10 instead of 300 fixed test images. "
         "--quick: 4×256, 600 updates.",
@@ -360,8 +361,8 @@ PRESETS: dict[str, Preset] = {
         "dying_relu",
         "a high learning rate kills a large share of ReLU units while LeakyReLU keeps learning",
         "784-256-256-256-10, He init, plain SGD batch 64, lr 0.1 (reference), 0.5 and 1.0, "
-        "ReLU vs LeakyReLU(0.01), 2000 steps; the verdict is taken at lr 1.0 (the issue's "
-        "'near 1.0'), lr 0.5 is reported. --quick: 600 steps.",
+        "ReLU vs LeakyReLU(0.01), 2000 steps; the verdict is taken at lr 1.0, where units "
+        "die most, and lr 0.5 is reported beside it. --quick: 600 steps.",
         _dying_configs, _dying_verdict),
     "rnn": Preset(
         "rnn",

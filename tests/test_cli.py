@@ -1,0 +1,120 @@
+"""The command line's help texts and errors, and ``watch()``'s positional-argument error."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import gradscope
+from gradscope import cli
+from gradscope.experiments.models import ACTIVATIONS, INITS
+from gradscope.experiments.optimizers import OPTIMIZERS
+from gradscope.experiments.presets import PRESETS
+from tests.fixtures.models import mlp
+
+COMMANDS = list(cli.COMMANDS)
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _sub(name: str) -> argparse.ArgumentParser:
+    return cli._parsers(cli.build_parser())[name]
+
+
+def test_top_level_help_counts_the_presets_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys).split())  # argparse wraps lines
+    assert f"one of {len(PRESETS)} classic results" in text
+    for name in PRESETS:
+        assert name in text
+    preset = " ".join(_help(capsys, "preset").split())
+    assert f"one of {len(PRESETS)} classic results" in preset
+
+
+@pytest.mark.parametrize("argv", [[], *([c] for c in COMMANDS)], ids=["gradscope", *COMMANDS])
+def test_every_help_ends_with_an_examples_block_of_real_commands(
+        capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    text = _help(capsys, *argv)
+    block = text[text.index("\nexamples:\n"):].splitlines()[2:]
+    lines = [line.split("#")[0].split() for line in block if line.strip()]
+    ours = [words[1:] for words in lines if words[0] == "gradscope"]  # not tensorboard, torchrun
+    parser = cli.build_parser()
+    commands = [parser.parse_args(words).command for words in ours]  # each parses as written
+    assert commands and (not argv or argv[0] in commands)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_has_a_help_text(name: str) -> None:
+    for action in _sub(name)._actions:
+        assert action.help, f"gradscope {name} {action.option_strings or action.dest}: no help"
+
+
+def test_compare_axis_flags_list_their_values_from_the_registries(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys, "compare").split())
+    for values in (ACTIVATIONS, INITS, OPTIMIZERS):
+        assert ", ".join(values) in text
+    assert "--batchnorm {off,on}" in text
+
+
+def test_demo_seed_is_explained_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys, "demo").split())
+    assert "--seed INT seed of the weights, the synthetic data and the batch order" in text
+    with pytest.raises(SystemExit, match=r"--seed -1: use an integer >= 0"):
+        cli.main(["demo", "--seed", "-1", "--logdir", "unused"])
+
+
+def test_preset_list_is_user_facing_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["preset", "--list"]) == 0
+    text = capsys.readouterr().out
+    for name in PRESETS:
+        assert f"{name}\n  claim: " in text
+    for internal in ("the issue", "issue's", "the lead", "TODO"):
+        assert internal not in text, internal
+
+
+@pytest.mark.parametrize("argv,owner,closest", [
+    (["report", "runs", "--fromat", "json"], "gradscope report", "--format"),
+    (["report", "runs", "--fromat=json"], "gradscope report", "--format"),
+    (["compare", "--quick", "--activation-s", "relu"], "gradscope compare", "--activations"),
+    (["demo", "--sed", "3"], "gradscope demo", "--seed"),
+    (["preset", "glorot2010", "--quikc"], "gradscope preset", "--quick"),
+    (["--verison"], "gradscope", "--version"),
+], ids=["report", "report=", "compare", "demo", "preset", "top"])
+def test_unknown_flag_names_the_closest_option_of_its_command(
+        capsys: pytest.CaptureFixture[str], argv: list[str], owner: str, closest: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usage: {owner} " in err  # the command's usage, not the top-level one
+    assert f"{owner}: error: unrecognized arguments:" in err
+    assert f"did you mean {closest}?" in err
+
+
+def test_unknown_flag_like_no_option_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--zzzzzzzz"])
+    err = capsys.readouterr().err
+    assert "the options are: --help, --logdir, --steps, --seed" in err
+
+
+def test_watch_with_a_positional_optimizer_says_to_pass_it_by_name() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"only positional argument; got 1 more \(SGD\)\. Every option "
+                                        r"is keyword-only: pass the optimizer by name: "
+                                        r"watch\(model, optimizer=opt\)"):
+        gradscope.watch(model, opt)
+    with pytest.raises(TypeError, match=r"got 2 more \(SGD, int\).*optimizer=opt"):
+        gradscope.watch(model, opt, 10)
+    with pytest.raises(TypeError, match=r"scaler=scaler"):
+        gradscope.watch(model, torch.amp.GradScaler("cpu"))
+    # nothing was attached by the failed calls: a correct call works
+    with gradscope.watch(model, optimizer=opt, summary=False) as mon:
+        assert mon.options.every == 1
