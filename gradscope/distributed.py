@@ -213,7 +213,7 @@ class RankCombiner:
         self.ops = ops
         self.collectives = 0
         self._warned: set[str] = set()
-        self._buffers: Optional[tuple[torch.Tensor, list[torch.Tensor]]] = None
+        self._work: Optional[Any] = None  # the last collective's work (see _all_gather)
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
         partials = _merge(items)
@@ -271,13 +271,16 @@ class RankCombiner:
             device = torch.device("cuda", torch.cuda.current_device())
         t = torch.tensor(payload, dtype=torch.float64, device=device)
         out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, t)
+        work = dist.all_gather(out, t, async_op=True)
+        if work is not None:
+            work.wait()
         self.collectives += 1
-        # Kept until the next flush: gloo's worker thread drops its references to a
-        # collective's tensors just after the call returns; were it the last owner, it
-        # would need the GIL to free them, and at interpreter exit that aborts the
-        # process ("terminate called without an active exception").
-        self._buffers = (t, out)
+        # The work is kept until the next flush, so that this thread frees it, never
+        # gloo's worker: freeing it releases the tensors' Python objects, which needs the
+        # GIL, and a worker that waits for the GIL while the interpreter exits (a monitor
+        # closed just before exit) aborts the process ("terminate called without an
+        # active exception"; seen in its core dump: ~AsyncAllgatherWork -> take_gil).
+        self._work = work
         return torch.stack(out).tolist()  # ok-sync: the flush
 
     # ------------------------------------------------------------ combining
