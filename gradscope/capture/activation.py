@@ -81,7 +81,7 @@ class ActivationRecorder:
             site = Site(name, module_name, call, family, self._plan(family, "activation"),
                         self._plan(family, "window"), function, unit_dim)
             self.sites[key] = site
-            self.ctx.history.add_layer(LayerInfo(
+            self.ctx.queue.declare(LayerInfo(
                 name, kind="activation", order=len(self.sites) - 1, type=type_name,
                 family=family.name, module=module_name, call=call, shape=shape))
         return site

@@ -292,7 +292,7 @@ class RecurrentCapture:
             return
         site.declared.add(k)
         width = unit.hidden.shape[-1] if unit is not None else shape[-1]
-        self.ctx.history.add_layer(LayerInfo(
+        self.ctx.queue.declare(LayerInfo(
             site.series(unit), kind="recurrent", order=self._order, type=type(module).__name__,
             family=site.mode.lower(), module=site.name, call=unit.layer if unit is not None else 0,
             shape=(*shape, width) if unit is not None else shape))
@@ -301,7 +301,7 @@ class RecurrentCapture:
     def _profile_decoder(self, series: list[str], reverse: list[bool], length: int) -> Decoder:
         """Decode ``len(series)`` profiles of ``length`` norms each (in time order)."""
         metrics = by_kind("through_time")
-        history, shape = self.ctx.history, Shape(length)
+        profiles, shape = self.ctx.queue.profiles, Shape(length)
 
         def decode(step: int, values: Any) -> list[Record]:
             if len(values) != len(series) * length:
@@ -314,7 +314,7 @@ class RecurrentCapture:
                     prof.reverse()
                 summary = profile_summary(prof)
                 out += [record(step, name, m.name, m.finish(summary, shape)) for m in metrics]
-                history.add_profile(step, name, PROFILE, *downsample(prof))
+                profiles.append((step, name, PROFILE, *downsample(prof)))
             return out
 
         return decode
