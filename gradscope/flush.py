@@ -45,6 +45,7 @@ from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.coverage import CoverageTracker
 from gradscope.capture.params import ParamCapture
 from gradscope.capture.recurrent import RecurrentCapture
+from gradscope.history import History
 from gradscope.metrics import METRICS, layer_values
 from gradscope.records import Record
 from gradscope.writers.base import SinkFanout
@@ -56,7 +57,8 @@ class Flush:
     """Ends steps and flushes, in the order of the module's docstring.
 
     Args:
-        ctx: the monitor's context (its queue, history and step state).
+        ctx: the monitor's context (its queue and step state).
+        history: the monitor's history.
         sinks: the monitor's sinks (isolated from failures by the fan-out).
         recorder, coverage, recurrent, params, compiled: the captures whose step
             ends here.
@@ -64,10 +66,10 @@ class Flush:
             forget the forward they saw).
     """
 
-    def __init__(self, ctx: Context, sinks: SinkFanout, *, recorder: ActivationRecorder,
+    def __init__(self, ctx: Context, history: History, sinks: SinkFanout, *, recorder: ActivationRecorder,
                  coverage: CoverageTracker, recurrent: RecurrentCapture, params: ParamCapture,
                  compiled: CompiledSteps, step_over: Callable[[], None] = lambda: None) -> None:
-        self.ctx, self.sinks = ctx, sinks
+        self.ctx, self.history, self.sinks = ctx, history, sinks
         self.recorder, self.coverage, self.recurrent = recorder, coverage, recurrent
         self.params, self.compiled = params, compiled
         self.step_over = step_over
@@ -110,7 +112,7 @@ class Flush:
 
     def write(self) -> list[Record]:
         """Drain the queue, combine split layers, extend the history, call the sinks."""
-        queue, history = self.ctx.queue, self.ctx.history
+        queue, history = self.ctx.queue, self.history
         records = queue.drain()
         split = self.params.split_layers()
         if split:

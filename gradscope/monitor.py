@@ -140,7 +140,7 @@ class Monitor:
         self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
-        self._ctx = Context(options, self._queue, self.history, self._handles.append,
+        self._ctx = Context(options, self._queue, self._handles.append,
                             histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step)
@@ -156,7 +156,7 @@ class Monitor:
             self._ctx, optimizer=optimizer is not None, update_ratio=self.record_update_ratio,
             recorder=self._recorder, modules=self._modules, params=self._params,
             recurrent=self._recurrent)
-        self._flush = Flush(self._ctx, self._sinks, recorder=self._recorder,
+        self._flush = Flush(self._ctx, self.history, self._sinks, recorder=self._recorder,
                             coverage=self._coverage, recurrent=self._recurrent,
                             params=self._params, compiled=self._compiled,
                             step_over=self._steps.step_over)
