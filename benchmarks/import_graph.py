@@ -193,7 +193,7 @@ def unlisted(g: dict[str, dict[str, int]], layers: Layers) -> list[str]:
 def long_files(package: Path = PACKAGE, limit: int = MAX_FILE_LINES) -> dict[str, int]:
     """Files over ``limit`` lines outside the exempt directories."""
     out = {}
-    for name, path in modules(package).items():
+    for path in modules(package).values():
         if any(part in LENGTH_EXEMPT for part in path.relative_to(package).parts[:-1]):
             continue
         n = len(path.read_text().splitlines())

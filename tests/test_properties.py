@@ -20,7 +20,7 @@ from torch import nn
 
 from gradscope import stats
 from gradscope.activations import family_of
-from gradscope.reductions import summarize
+from gradscope.plan import summarize
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,

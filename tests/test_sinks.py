@@ -15,7 +15,7 @@ from gradscope import Record, Sink, watch
 from gradscope.findings import FindingsSink
 from gradscope.history import History
 from gradscope.writers import MemoryWriter
-from gradscope.writers.base import SinkFanout, as_sink, overrides
+from gradscope.writers.base import as_sink, overrides
 from tests.fixtures.models import mlp
 
 

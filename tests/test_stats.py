@@ -1,7 +1,7 @@
 """Each statistic of the hot path against a plain NumPy / loop computation.
 
 The references (``ref_moments``, ``loop_dead_fraction``) live here, in the tests;
-what they check is what the monitor's hooks compute (:func:`gradscope.reductions.summarize`
+what they check is what the monitor's hooks compute (:func:`gradscope.plan.summarize`
 runs the same plan), on the CPU path and on the accelerator path.
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from gradscope import stats
 from gradscope.activations import family_of
-from gradscope.reductions import summarize
+from gradscope.plan import summarize
 
 torch.manual_seed(0)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -53,6 +53,7 @@ from gradscope import stats
 from gradscope.capture.base import Context
 from gradscope.history import LayerInfo
 from gradscope.metrics import Shape, by_kind
+from gradscope.plan import Plan
 from gradscope.queue import Decoder, Entry
 from gradscope.records import Record, record
 from gradscope.recurrence import (
@@ -70,7 +71,6 @@ from gradscope.recurrence import (
     time_norms,
 )
 from gradscope.recurrent_stats import GateCall, downsample, profile_summary
-from gradscope.reductions import Plan
 
 __all__ = ["PROFILE", "RecurrentCapture"]
 
