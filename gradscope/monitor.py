@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import threading
 import warnings
@@ -82,28 +83,19 @@ __all__ = ["Monitor"]
 
 #: The attached monitor of each watched model (both held weakly).
 _WATCHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
-#: Every monitor not yet closed (held weakly), and a counter of their creation order.
-_OPEN: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_OPEN: weakref.WeakKeyDictionary[Monitor, int] = weakref.WeakKeyDictionary()  # not closed: order
 _SERIAL = itertools.count()
 
 
 @atexit.register
 def _close_open_monitors() -> None:
-    """Close the monitors still open when the interpreter exits, while it is whole.
-
-    Left to the garbage collector during interpreter finalization, a monitor's last
-    flush would run its across-rank collective after Python has started tearing down,
-    and gloo's worker thread, needing the GIL to release the collective's tensors,
-    aborts the process ("terminate called without an active exception"); the
-    TensorBoard writer's thread would be cut off mid-write. Here every rank closes its
-    monitors in the same order, so their last collectives match.
-    """
-    for mon in sorted(_OPEN, key=lambda m: m._serial):
+    """Close the monitors open at exit in creation order (ranks' collectives match); left to
+    finalization, a rank aborted under torchrun (``benchmarks/torchrun_exit.py``)."""
+    for mon, _ in sorted(_OPEN.items(), key=lambda item: item[1]):
         try:
             mon.close()
         except Exception as e:  # at exit: report, never raise
-            warnings.warn(f"gradscope: closing {mon!r} at exit failed: {e}", RuntimeWarning,
-                          stacklevel=1)
+            warnings.warn(f"gradscope: closing {mon!r} at exit: {e}", RuntimeWarning, stacklevel=1)
 
 
 class Monitor:
@@ -186,8 +178,7 @@ class Monitor:
                             step_over=self._steps.step_over)
         self._steps.ends = self._flush.end_step
         self._scaler = self._steps.scaler = ScalerCapture(self._ctx, self._steps.end_step)
-        self._serial = next(_SERIAL)  # creation order: every rank closes in the same order
-        _OPEN.add(self)  # closed at interpreter exit if still open (see _close_open_monitors)
+        _OPEN[self] = next(_SERIAL)  # closed at exit if still open (_close_open_monitors)
 
     # ------------------------------------------------------------------ api
     @property
@@ -273,7 +264,7 @@ class Monitor:
             self.detach()
         finally:
             self._closed = True
-            _OPEN.discard(self)
+            _OPEN.pop(self, None)
             self._sinks.emit("close")
 
     def __enter__(self) -> Monitor:
@@ -288,10 +279,8 @@ class Monitor:
                 "now (what it had queued was flushed to its sinks, its hooks removed). Keep "
                 "it (mon = gradscope.watch(...)) and call mon.close(), or use `with "
                 "gradscope.watch(...) as mon:`", RuntimeWarning, stacklevel=2)
-        try:
+        with contextlib.suppress(Exception):  # nothing may be raised from a finaliser
             self.close()
-        except Exception:  # nothing may be raised from a finaliser
-            pass
 
     def __exit__(self, *exc: object) -> None:
         self.close()
