@@ -21,21 +21,21 @@ from torch import nn
 
 import gradscope
 
-mode = sys.argv[1] if len(sys.argv) > 1 else "open"
-# Module-level names, as in a script: an open monitor lives until the interpreter exits.
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-torch.manual_seed(0)
-model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(),
-                                                          nn.Linear(16, 2)))
-opt = torch.optim.SGD(model.parameters(), lr=0.1)
-mon = gradscope.watch(model, optimizer=opt, flush_every=5, summary=False)
-for _ in range(12):  # 2 flushes, and 2 steps still queued at the end
-    opt.zero_grad()
-    model(torch.randn(32, 8)).pow(2).mean().backward()
-    opt.step()
-if mode == "close":
-    mon.close()
-elif mode == "destroy":
-    dist.destroy_process_group()
-print(f"rank {rank} done", flush=True)
+if __name__ == "__main__":  # module-level names, as in a script (pytest imports this file)
+    mode = sys.argv[1] if len(sys.argv) > 1 else "open"
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(),
+                                                              nn.Linear(16, 2)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gradscope.watch(model, optimizer=opt, flush_every=5, summary=False)
+    for _ in range(12):  # 2 flushes, and 2 steps still queued at the end
+        opt.zero_grad()
+        model(torch.randn(32, 8)).pow(2).mean().backward()
+        opt.step()
+    if mode == "close":
+        mon.close()
+    elif mode == "destroy":
+        dist.destroy_process_group()
+    print(f"rank {rank} done", flush=True)
