@@ -486,6 +486,92 @@ def test_training_one_model_from_two_threads_does_not_crash() -> None:
     assert mon.history.steps() == list(range(20))  # the training thread's 20 steps
 
 
+def test_an_eval_thread_inside_a_training_forward_never_crashes_and_no_mode_leaks() -> None:
+    """Issue 23.1: the functional capture's mode is pushed and popped per thread. The eval
+    thread enters the model while the training thread's forward runs and leaves after it
+    (the interleaving that popped on the wrong thread); then the issue's free-running loop."""
+    inside, train_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    stacks: list[int] = []
+
+    class Rendezvous(nn.Module):
+        """On the training thread, lets the eval thread in and waits until it is inside."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 8)
+            self.arm = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if threading.current_thread() is threading.main_thread() and self.arm:
+                self.arm = False
+                evaluator.start()
+                assert inside.wait(30)
+            elif threading.current_thread() is not threading.main_thread():
+                inside.set()
+                assert train_done.wait(30)
+            return torch.sigmoid(self.lin(x))
+
+    def evaluate() -> None:
+        try:
+            with torch.no_grad():
+                model(torch.randn(16, 4))
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+        stacks.append(torch._C._len_torch_function_stack())
+
+    def sites(eval_thread: bool) -> list[str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with gradscope.watch(model, summary=False) as mon:
+                for step in range(3):
+                    model[0].arm = eval_thread and step == 1
+                    model(torch.randn(4, 4)).sum().backward()
+                    if eval_thread and step == 1:
+                        train_done.set()
+                        evaluator.join(30)
+        assert torch._C._len_torch_function_stack() == 0
+        return mon.history.layers("activation")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Rendezvous(), nn.Linear(8, 2))
+    evaluator = threading.Thread(target=evaluate, name="eval")
+    assert sites(True) == sites(False) == ["0:sigmoid"]
+    assert errors == [] and stacks == [0]
+
+    # the issue's script: an eval thread runs the model in a loop while 100 steps train
+    m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(m.parameters(), 0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            for _ in range(10_000):  # bounded; stopped when training ends
+                if stop.is_set():
+                    break
+                with torch.no_grad():
+                    m(torch.randn(256, 16))
+        except BaseException as err:
+            errors.append(err)
+        stacks.append(torch._C._len_torch_function_stack())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mon = gradscope.watch(m, optimizer=opt, summary=False)
+        t = threading.Thread(target=loop)
+        t.start()
+        for _ in range(100):
+            opt.zero_grad()
+            m(torch.randn(32, 16)).pow(2).mean().backward()
+            opt.step()
+        stop.set()
+        t.join(60)
+        mon.close()
+    assert errors == [] and stacks == [0, 0]
+    assert torch._C._len_torch_function_stack() == 0
+    assert mon.history.steps() == list(range(100))
+
+
 # ------------------------------------------------------------------ long runs
 def test_history_retention_keeps_recent_thinned_old_and_the_first_alarm() -> None:
     keep = Retention(recent=100, per_octave=10, head=5)
