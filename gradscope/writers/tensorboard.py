@@ -45,10 +45,14 @@ caller's thread (at most once per ``image_interval`` seconds).
 run is refused, unless ``resume=True`` adds to that run on purpose.
 
 **Write errors** (a full disk) never stop training. TensorBoard's own writer
-thread dies at its first error and refuses every later write, so after an error
-this writer closes that event file and opens a new one in the same run at the
-next flush; the values handed to the failed file since its last confirmed flush
-are counted, and said once when writing works again and once at :meth:`close`.
+thread dies at its first error and refuses every later write (its traceback is
+not printed: the error is said by this writer), so after an error this writer
+closes that event file and opens a new one in the same run at the first write
+job after a probe write into the directory succeeds (no file is opened while
+the disk is full; a new file that fails at once is removed); the values handed
+to the failed file since its last confirmed flush, and those of the jobs that
+failed meanwhile, are counted, and said once when writing works again and once
+at :meth:`close`.
 
 Example:
     >>> import tempfile, torch, torch.nn as nn, gradscope
@@ -68,6 +72,7 @@ import queue
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -183,6 +188,7 @@ class TensorBoardWriter(Sink):
         self._image_pending: Optional[tuple[History, int]] = None
         self.parameters = parameters
         self.image_steps = image_steps
+        _quiet_writer_threads(self)
         self.summary_writer = SummaryWriter(
             log_dir=str(self.logdir), flush_secs=flush_secs, max_queue=max_queue)
         self.summary_writer.add_text(RUN_TAG, marker_text(self.run_id, resumed=resume), 0)
@@ -275,6 +281,7 @@ class TensorBoardWriter(Sink):
             except Exception as err:  # counted, and said just below
                 if self._error is None:
                     self._error = err
+            _OPEN.discard(self)
             self._say(self.losses.total(), "failed during this run")
         self._raise_background_error()
 
@@ -321,7 +328,10 @@ class TensorBoardWriter(Sink):
             raise
 
     def _reopen(self) -> None:
-        """Close the event file whose writer thread died; the next write opens a new one."""
+        """Close the event file whose writer thread died and open a new one, once a probe
+        write succeeds (on a full disk no file is opened; the job fails and is counted).
+        A new file that fails at once is removed: nothing of the run is in it."""
+        _probe(self.logdir)
         self._settle()
         sw = self.summary_writer
         writers: list[Any] = list((sw.all_writers or {}).values())
@@ -331,7 +341,15 @@ class TensorBoardWriter(Sink):
             except Exception:  # the dead writer re-raises its error
                 pass
         sw.file_writer = sw.all_writers = None  # SummaryWriter opens a new file on next use
-        sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
+        _quiet_writer_threads(self)
+        before = set(self.logdir.glob(_EVENT_FILES))
+        try:
+            sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
+        except Exception:
+            for path in set(self.logdir.glob(_EVENT_FILES)) - before:
+                path.unlink(missing_ok=True)
+            sw.file_writer = sw.all_writers = None
+            raise
         self._confirmed = (_file_end(sw)[0], 0)
         self._layers_written, self._series = (), {}  # again, into the new file
         self.losses.broken = False
@@ -442,6 +460,47 @@ class TensorBoardWriter(Sink):
         if through_time is not None:
             self._submit(self.summary_writer.add_image, TIME_GRADIENT_TAG, through_time, step,
                          None, "HWC")
+
+
+_EVENT_FILES = "events.out.tfevents.*"
+_PROBE_BYTES = 4096  # a probe write this large must succeed before a new event file opens
+
+
+def _probe(logdir: Path) -> None:
+    """Raise the ``OSError`` a write into ``logdir`` meets now (a full disk), leaving no
+    file; written as TensorBoard writes its event files."""
+    from tensorboard.compat import tf
+
+    path = logdir / f".gradscope-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with tf.io.gfile.GFile(str(path), "wb") as f:
+            f.write(bytes(_PROBE_BYTES))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+#: The open writers, whose event files' dying writer threads are not printed.
+_OPEN: weakref.WeakSet[TensorBoardWriter] = weakref.WeakSet()
+
+
+def _quiet_writer_threads(writer: TensorBoardWriter) -> None:
+    """Stop Python printing ``Exception in thread`` when TensorBoard's writer thread of one
+    of ``writer``'s event files dies (a full disk): the writer counts what is lost and says
+    it in its warnings. Other threads' errors go to the ``threading.excepthook`` in place."""
+    _OPEN.add(writer)
+    previous = threading.excepthook
+    if getattr(previous, "_gradscope", False):
+        return
+
+    def hook(args: Any) -> None:
+        gfile = getattr(getattr(args.thread, "_record_writer", None), "_writer", None)
+        name = getattr(gfile, "filename", None) or getattr(gfile, "name", None)
+        if not isinstance(name, (str, bytes)) or not any(
+                Path(os.fsdecode(name)).parent == w.logdir for w in list(_OPEN)):
+            previous(args)
+
+    hook._gradscope = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _file_end(sw: SummaryWriter) -> tuple[Optional[Path], int]:
