@@ -572,6 +572,71 @@ def test_an_eval_thread_inside_a_training_forward_never_crashes_and_no_mode_leak
     assert mon.history.steps() == list(range(100))
 
 
+# ------------------------------------------------- models built on meta, then materialised
+def _train_steps(model: nn.Module, steps: int, device: str = "cpu") -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 4, device=device)).pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_model_on_the_meta_device_is_skipped_with_one_warning(strict: bool) -> None:
+    """Issue 23.3: meta tensors have no values: nothing is measured, said once, and no
+    flush (here inside the steps: ``flush_every=5``) raises in the user's step."""
+    with torch.device("meta"):
+        model = _mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, flush_every=5, summary=False, strict=strict) as mon:
+            _train_steps(model, 12, device="meta")
+    said = [str(w.message) for w in caught if "meta device" in str(w.message)]
+    assert len(said) == 1 and "to_empty" in said[0], [str(w.message) for w in caught]
+    assert mon.history.steps() == []
+
+
+def _materialise(model: nn.Module) -> None:
+    model.to_empty(device="cpu")
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+
+
+def _assign(model: nn.Module) -> None:
+    model.load_state_dict({k: v.clone() for k, v in _mlp().state_dict().items()}, assign=True)
+
+
+def _weight_norm(model: nn.Module) -> None:
+    torch.nn.utils.parametrizations.weight_norm(model[0])  # new parameters original0/1
+
+
+def _parametrize(model: nn.Module) -> None:
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight", nn.Identity())
+
+
+@pytest.mark.parametrize("change, names", [
+    (_materialise, ["0.bias", "0.weight"]),
+    (_assign, ["0.bias", "0.weight"]),
+    (_weight_norm, ["0.bias", "0.weight.original0", "0.weight.original1"]),
+    (_parametrize, ["0.bias", "0.weight"]),
+], ids=["to_empty", "load_state_dict-assign", "weight_norm", "parametrize"])
+def test_parameters_replaced_after_watch_are_looked_up_again(
+        change: Callable[[nn.Module], None], names: list[str]) -> None:
+    """Issue 23.4: the model's parameters are replaced after watch() (meta then
+    ``to_empty``, ``load_state_dict(assign=True)``, a parametrization): the new ones are
+    read, under the layer of the module that uses them."""
+    with torch.device("meta" if change is _materialise else "cpu"):
+        model = _mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with gradscope.watch(model, summary=False) as mon:
+            change(model)
+            _train_steps(model, 3)
+    assert mon.history.series("0", "grad_norm")[0] == [0, 1, 2]
+    assert sorted(n for n in mon.history.layers("parameter") if n.startswith("0.")
+                  and mon.history.metrics(n)) == names
+
+
 # ------------------------------------------------------------------ long runs
 def test_history_retention_keeps_recent_thinned_old_and_the_first_alarm() -> None:
     keep = Retention(recent=100, per_octave=10, head=5)

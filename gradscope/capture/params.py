@@ -1,7 +1,11 @@
 """Parameters and the optimizer: gradient norms, weight norms, update ratios.
 
 Every module with parameters of its own is a layer; each of its parameters is
-read through a weak reference (the monitor never keeps the model alive). The
+read through a weak reference (the monitor never keeps the model alive). A
+parameter replaced after ``watch()`` (``model.to_empty(device=...)`` of a model
+built on the meta device, ``load_state_dict(assign=True)``, a parametrization) is
+noticed at the next sampled step (its module no longer holds it: one dictionary
+look-up per parameter), and the parameters are looked up again. The
 monitor calls :meth:`ParamCapture.read` when a step's gradients are final (in
 the optimizer's step pre-hook, or when the backward finishes), and, with update
 ratios on, :meth:`ParamCapture.snapshot` before the optimizer step and
@@ -27,6 +31,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck
@@ -48,7 +53,15 @@ class _ParamRef:
     layer: str
     name: str
     ref: Callable[[], Optional[Tensor]]
+    holder: Callable[[], Optional[nn.Module]]  # the module whose ``_parameters`` holds it
+    attr: str  # its key there
     checked: bool = False  # its layer's parameter the every-step check reads
+
+    def current(self) -> bool:
+        """Whether the parameter is still the one its module holds (not replaced by
+        ``to_empty``, ``load_state_dict(assign=True)`` or a parametrization)."""
+        p, holder = self.ref(), self.holder()
+        return p is not None and holder is not None and holder._parameters.get(self.attr) is p
 
 
 @dataclass
@@ -75,16 +88,23 @@ class ParamCapture:
         self._staged: list[Entry] = []  # this step's entries, queued by commit()
         self._split: set[str] = set()  # layers with parameters on several devices
         self._decoders: dict[tuple[object, ...], Decoder] = {}
+        self._model: Callable[[], Optional[nn.Module]] = lambda: None
 
     def register(self, model: nn.Module) -> None:
-        """Find the included layers' parameters (again on each attach: never twice)."""
+        """Find the included layers' parameters (again on each attach, and at a sampled
+        step when a parameter was replaced: never twice). The parameters of a
+        parametrization (``torch.nn.utils.parametrize``) belong to the module it
+        parametrizes: ``0.weight`` (its ``original``), ``0.weight.original0``."""
+        self._model = weakref.ref(model)
         self.refs, self._checked = [], []
         seen: set[int] = set()
         include, history = self.ctx.options.include_fn, self.ctx.history
+        inside = {id(m) for module in model.modules() if parametrize.is_parametrized(module)
+                  for m in _parametrizations(module).modules()}
         for name, module in model.named_modules():
-            if not include(name, module):
+            if id(module) in inside or not include(name, module):
                 continue
-            own = [(n, p) for n, p in module.named_parameters(recurse=False)
+            own = [(n, p, h, a) for n, p, h, a in _own_parameters(module)
                    if p.requires_grad and id(p) not in seen]
             if not own:
                 continue
@@ -92,10 +112,10 @@ class ParamCapture:
             self._layer_order.setdefault(layer, len(self._layer_order))
             history.add_layer(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
                                         type=type(module).__name__, module=name))
-            for pname, p in own:
+            for pname, p, holder, attr in own:
                 seen.add(id(p))
                 full = f"{name}.{pname}" if name else pname
-                self.refs.append(_ParamRef(layer, full, weakref.ref(p)))
+                self.refs.append(_ParamRef(layer, full, weakref.ref(p), weakref.ref(holder), attr))
                 history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
                                             type="Parameter", module=name, shape=tuple(p.shape)))
             smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
@@ -140,6 +160,9 @@ class ParamCapture:
         the gradients are still multiplied by this loss scale (a 0-d device tensor; an
         optimizer that unscales in its own kernel), divided out of the norms on the device.
         """
+        model = self._model()
+        if model is not None and not all(r.current() for r in self.refs):
+            self.register(model)  # replaced parameters: read the model's new ones
         groups = self._groups()
         staged = self._staged = []
         with torch.no_grad():
@@ -261,6 +284,25 @@ class ParamCapture:
                 for b, p in zip(bufs, params)):
             bufs = self._snapshot = _flat_buffers(params)
         return bufs
+
+
+def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor, nn.Module, str]]:
+    """``(name, parameter, holder, key)`` of the parameters ``module`` uses itself: its own,
+    and those of its parametrizations (``weight`` for ``original``)."""
+    own: list[tuple[str, Tensor, nn.Module, str]] = [
+        (n, p, module, n) for n, p in module.named_parameters(recurse=False)]
+    if parametrize.is_parametrized(module):
+        for tensor, plist in _parametrizations(module).items():
+            for path, holder in plist.named_modules():
+                for key, p in holder.named_parameters(recurse=False):
+                    name = ".".join(x for x in (tensor, path, key) if x)
+                    own.append((tensor if name == f"{tensor}.original" else name, p, holder, key))
+    return own
+
+
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    """The ``ModuleDict`` of a parametrized module's parametrizations."""
+    return module.parametrizations  # type: ignore[return-value]
 
 
 def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
