@@ -73,6 +73,7 @@ from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
 from gradscope.queue import Queue
 from gradscope.reductions import combine_op
+from gradscope.resume import resume_options
 from gradscope.writers.base import Record, Sink, SinkFanout
 
 __all__ = ["Monitor"]
@@ -122,6 +123,7 @@ class Monitor:
         elif flat:
             raise TypeError(f"Monitor(): pass options=... or flat keywords, not both ({sorted(flat)})")
         check_model(options, model, optimizer)
+        options = resume_options(options, model)  # the same model, the run's next step
         self.options = options
         self.history = History(options.retention or Retention(recent=None))
         self._model_ref = weakref.ref(model)

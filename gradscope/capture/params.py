@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -42,7 +42,7 @@ from gradscope.writers.base import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "read_gradients"]
+__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "layers", "read_gradients"]
 
 #: The every-step check reads no parameter gradient larger than this (elements).
 CHECK_MAX_ELEMENTS = 1 << 20
@@ -97,23 +97,13 @@ class ParamCapture:
         parametrizes: ``0.weight`` (its ``original``), ``0.weight.original0``."""
         self._model = weakref.ref(model)
         self.refs, self._checked = [], []
-        seen: set[int] = set()
-        include, history = self.ctx.options.include_fn, self.ctx.history
-        inside = {id(m) for module in model.modules() if parametrize.is_parametrized(module)
-                  for m in _parametrizations(module).modules()}
-        for name, module in model.named_modules():
-            if id(module) in inside or not include(name, module):
-                continue
-            own = [(n, p, h, a) for n, p, h, a in _own_parameters(module)
-                   if p.requires_grad and id(p) not in seen]
-            if not own:
-                continue
+        history = self.ctx.history
+        for name, module, own in layers(model, self.ctx.options.include_fn):
             layer = name or "(root)"
             self._layer_order.setdefault(layer, len(self._layer_order))
             history.add_layer(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
                                         type=type(module).__name__, module=name))
             for pname, p, holder, attr in own:
-                seen.add(id(p))
                 full = f"{name}.{pname}" if name else pname
                 self.refs.append(_ParamRef(layer, full, weakref.ref(p), weakref.ref(holder), attr))
                 history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
@@ -284,6 +274,23 @@ class ParamCapture:
                 for b, p in zip(bufs, params)):
             bufs = self._snapshot = _flat_buffers(params)
         return bufs
+
+
+def layers(model: nn.Module, include: Callable[[str, nn.Module], bool]
+           ) -> Iterator[tuple[str, nn.Module, list[tuple[str, Tensor, nn.Module, str]]]]:
+    """``(name, module, own)`` of each included module with trainable parameters of its own
+    (``own``: ``(name, parameter, holder, key)``, each parameter once over the model)."""
+    seen: set[int] = set()
+    inside = {id(m) for module in model.modules() if parametrize.is_parametrized(module)
+              for m in _parametrizations(module).modules()}
+    for name, module in model.named_modules():
+        if id(module) in inside or not include(name, module):
+            continue
+        own = [(n, p, h, a) for n, p, h, a in _own_parameters(module)
+               if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for _, p, _, _ in own)
+        if own:
+            yield name, module, own
 
 
 def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor, nn.Module, str]]:
