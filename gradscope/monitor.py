@@ -335,7 +335,7 @@ class Monitor:
         if opt is not None:
             hook(opt.register_step_pre_hook(_weak(self._steps.opt_pre_hook)))
             hook(opt.register_step_post_hook(_weak(self._steps.opt_post_hook)))
-        self._scaler.register()
+        self._scaler.register(model)
 
     def _remove_handles(self) -> None:
         handles = list(self._handles)

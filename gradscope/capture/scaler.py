@@ -18,6 +18,11 @@ the scaler from ``watch(..., scaler=scaler)``; this capture then
   ``scale`` (the scale this step's backward ran with) under the series
   :data:`SCALER_SERIES`.
 
+A scaler **not given** (``scaler=`` forgotten) is noticed at the first step of an
+optimizer of the model: a global optimizer step pre-hook, removed after that step,
+looks for a ``GradScaler`` among its callers (``scaler.step(opt)``) and says once
+to pass it (:data:`FORGOTTEN_SCALER`).
+
 Whether a step was skipped is known on the host for free: ``scaler.step`` calls
 ``optimizer.step()`` only when no inf was found, and the monitor's optimizer
 hooks see that call or not. An optimizer that unscales inside its own fused
@@ -29,18 +34,35 @@ the monitor reads on the device instead (:meth:`ScalerCapture.fused`).
 from __future__ import annotations
 
 import functools
+import sys
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from gradscope.capture.base import Context
 from gradscope.findings.amp import SCALER_SERIES
 from gradscope.history import LayerInfo
 from gradscope.writers.base import Record
 
-__all__ = ["SCALER_SERIES", "ScalerCapture"]
+__all__ = ["FORGOTTEN_SCALER", "SCALER_SERIES", "ScalerCapture"]
+
+#: Said once when a GradScaler steps the watched model's optimizer but ``scaler=`` was not given.
+FORGOTTEN_SCALER = (
+    "gradscope: a torch.amp.GradScaler steps the watched model's optimizer "
+    "(scaler.step(optimizer)), but watch() was not given it: the gradients seen during the "
+    "backward (grad_out_* metrics, backprop histograms) are recorded multiplied by its loss "
+    "scale (65536 at first, by default), and an iteration whose step it skips (inf/NaN "
+    "gradients) is not counted as a step. Pass it: watch(model, optimizer=optimizer, "
+    "scaler=scaler).")
+#: How many frames above the optimizer's step pre-hook are searched for a calling GradScaler
+#: (its ``step`` or ``_maybe_opt_step``, under the optimizer's own wrappers).
+_SCALER_FRAMES = 8
 
 
 class _Patch:
@@ -66,6 +88,8 @@ class ScalerCapture:
         self.stepped = False  # the watched optimizer stepped in this iteration
         self._found_inf: Optional[Tensor] = None  # a fused optimizer's verdict, on the device
         self._scale0: Optional[Tensor] = None  # 0-d view of the scaler's scale tensor
+        self._model: Callable[[], Optional[nn.Module]] = lambda: None
+        self._listening: Optional[RemovableHandle] = None  # the hook of _forgotten
 
     @property
     def active(self) -> bool:
@@ -73,8 +97,13 @@ class ScalerCapture:
         scaler = self.ctx.options.scaler
         return scaler is not None and bool(scaler.is_enabled())
 
-    def register(self) -> None:
-        """Wrap the scaler's ``update`` while attached."""
+    def register(self, model: nn.Module) -> None:
+        """Wrap the scaler's ``update`` while attached; with no scaler given, look once for
+        one that steps ``model``'s optimizer (:meth:`_forgotten`)."""
+        if self.ctx.options.scaler is None:
+            self._model = weakref.ref(model)
+            self._listening = register_optimizer_step_pre_hook(self._forgotten)
+            self.ctx.hook(self._listening)
         if not self.active:
             return
         scaler = self.ctx.options.scaler
@@ -91,6 +120,30 @@ class ScalerCapture:
         self.ctx.grad_scale = self.scale
         self.ctx.history.add_layer(LayerInfo(SCALER_SERIES, kind="step", order=0,
                                              type=type(scaler).__name__))
+
+    def _forgotten(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """A global optimizer step pre-hook, until the first step of an optimizer of the
+        model: warn once when a ``GradScaler`` called it (``scaler.step(opt)``), since the
+        monitor was not told (``scaler=``)."""
+        model = self._model()
+        if self._listening is None or model is None or \
+                threading.get_ident() != self.ctx.state.thread:
+            return
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in held for p in model.parameters()):
+            return  # another model's optimizer (a GAN's other half): keep looking
+        self._listening.remove()
+        self._listening = None
+        frame = sys._getframe(1)
+        for _ in range(_SCALER_FRAMES):
+            if frame is None:
+                return
+            scaler = frame.f_locals.get("self")
+            if isinstance(scaler, torch.amp.GradScaler):
+                if scaler.is_enabled():
+                    self.ctx.once("scaler", FORGOTTEN_SCALER)
+                return
+            frame = frame.f_back  # type: ignore[assignment]
 
     def clear(self) -> None:
         """Forget the iteration in progress (on detach)."""
