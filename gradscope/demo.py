@@ -29,6 +29,7 @@ from torch import nn
 
 import gradscope
 from gradscope.history import History
+from gradscope.paths import dir_problem
 
 __all__ = ["configure", "make_model", "run", "run_demo"]
 
@@ -136,5 +137,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gradscope demo``."""
     if args.steps < 1:
         raise SystemExit(f"gradscope demo: --steps {args.steps} must be >= 1")
+    problem = dir_problem(Path(args.logdir))
+    if problem is not None:
+        raise SystemExit(f"gradscope demo: --logdir {args.logdir!r}: {problem}; pass a "
+                         "directory you can write to (it is created if missing)")
     run_demo(logdir=args.logdir, steps=args.steps, seed=args.seed)
     return 0

@@ -43,6 +43,7 @@ from typing import Any, Optional, TextIO
 from gradscope import metrics
 from gradscope.findings import SEVERITIES
 from gradscope.history import History, encode_value
+from gradscope.paths import read_problem
 from gradscope.runs import RunFiles, RunReport, find_runs, load_run
 
 __all__ = ["RunFiles", "RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
@@ -90,9 +91,10 @@ def report(logdir: Path, *, step: Optional[int] = None, fmt: str = "text",
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    if not logdir.exists():
-        print(f"gradscope report: {str(logdir)!r} does not exist; pass the directory you gave "
-              "watch(logdir=...) or its parent", file=err)
+    problem = read_problem(logdir)
+    if problem is not None:
+        print(f"gradscope report: {str(logdir)!r}: {problem}; pass the directory you gave "
+              "watch(logdir=...), its parent, or one of its event files", file=err)
         return 2
     if step is not None and step < 0:
         print(f"gradscope report: --step {step} must be >= 0", file=err)

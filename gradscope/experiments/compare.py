@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from gradscope.paths import dir_problem
 
 __all__ = ["FULL", "QUICK", "configure", "configure_preset", "run", "run_preset"]
 
@@ -132,13 +133,10 @@ def _results_dir(args: argparse.Namespace, default: str) -> Path:
     """The results directory; checked (a directory, or creatable) before any data is loaded."""
     out = Path(args.results_dir) if args.results_dir else Path(default + ("-quick" if args.quick
                                                                          else ""))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--results-dir {str(out)!r} is a file; pass a directory (it is "
-                         "created if missing)")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--results-dir {str(out)!r}: {str(parent)!r} is not writable; pass a "
-                         "directory you can write to")
+    problem = dir_problem(out)
+    if problem is not None:
+        raise ValueError(f"--results-dir {str(out)!r}: {problem}; pass a directory you can "
+                         "write to (it is created if missing)")
     return out
 
 
