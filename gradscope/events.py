@@ -181,11 +181,12 @@ def marker_text(run_id: str, *, resumed: bool = False) -> str:
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def read_marker(path: Path) -> Optional[dict[str, Any]]:
+def read_marker(path: Path, status: Optional[FileRead] = None) -> Optional[dict[str, Any]]:
     """The marker of one event file: its JSON, ``{"run": <file name>, "legacy": True}`` for a
-    file of an earlier version (a layer index, no marker), or ``None`` (not gradscope's)."""
+    file of an earlier version (a layer index, no marker), or ``None`` (not gradscope's, or
+    not readable: then ``status.problem`` says why)."""
     legacy = False
-    for event in read_events(path, limit=MARKER_EVENTS):
+    for event in read_events(path, status, limit=MARKER_EVENTS):
         for tag, text in texts(event):
             if tag == RUN_TAG:
                 try:

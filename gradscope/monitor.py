@@ -144,7 +144,7 @@ class Monitor:
         self._ctx = Context(options, self._queue, self.history, self._handles.append,
                             histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.step = options.start_step
-        self._ctx.state.sampled = self._ctx.sample(options.start_step)
+        self._ctx.state.sampled = self._ctx.sample(options.start_step, first=True)
         self._recorder = ActivationRecorder(self._ctx)
         self._compiled = CompiledSteps(self._ctx, optimizer=optimizer is not None)
         self._coverage = CoverageTracker(self._ctx, self._recorder, self._compiled)
@@ -221,6 +221,7 @@ class Monitor:
             self._recurrent.end_step()
             self._params.commit()
             self.flush()
+            self._params.say_never_graded()
         finally:
             self._remove_handles()
             self._ctx.state.attached = False

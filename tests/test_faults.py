@@ -432,6 +432,49 @@ def test_check_nonfinite_off_sees_only_sampled_steps() -> None:
     assert all(f.first_step == 10 for f in analyze(mon.history) if f.rule == "nonfinite")
 
 
+def test_a_schedule_must_take_the_step_and_return_a_bool() -> None:
+    """Issue 23.8: ``every=lambda s: "no"`` (truthy) and ``every=lambda: True`` (no argument)
+    are refused at watch() with the fix; a schedule that stops returning bools later is said
+    once, and those steps are not sampled."""
+    with pytest.raises(TypeError, match=r"must return True or False .*returned 'no' \(str\)"):
+        gradscope.watch(_mlp(), every=lambda s: "no")
+    with pytest.raises(TypeError, match=r"called with the step number .*cannot take one argument"):
+        gradscope.watch(_mlp(), every=lambda: True)
+    with pytest.raises(TypeError, match=r"histogram_every=.*cannot take one argument"):
+        gradscope.watch(_mlp(), histogram_every=lambda: True)
+    model = _mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, every=lambda s: True if s < 2 else s, summary=False) as mon:
+            for _ in range(4):
+                model(torch.randn(4, 4)).sum().backward()
+    said = [str(w.message) for w in caught if "schedule" in str(w.message)]
+    assert len(said) == 1 and "returned 2 (int)" in said[0]
+    assert mon.history.steps() == [0, 1]
+
+
+def test_a_trainable_layer_that_never_gets_a_gradient_is_said_once() -> None:
+    """Issue 23.8: a layer with trainable parameters the loss never reaches is listed (no
+    values) and said once at close, by name; a layer that gets gradients is not."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.used(x))
+
+    model = Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, summary=False) as mon:
+            for _ in range(3):
+                model(torch.randn(4, 4)).sum().backward()
+    said = [str(w.message) for w in caught if "never received a gradient" in str(w.message)]
+    assert len(said) == 1 and "'unused'" in said[0] and "'used'" not in said[0], said
+    assert mon.history.metrics("unused") == [] and "grad_norm" in mon.history.metrics("used")
+
+
 # ------------------------------------------------------------------ threads
 def test_another_threads_forward_is_not_recorded() -> None:
     """An evaluation thread's no_grad forward in train mode (big inputs: saturating) is ignored."""

@@ -297,3 +297,35 @@ def test_resume_refuses_a_different_model_and_continues_at_the_next_step(
     ea = EventAccumulator(str(tmp_path))
     ea.Reload()
     assert [e.step for e in ea.Scalars("grad_norm/0")] == list(range(9))  # none written twice
+
+
+def test_an_unreadable_or_cut_event_file_is_named_with_what_is_wrong(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.8: an event file that cannot be opened (tests run as root: ``open`` is made to
+    refuse it) is named with the error, not "no gradscope runs"; a file cut to 2% (its
+    marker kept, its values lost) says the run holds no value that could be read."""
+    import builtins
+
+    from gradscope import events
+
+    _ours(tmp_path / "cut", steps=40)
+    path = _event_file(tmp_path / "cut")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 50])
+    code, _, err = _report(capsys, tmp_path / "cut")
+    assert code == 2 and "cut short" in err
+    assert "hold" in err and "no value that could be read" in err
+    assert "no TensorBoard event file starting" not in err
+
+    _ours(tmp_path / "locked")
+    locked = _event_file(tmp_path / "locked")
+
+    def refuse(file: object, *args: object, **kwargs: object) -> object:
+        if Path(str(file)) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(events, "open", refuse, raising=False)
+    code, _, err = _report(capsys, tmp_path / "locked")
+    assert code == 2
+    assert f"{locked}: cannot be opened (PermissionError: Permission denied)" in err

@@ -89,6 +89,8 @@ class ParamCapture:
         self._split: set[str] = set()  # layers with parameters on several devices
         self._decoders: dict[tuple[object, ...], Decoder] = {}
         self._model: Callable[[], Optional[nn.Module]] = lambda: None
+        self._graded: set[str] = set()  # layers that had a gradient at a sampled step
+        self._reads = 0  # sampled steps whose gradients were read
 
     def register(self, model: nn.Module) -> None:
         """Find the included layers' parameters (again on each attach, and at a sampled
@@ -113,6 +115,20 @@ class ParamCapture:
                 ref = self.refs[len(self.refs) - len(own) + smallest]
                 ref.checked = True
                 self._checked.append(ref)
+
+    def say_never_graded(self) -> None:
+        """Say once which layers' trainable parameters got no gradient at any sampled step
+        (unused in the forward, or cut from the loss): they are listed with no values."""
+        never = list(dict.fromkeys(r.layer for r in self.refs if r.layer not in self._graded))
+        if not never or not self._reads:
+            return
+        shown = ", ".join(repr(n) for n in never[:8]) + (f" ({len(never)} in all)"
+                                                         if len(never) > 8 else "")
+        self.ctx.once("never_graded", (
+            f"gradscope: the trainable parameters of {shown} never received a gradient over "
+            f"the {self._reads} sampled steps read: unused in the forward, or cut from the loss "
+            "(detach(), no_grad). They are listed with no gradient values; freeze them "
+            "(requires_grad_(False)) or leave them out (include=...) if that is intended."))
 
     def combine(self, records: list[Record]) -> list[Record]:
         """Add the values of layers whose parameters sit on several devices (usually none).
@@ -246,6 +262,8 @@ class ParamCapture:
             g.layers.setdefault(r.layer, []).append(len(g.refs))
             g.refs.append(r)
             g.params.append(p.detach())
+        self._graded.update(r.layer for g in groups.values() for r in g.refs)
+        self._reads += 1
         seen: set[str] = set()
         self._split = set()
         for g in groups.values():
