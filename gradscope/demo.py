@@ -29,7 +29,7 @@ from torch import nn
 
 import gradscope
 from gradscope.history import History
-from gradscope.paths import dir_problem
+from gradscope.writers.paths import dir_problem
 
 __all__ = ["configure", "make_model", "run", "run_demo"]
 

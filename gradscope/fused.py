@@ -3,7 +3,7 @@
 Every operation inside a hook pays a fixed price (the dispatcher on a CPU, a
 kernel launch on a GPU), so an activation's ten or so reductions cost far more
 than their arithmetic on small tensors. :class:`Fuser` compiles each activation
-plan (:class:`gradscope.reductions.Plan`) with ``torch.compile`` into one
+plan (:class:`gradscope.plan.Plan`) with ``torch.compile`` into one
 kernel that reads the tensor once or twice and returns every reduction the
 plan's metrics need, plus the per-unit "on" mask for the unit window. The same
 reductions, traced on their accelerator path (no host reads, no scratch
@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from gradscope.activations import ActivationFamily, Source
-from gradscope.reductions import ActivationCall, Affine, Plan
+from gradscope.plan import Plan
+from gradscope.reductions import ActivationCall, Affine
 
 __all__ = ["MODES", "Fuser"]
 

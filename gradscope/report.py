@@ -43,8 +43,8 @@ from typing import Any, Optional, TextIO
 from gradscope import metrics
 from gradscope.findings import SEVERITIES
 from gradscope.history import History, encode_value
-from gradscope.paths import read_problem
 from gradscope.runs import RunFiles, RunReport, find_runs, load_run
+from gradscope.writers.paths import read_problem
 
 __all__ = ["RunFiles", "RunReport", "configure", "find_runs", "load_run", "rank", "render", "run",
            "run_health"]

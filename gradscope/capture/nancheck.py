@@ -31,17 +31,15 @@ output gradient at every step would cost more than the rest of the check togethe
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck, tensors
+from gradscope.capture.site import Site
 from gradscope.history import LayerInfo
-
-if TYPE_CHECKING:
-    from gradscope.capture.activation import Site
 
 __all__ = ["OUTPUT_SERIES", "NonfiniteChecker"]
 
@@ -121,8 +119,8 @@ class NonfiniteChecker:
         return None
 
     def _declare_output(self) -> None:
-        self.ctx.history.add_layer(LayerInfo(OUTPUT_SERIES, kind="step", order=1,
-                                             type="model output"))
+        self.ctx.queue.declare(LayerInfo(OUTPUT_SERIES, kind="step", order=1,
+                                         type="model output"))
 
     def check_forward(self, output: Any) -> Optional[bool]:
         """An unsampled forward of the watched model ended (``output``: what it returned):

@@ -25,24 +25,24 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck
+from gradscope.capture.layers import layers
 from gradscope.history import LayerInfo
-from gradscope.metrics import METRICS, Shape, copies, emitted, layer_values
+from gradscope.metrics import Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
-from gradscope.writers.base import Record, record
+from gradscope.records import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "layers", "read_gradients"]
+__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "read_gradients"]
 
 #: The every-step check reads no parameter gradient larger than this (elements).
 CHECK_MAX_ELEMENTS = 1 << 20
@@ -99,17 +99,17 @@ class ParamCapture:
         parametrizes: ``0.weight`` (its ``original``), ``0.weight.original0``."""
         self._model = weakref.ref(model)
         self.refs, self._checked = [], []
-        history = self.ctx.history
+        declare = self.ctx.queue.declare
         for name, module, own in layers(model, self.ctx.options.include_fn):
             layer = name or "(root)"
             self._layer_order.setdefault(layer, len(self._layer_order))
-            history.add_layer(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
-                                        type=type(module).__name__, module=name))
+            declare(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
+                              type=type(module).__name__, module=name))
             for pname, p, holder, attr in own:
                 full = f"{name}.{pname}" if name else pname
                 self.refs.append(_ParamRef(layer, full, weakref.ref(p), weakref.ref(holder), attr))
-                history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
-                                            type="Parameter", module=name, shape=tuple(p.shape)))
+                declare(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
+                                  type="Parameter", module=name, shape=tuple(p.shape)))
             smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
             if own[smallest][1].numel() <= CHECK_MAX_ELEMENTS:
                 ref = self.refs[len(self.refs) - len(own) + smallest]
@@ -130,15 +130,12 @@ class ParamCapture:
             "(detach(), no_grad). They are listed with no gradient values; freeze them "
             "(requires_grad_(False)) or leave them out (include=...) if that is intended."))
 
-    def combine(self, records: list[Record]) -> list[Record]:
-        """Add the values of layers whose parameters sit on several devices (usually none).
-
-        Every other layer is combined by its device's decoder.
-        """
+    def split_layers(self) -> dict[str, str]:
+        """Parameter -> layer, for the layers whose parameters sit on several devices (usually
+        none; the flush adds their values, every other layer is combined by its device's decoder)."""
         if not self._split:
-            return records
-        return combine_split_layers(records, {r.name: r.layer for r in self.refs
-                                              if r.layer in self._split})
+            return {}
+        return {r.name: r.layer for r in self.refs if r.layer in self._split}
 
     def commit(self) -> None:
         """Queue the step's entries (a later read of the same step replaced earlier ones)."""
@@ -146,10 +143,12 @@ class ParamCapture:
         self.ctx.queue.add(*staged)
 
     def clear(self) -> None:
-        """Forget the step in progress and the snapshot buffers (on detach)."""
+        """Forget the step in progress and the snapshot buffers (on detach), after saying
+        which layers never received a gradient."""
         self._pending_update = None
         self._snapshot = []
         self._staged = []
+        self.say_never_graded()
 
     def held(self) -> bool:
         """Whether a step's weight snapshot is waiting for its update."""
@@ -294,42 +293,6 @@ class ParamCapture:
         return bufs
 
 
-def layers(model: nn.Module, include: Callable[[str, nn.Module], bool]
-           ) -> Iterator[tuple[str, nn.Module, list[tuple[str, Tensor, nn.Module, str]]]]:
-    """``(name, module, own)`` of each included module with trainable parameters of its own
-    (``own``: ``(name, parameter, holder, key)``, each parameter once over the model)."""
-    seen: set[int] = set()
-    inside = {id(m) for module in model.modules() if parametrize.is_parametrized(module)
-              for m in _parametrizations(module).modules()}
-    for name, module in model.named_modules():
-        if id(module) in inside or not include(name, module):
-            continue
-        own = [(n, p, h, a) for n, p, h, a in _own_parameters(module)
-               if p.requires_grad and id(p) not in seen]
-        seen.update(id(p) for _, p, _, _ in own)
-        if own:
-            yield name, module, own
-
-
-def _own_parameters(module: nn.Module) -> list[tuple[str, Tensor, nn.Module, str]]:
-    """``(name, parameter, holder, key)`` of the parameters ``module`` uses itself: its own,
-    and those of its parametrizations (``weight`` for ``original``)."""
-    own: list[tuple[str, Tensor, nn.Module, str]] = [
-        (n, p, module, n) for n, p in module.named_parameters(recurse=False)]
-    if parametrize.is_parametrized(module):
-        for tensor, plist in _parametrizations(module).items():
-            for path, holder in plist.named_modules():
-                for key, p in holder.named_parameters(recurse=False):
-                    name = ".".join(x for x in (tensor, path, key) if x)
-                    own.append((tensor if name == f"{tensor}.original" else name, p, holder, key))
-    return own
-
-
-def _parametrizations(module: nn.Module) -> nn.ModuleDict:
-    """The ``ModuleDict`` of a parametrized module's parametrizations."""
-    return module.parametrizations  # type: ignore[return-value]
-
-
 def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
                    ) -> Optional[tuple[tuple[Any, ...], dict[str, Any]]]:
     """In an optimizer's step pre-hook: ``read()`` the gradients when they are final.
@@ -400,21 +363,6 @@ def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Option
         bad = list(dict.fromkeys(layer for layer, g in grads if not stats.all_finite(g)))
         return bad, (torch.full((len(bad),), math.nan) if bad else None)
     return [layer for layer, _ in grads], stats.foreach_finite_probe([g for _, g in grads])
-
-
-def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:
-    """Layer values of layers whose parameters sit on several devices (``split``: parameter -> layer)."""
-    acc: dict[tuple[int, str], dict[str, list[float]]] = {}
-    for step, name, metric, value in records:
-        layer = split.get(name)
-        spec = METRICS.get(metric)
-        if layer is not None and spec is not None and spec.aggregate is not None:
-            acc.setdefault((step, layer), {}).setdefault(metric, []).append(value)
-    out = list(records)
-    for (step, layer), values in acc.items():
-        out += [Record(step, layer, m, v) for m, v in layer_values(values).items()]
-    out.sort(key=lambda r: r[0])
-    return out
 
 
 def _flat_buffers(params: list[Tensor]) -> list[Tensor]:

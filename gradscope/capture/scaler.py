@@ -46,9 +46,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.capture.base import Context
-from gradscope.findings.amp import SCALER_SERIES
 from gradscope.history import LayerInfo
-from gradscope.writers.base import Record
+from gradscope.records import SCALER_SERIES, Record
 
 __all__ = ["FORGOTTEN_SCALER", "SCALER_SERIES", "ScalerCapture"]
 
@@ -118,8 +117,8 @@ class ScalerCapture:
 
         self.ctx.hook(_Patch(scaler, "update", update))  # type: ignore[arg-type]
         self.ctx.grad_scale = self.scale
-        self.ctx.history.add_layer(LayerInfo(SCALER_SERIES, kind="step", order=0,
-                                             type=type(scaler).__name__))
+        self.ctx.queue.declare(LayerInfo(SCALER_SERIES, kind="step", order=0,
+                                         type=type(scaler).__name__))
 
     def _forgotten(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """A global optimizer step pre-hook, until the first step of an optimizer of the

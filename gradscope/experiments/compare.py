@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-from gradscope.paths import dir_problem
+from gradscope.writers.paths import dir_problem
 
 __all__ = ["FULL", "QUICK", "configure", "configure_preset", "run", "run_preset"]
 

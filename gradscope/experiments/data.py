@@ -51,7 +51,7 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
-from gradscope.paths import dir_problem
+from gradscope.writers.paths import dir_problem
 
 __all__ = [
     "ENV_VAR",

@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 
 from gradscope import metrics
 from gradscope.history import LayerInfo
-from gradscope.paths import dir_problem
+from gradscope.writers.paths import dir_problem
 
 __all__ = [
     "CHART_LINES",
