@@ -62,6 +62,9 @@ FORGOTTEN_SCALER = (
 #: How many frames above the optimizer's step pre-hook are searched for a calling GradScaler
 #: (its ``step`` or ``_maybe_opt_step``, under the optimizer's own wrappers).
 _SCALER_FRAMES = 8
+#: Steps of other models' optimizers after which the look for a forgotten scaler stops (a
+#: watched model trained by no optimizer of its own costs nothing after that).
+_SCALER_LOOKS = 64
 
 
 class _Patch:
@@ -89,6 +92,7 @@ class ScalerCapture:
         self._scale0: Optional[Tensor] = None  # 0-d view of the scaler's scale tensor
         self._model: Callable[[], Optional[nn.Module]] = lambda: None
         self._listening: Optional[RemovableHandle] = None  # the hook of _forgotten
+        self._looks = 0  # optimizer steps _forgotten has seen
 
     @property
     def active(self) -> bool:
@@ -129,10 +133,13 @@ class ScalerCapture:
                 threading.get_ident() != self.ctx.state.thread:
             return
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if not any(id(p) in held for p in model.parameters()):
-            return  # another model's optimizer (a GAN's other half): keep looking
-        self._listening.remove()
-        self._listening = None
+        self._looks += 1
+        ours = any(id(p) in held for p in model.parameters())
+        if ours or self._looks >= _SCALER_LOOKS:  # (else a GAN's other half: keep looking)
+            self._listening.remove()
+            self._listening = None
+        if not ours:
+            return
         frame = sys._getframe(1)
         for _ in range(_SCALER_FRAMES):
             if frame is None:
