@@ -105,7 +105,14 @@ class ScalerCapture:
         one that steps ``model``'s optimizer (:meth:`_forgotten`)."""
         if self.ctx.options.scaler is None:
             self._model = weakref.ref(model)
-            self._listening = register_optimizer_step_pre_hook(self._forgotten)
+            method = weakref.WeakMethod(self._forgotten)  # a global hook: hold us weakly
+
+            def look(optimizer: Any, args: Any, kwargs: Any) -> None:
+                forgotten = method()
+                if forgotten is not None:
+                    forgotten(optimizer, args, kwargs)
+
+            self._listening = register_optimizer_step_pre_hook(look)
             self.ctx.hook(self._listening)
         if not self.active:
             return
@@ -140,13 +147,14 @@ class ScalerCapture:
             self._listening = None
         if not ours:
             return
+        codes = _scaler_codes()
         frame = sys._getframe(1)
         for _ in range(_SCALER_FRAMES):
             if frame is None:
                 return
-            scaler = frame.f_locals.get("self")
-            if isinstance(scaler, torch.amp.GradScaler):
-                if scaler.is_enabled():
+            if frame.f_code in codes:  # f_locals of this frame only: it ends with the step
+                scaler = frame.f_locals.get("self")  # (other frames would keep a snapshot)
+                if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
                     self.ctx.once("scaler", FORGOTTEN_SCALER)
                 return
             frame = frame.f_back  # type: ignore[assignment]
@@ -193,6 +201,20 @@ class ScalerCapture:
         self.ctx.queue.defer(step, device, parts, _ScalerDecoder(skipped, scale is not None))
         self.stepped, self._found_inf = False, None
         self._end_step()  # stacks (copies) the scale now: update() changes it in place
+
+
+def _scaler_codes() -> set[Any]:
+    """The code of ``step`` and ``_maybe_opt_step`` of ``GradScaler`` and its subclasses:
+    the frames that call an optimizer's ``step`` for a scaler."""
+    codes, classes = set(), [torch.amp.GradScaler]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        for name in ("step", "_maybe_opt_step"):
+            code = getattr(cls.__dict__.get(name), "__code__", None)
+            if code is not None:
+                codes.add(code)
+    return codes
 
 
 def _no_scale() -> Optional[Tensor]:
