@@ -155,8 +155,10 @@ def watch(
         logdir: write a TensorBoard run there (:attr:`Monitor.writer`); created and
             checked for write access now. A directory that already holds a
             gradscope run is refused (two runs would be merged in TensorBoard).
-        resume: add to the gradscope run already in ``logdir`` on purpose (with
-            ``start_step`` after its last step).
+        resume: add to the gradscope run already in ``logdir`` on purpose: the model
+            must be the one that wrote it (same parameters, shapes and layer types;
+            another is refused), and the run continues at the step after its last
+            one (or at a later ``start_step``; never over its steps).
         findings: run the rules of :mod:`gradscope.findings` at each flush (for
             sinks that write findings) and at close: ``True``, ``False`` or a
             :class:`gradscope.findings.Thresholds`.

@@ -29,6 +29,7 @@ from torch import nn
 
 import gradscope
 from gradscope.history import History
+from gradscope.writers.paths import dir_problem
 
 __all__ = ["EXAMPLES", "HELP", "configure", "make_model", "run", "run_demo"]
 
@@ -152,5 +153,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"gradscope demo: --steps {args.steps}: use an integer >= 1")
     if args.seed < 0:
         raise SystemExit(f"gradscope demo: --seed {args.seed}: use an integer >= 0")
+    problem = dir_problem(Path(args.logdir))
+    if problem is not None:
+        raise SystemExit(f"gradscope demo: --logdir {args.logdir!r}: {problem}; pass a "
+                         "directory you can write to (it is created if missing)")
     run_demo(logdir=args.logdir, steps=args.steps, seed=args.seed)
     return 0

@@ -44,8 +44,9 @@ from typing import Any, NamedTuple, Optional
 
 from gradscope._version import __version__
 
-__all__ = ["LEGACY_TAG", "RUN_TAG", "FileRead", "Scalar", "claim_run", "event_files", "marker_text",
-           "read_events", "read_marker", "runs_in", "scalars", "texts"]
+__all__ = ["LEGACY_TAG", "RUN_TAG", "FileRead", "Scalar", "claim_run", "event_files",
+           "latest_run", "marker_text", "read_events", "read_marker", "run_progress", "runs_in",
+           "scalars", "texts"]
 
 #: Text tag of the run marker (written first by every gradscope TensorBoard writer).
 RUN_TAG = "gradscope/run"
@@ -180,11 +181,12 @@ def marker_text(run_id: str, *, resumed: bool = False) -> str:
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def read_marker(path: Path) -> Optional[dict[str, Any]]:
+def read_marker(path: Path, status: Optional[FileRead] = None) -> Optional[dict[str, Any]]:
     """The marker of one event file: its JSON, ``{"run": <file name>, "legacy": True}`` for a
-    file of an earlier version (a layer index, no marker), or ``None`` (not gradscope's)."""
+    file of an earlier version (a layer index, no marker), or ``None`` (not gradscope's, or
+    not readable: then ``status.problem`` says why)."""
     legacy = False
-    for event in read_events(path, limit=MARKER_EVENTS):
+    for event in read_events(path, status, limit=MARKER_EVENTS):
         for tag, text in texts(event):
             if tag == RUN_TAG:
                 try:
@@ -216,6 +218,33 @@ def runs_in(directory: Path) -> dict[str, list[Path]]:
     return runs
 
 
+def latest_run(runs: dict[str, list[Path]]) -> str:
+    """The id of the run among ``runs`` (of :func:`runs_in`) written last."""
+    return max(runs, key=lambda r: runs[r][-1].name)
+
+
+def run_progress(files: list[Path]) -> tuple[Optional[int], Optional[str]]:
+    """The last step with a scalar in a run's ``files`` (oldest first), and its latest layer
+    index text (:data:`LEGACY_TAG`); ``None`` for what the files do not hold. Files are read
+    newest first, until one has both."""
+    last: Optional[int] = None
+    index: Optional[str] = None
+    for path in reversed(files):
+        file_index: Optional[str] = None
+        for event in read_events(path):
+            if event.HasField("summary"):
+                for tag, text in texts(event):
+                    if tag == LEGACY_TAG:
+                        file_index = text
+                steps = [s.step for s in scalars((event,))]
+                if steps:
+                    last = max(steps) if last is None else max(last, *steps)
+        index = index or file_index
+        if last is not None and index is not None:
+            break
+    return last, index
+
+
 def claim_run(path: Path, logdir: Any, *, resume: bool = False) -> str:
     """The run id for a new TensorBoard run in ``path`` (``logdir`` as the user gave it).
 
@@ -227,13 +256,13 @@ def claim_run(path: Path, logdir: Any, *, resume: bool = False) -> str:
     """
     existing = runs_in(path)
     if existing and resume:
-        return max(existing, key=lambda r: existing[r][-1].name)
+        return latest_run(existing)
     if existing:
         files = ", ".join(sorted(p.name for ps in existing.values() for p in ps)[:3])
         raise ValueError(
             f"watch(logdir={str(logdir)!r}): this directory already holds a gradscope run "
             f"({files}); a second run there would be merged with it in TensorBoard. Pass a new "
             "directory (one per run, e.g. runs/exp2), delete the old run, or add to it on "
-            "purpose with watch(..., resume=True, start_step=<its next step>) "
+            "purpose with watch(..., resume=True) (it continues at the run's next step) "
             "(or TensorBoardWriter(logdir, resume=True))")
     return uuid.uuid4().hex[:12]

@@ -49,6 +49,7 @@ import itertools
 import threading
 import warnings
 import weakref
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -69,6 +70,7 @@ from gradscope.capture import (
 )
 from gradscope.capture.base import unwrap
 from gradscope.capture.compiled import CompiledSteps
+from gradscope.capture.layers import parameter_shapes
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.capture.step import StepHooks, training_mode
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
@@ -78,6 +80,7 @@ from gradscope.options import Options, check_model
 from gradscope.queue import Queue
 from gradscope.reductions import combine_op
 from gradscope.writers.base import Record, Sink, SinkFanout
+from gradscope.writers.resume import resume_step
 
 __all__ = ["Monitor"]
 
@@ -138,7 +141,7 @@ class Monitor:
             options = Options.build(**flat)
         elif flat:
             raise TypeError(f"Monitor(): pass options=... or flat keywords, not both ({sorted(flat)})")
-        check_model(options, model, optimizer)
+        options = _checked(options, model, optimizer)
         self.options = options
         self.history = History(options.retention or Retention(recent=None))
         self._model_ref = weakref.ref(model)
@@ -159,7 +162,7 @@ class Monitor:
         self._ctx = Context(options, self._queue, self._handles.append,
                             histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.step = options.start_step
-        self._ctx.state.sampled = self._ctx.sample(options.start_step)
+        self._ctx.state.sampled = self._ctx.sample(options.start_step, first=True)
         self._recorder = ActivationRecorder(self._ctx)
         self._compiled = CompiledSteps(self._ctx, optimizer=optimizer is not None)
         self._coverage = CoverageTracker(self._ctx, self._recorder, self._compiled)
@@ -252,9 +255,9 @@ class Monitor:
             self._recorder.clear()
             self._steps.clear()
             self._queue.clear()
-            self._params.clear()
             self._scaler.clear()
             self._compiled.stop()  # the prior torch.compile stance, always
+            self._params.clear()  # last: it may warn (layers that never got a gradient)
 
     def close(self) -> None:
         """:meth:`detach`, then close the sinks (the findings summary first). Safe to call twice."""
@@ -343,7 +346,7 @@ class Monitor:
         if opt is not None:
             hook(opt.register_step_pre_hook(_weak(self._steps.opt_pre_hook)))
             hook(opt.register_step_post_hook(_weak(self._steps.opt_post_hook)))
-        self._scaler.register()
+        self._scaler.register(model)
 
     def _remove_handles(self) -> None:
         handles = list(self._handles)
@@ -362,6 +365,19 @@ class Monitor:
 
 
 # ---------------------------------------------------------------- helpers
+def _checked(options: Options, model: nn.Module, optimizer: Any) -> Options:
+    """``options`` checked against the model (:func:`gradscope.options.check_model`), with
+    the ``start_step`` that continues the run in ``logdir`` when resuming (the same model
+    only: :func:`gradscope.writers.resume.resume_step`)."""
+    check_model(options, model, optimizer)
+    if not options.resume or options.logdir is None:
+        return options
+    return replace(options, start_step=resume_step(
+        options.logdir, start_step=options.start_step,
+        parameters=parameter_shapes(model, options.include_fn),
+        modules={n: type(m).__name__ for n, m in model.named_modules()}))
+
+
 def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
     sinks: list[Sink] = list(options.sinks)

@@ -7,7 +7,8 @@ caches), so :meth:`Queue.defer` only keeps the tensors; at the step's end
 :meth:`Queue.end_step` stacks them, one vector per step and device. At a flush
 :meth:`Queue.drain` concatenates everything queued per device, reads it with
 **one** ``tolist()`` (the only host transfer), and turns the values back into
-records with the decoders.
+records with the decoders. Statistics of a model on the meta device (no values)
+are dropped there, said once.
 
 The queue also carries what the captures declare for the history (the layers
 they saw, :meth:`Queue.declare`) and the profiles their decoders produce
@@ -26,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -38,7 +40,14 @@ from gradscope.records import Record
 if TYPE_CHECKING:
     from gradscope.history import LayerInfo
 
-__all__ = ["Decoder", "Entry", "Profile", "Queue"]
+__all__ = ["META_SKIPPED", "Decoder", "Entry", "Profile", "Queue"]
+
+#: Said once when statistics of tensors on the meta device (no values) are dropped.
+META_SKIPPED = (
+    "gradscope: the watched model ran on the meta device: its tensors have no values, so "
+    "nothing was measured (said once; training goes on). Materialise the model first "
+    "(model.to_empty(device=...) and initialise it): gradscope then reads its new "
+    "parameters and activations without being attached again.")
 
 #: ``(step, values) -> [Record, ...]``; ``values`` are exactly the values of the
 #: tensors the decoder was queued with, in order. When ranks are combined, decoders
@@ -66,6 +75,7 @@ class Queue:
         #: (:class:`gradscope.distributed.RankCombiner`), called once per drain
         self.combine = combine
         self._pending: list[Entry] = []
+        self._said_meta = False
         # hook results of the current step, stacked at its end
         self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[tuple[int, Decoder]]]] = {}
         self._layers: list[LayerInfo] = []  # declared since the last flush, in order
@@ -121,6 +131,9 @@ class Queue:
         by_device: dict[torch.device, list[Entry]] = {}
         for e in entries:
             by_device.setdefault(e.tensor.device, []).append(e)
+        if by_device.pop(torch.device("meta"), None) is not None and not self._said_meta:
+            self._said_meta = True
+            warnings.warn(META_SKIPPED, RuntimeWarning, stacklevel=2)
         records: list[Record] = []
         for group in by_device.values():
             flat = torch.cat([e.tensor.reshape(-1) for e in group]).tolist()  # ok-sync: the flush

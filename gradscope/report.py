@@ -44,6 +44,7 @@ from gradscope import metrics
 from gradscope.findings import SEVERITIES
 from gradscope.history import History, encode_value
 from gradscope.runs import RunFiles, RunReport, find_runs, load_run
+from gradscope.writers.paths import read_problem
 
 __all__ = ["EXAMPLES", "HELP", "RunFiles", "RunReport", "configure", "find_runs", "load_run",
            "rank", "render", "run", "run_health"]
@@ -98,14 +99,23 @@ def report(logdir: Path, *, step: Optional[int] = None, fmt: str = "text",
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    if not logdir.exists():
-        print(f"gradscope report: {str(logdir)!r} does not exist; pass the directory you gave "
-              "watch(logdir=...) or its parent", file=err)
+    problem = read_problem(logdir)
+    if problem is not None:
+        print(f"gradscope report: {str(logdir)!r}: {problem}; pass the directory you gave "
+              "watch(logdir=...), its parent, or one of its event files", file=err)
         return 2
     if step is not None and step < 0:
         print(f"gradscope report: --step {step} must be >= 0", file=err)
         return 2
-    runs = [r for r in (load_run(f, step, err) for f in find_runs(logdir, err)) if r is not None]
+    found = find_runs(logdir, err)
+    runs = [r for r in (load_run(f, step, err) for f in found) if r is not None]
+    if found and not runs:
+        names = ", ".join(repr(f.name) for f in found[:4])
+        print(f"gradscope report: the gradscope run{'s' if len(found) > 1 else ''} under "
+              f"{str(logdir)!r} ({names}) hold{'' if len(found) > 1 else 's'} no value that "
+              "could be read: cut short or damaged before the first flush's values (see the "
+              "warnings above), or stopped before its first flush", file=err)
+        return 2
     if not runs:
         print(f"gradscope report: no gradscope runs under {str(logdir)!r} (no TensorBoard event "
               "file starting with gradscope's 'gradscope/run' marker, or an earlier version's "

@@ -65,11 +65,14 @@ def find_runs(logdir: Path, err: Optional[TextIO] = None) -> list[RunFiles]:
     for d in sorted(by_dir):
         groups: dict[str, list[Path]] = {}
         for f in by_dir[d]:
+            status = FileRead(f)
             try:
-                marker = read_marker(f)
+                marker = read_marker(f, status)
             except Exception as e:  # never a traceback for what a file holds
                 warn(err, f"{f}: unreadable ({type(e).__name__}: {e}); skipped")
                 continue
+            if marker is None and status.problem is not None:  # cannot be opened, or damaged
+                warn(err, f"{f}: {status.problem}; skipped")
             if marker is not None:
                 groups.setdefault(str(marker["run"]), []).append(f)
         base = "." if d == root else str(d.relative_to(root))

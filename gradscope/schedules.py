@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Union
 
@@ -64,5 +65,27 @@ def as_schedule(value: Union[int, Schedule], *, name: str = "every") -> Schedule
             raise ValueError(f"{name}={value!r}: must be >= 1 (1 samples every step)")
         return every(value)
     if callable(value):
+        try:
+            inspect.signature(value).bind(0)
+        except TypeError as err:  # wrong arity: it would raise at every step
+            raise TypeError(f"{name}={value!r}: a schedule is called with the step number and "
+                            f"returns True to sample it (step -> bool), but it cannot take one "
+                            f"argument ({err}); e.g. {name}=lambda step: step % 10 == 0") from None
+        except ValueError:  # no signature to read (a builtin): trusted
+            pass
         return value
     raise TypeError(f"{name}={value!r}: pass an int >= 1 or a callable step -> bool")
+
+
+def verdict(value: object, step: int, *, name: str = "every") -> bool:
+    """A schedule's answer for ``step``, which must be a bool (``numpy.bool_`` too): a string
+    or a number would be taken by its truthiness (``"no"`` samples).
+
+    Raises:
+        TypeError: ``value`` is not a bool.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name}=...: a schedule must return True or False (sample step {step} "
+                    f"or not); it returned {value!r} ({type(value).__name__}); e.g. "
+                    f"{name}=lambda step: step % 10 == 0")

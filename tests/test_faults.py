@@ -432,6 +432,49 @@ def test_check_nonfinite_off_sees_only_sampled_steps() -> None:
     assert all(f.first_step == 10 for f in analyze(mon.history) if f.rule == "nonfinite")
 
 
+def test_a_schedule_must_take_the_step_and_return_a_bool() -> None:
+    """Issue 23.8: ``every=lambda s: "no"`` (truthy) and ``every=lambda: True`` (no argument)
+    are refused at watch() with the fix; a schedule that stops returning bools later is said
+    once, and those steps are not sampled."""
+    with pytest.raises(TypeError, match=r"must return True or False .*returned 'no' \(str\)"):
+        gradscope.watch(_mlp(), every=lambda s: "no")
+    with pytest.raises(TypeError, match=r"called with the step number .*cannot take one argument"):
+        gradscope.watch(_mlp(), every=lambda: True)
+    with pytest.raises(TypeError, match=r"histogram_every=.*cannot take one argument"):
+        gradscope.watch(_mlp(), histogram_every=lambda: True)
+    model = _mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, every=lambda s: True if s < 2 else s, summary=False) as mon:
+            for _ in range(4):
+                model(torch.randn(4, 4)).sum().backward()
+    said = [str(w.message) for w in caught if "schedule" in str(w.message)]
+    assert len(said) == 1 and "returned 2 (int)" in said[0]
+    assert mon.history.steps() == [0, 1]
+
+
+def test_a_trainable_layer_that_never_gets_a_gradient_is_said_once() -> None:
+    """Issue 23.8: a layer with trainable parameters the loss never reaches is listed (no
+    values) and said once at close, by name; a layer that gets gradients is not."""
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.used(x))
+
+    model = Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, summary=False) as mon:
+            for _ in range(3):
+                model(torch.randn(4, 4)).sum().backward()
+    said = [str(w.message) for w in caught if "never received a gradient" in str(w.message)]
+    assert len(said) == 1 and "'unused'" in said[0] and "'used'" not in said[0], said
+    assert mon.history.metrics("unused") == [] and "grad_norm" in mon.history.metrics("used")
+
+
 # ------------------------------------------------------------------ threads
 def test_another_threads_forward_is_not_recorded() -> None:
     """An evaluation thread's no_grad forward in train mode (big inputs: saturating) is ignored."""
@@ -484,6 +527,157 @@ def test_training_one_model_from_two_threads_does_not_crash() -> None:
             other.join()
     assert errors == []
     assert mon.history.steps() == list(range(20))  # the training thread's 20 steps
+
+
+def test_an_eval_thread_inside_a_training_forward_never_crashes_and_no_mode_leaks() -> None:
+    """Issue 23.1: the functional capture's mode is pushed and popped per thread. The eval
+    thread enters the model while the training thread's forward runs and leaves after it
+    (the interleaving that popped on the wrong thread); then the issue's free-running loop."""
+    inside, train_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    stacks: list[int] = []
+
+    class Rendezvous(nn.Module):
+        """On the training thread, lets the eval thread in and waits until it is inside."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 8)
+            self.arm = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if threading.current_thread() is threading.main_thread() and self.arm:
+                self.arm = False
+                evaluator.start()
+                assert inside.wait(30)
+            elif threading.current_thread() is not threading.main_thread():
+                inside.set()
+                assert train_done.wait(30)
+            return torch.sigmoid(self.lin(x))
+
+    def evaluate() -> None:
+        try:
+            with torch.no_grad():
+                model(torch.randn(16, 4))
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+        stacks.append(torch._C._len_torch_function_stack())
+
+    def sites(eval_thread: bool) -> list[str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with gradscope.watch(model, summary=False) as mon:
+                for step in range(3):
+                    model[0].arm = eval_thread and step == 1
+                    model(torch.randn(4, 4)).sum().backward()
+                    if eval_thread and step == 1:
+                        train_done.set()
+                        evaluator.join(30)
+        assert torch._C._len_torch_function_stack() == 0
+        return mon.history.layers("activation")
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Rendezvous(), nn.Linear(8, 2))
+    evaluator = threading.Thread(target=evaluate, name="eval")
+    assert sites(True) == sites(False) == ["0:sigmoid"]
+    assert errors == [] and stacks == [0]
+
+    # the issue's script: an eval thread runs the model in a loop while 100 steps train
+    m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(m.parameters(), 0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            for _ in range(10_000):  # bounded; stopped when training ends
+                if stop.is_set():
+                    break
+                with torch.no_grad():
+                    m(torch.randn(256, 16))
+        except BaseException as err:
+            errors.append(err)
+        stacks.append(torch._C._len_torch_function_stack())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mon = gradscope.watch(m, optimizer=opt, summary=False)
+        t = threading.Thread(target=loop)
+        t.start()
+        for _ in range(100):
+            opt.zero_grad()
+            m(torch.randn(32, 16)).pow(2).mean().backward()
+            opt.step()
+        stop.set()
+        t.join(60)
+        mon.close()
+    assert errors == [] and stacks == [0, 0]
+    assert torch._C._len_torch_function_stack() == 0
+    assert mon.history.steps() == list(range(100))
+
+
+# ------------------------------------------------- models built on meta, then materialised
+def _train_steps(model: nn.Module, steps: int, device: str = "cpu") -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 4, device=device)).pow(2).mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_model_on_the_meta_device_is_skipped_with_one_warning(strict: bool) -> None:
+    """Issue 23.3: meta tensors have no values: nothing is measured, said once, and no
+    flush (here inside the steps: ``flush_every=5``) raises in the user's step."""
+    with torch.device("meta"):
+        model = _mlp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, flush_every=5, summary=False, strict=strict) as mon:
+            _train_steps(model, 12, device="meta")
+    said = [str(w.message) for w in caught if "meta device" in str(w.message)]
+    assert len(said) == 1 and "to_empty" in said[0], [str(w.message) for w in caught]
+    assert mon.history.steps() == []
+
+
+def _materialise(model: nn.Module) -> None:
+    model.to_empty(device="cpu")
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+
+
+def _assign(model: nn.Module) -> None:
+    model.load_state_dict({k: v.clone() for k, v in _mlp().state_dict().items()}, assign=True)
+
+
+def _weight_norm(model: nn.Module) -> None:
+    torch.nn.utils.parametrizations.weight_norm(model[0])  # new parameters original0/1
+
+
+def _parametrize(model: nn.Module) -> None:
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight", nn.Identity())
+
+
+@pytest.mark.parametrize("change, names", [
+    (_materialise, ["0.bias", "0.weight"]),
+    (_assign, ["0.bias", "0.weight"]),
+    (_weight_norm, ["0.bias", "0.weight.original0", "0.weight.original1"]),
+    (_parametrize, ["0.bias", "0.weight"]),
+], ids=["to_empty", "load_state_dict-assign", "weight_norm", "parametrize"])
+def test_parameters_replaced_after_watch_are_looked_up_again(
+        change: Callable[[nn.Module], None], names: list[str]) -> None:
+    """Issue 23.4: the model's parameters are replaced after watch() (meta then
+    ``to_empty``, ``load_state_dict(assign=True)``, a parametrization): the new ones are
+    read, under the layer of the module that uses them."""
+    with torch.device("meta" if change is _materialise else "cpu"):
+        model = _mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with gradscope.watch(model, summary=False) as mon:
+            change(model)
+            _train_steps(model, 3)
+    assert mon.history.series("0", "grad_norm")[0] == [0, 1, 2]
+    assert sorted(n for n in mon.history.layers("parameter") if n.startswith("0.")
+                  and mon.history.metrics(n)) == names
 
 
 # ------------------------------------------------------------------ long runs

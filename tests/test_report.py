@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -267,3 +268,64 @@ def test_watch_refuses_a_logdir_holding_a_run_and_resumes_on_purpose(
     code, out, _ = _report(capsys, tmp_path, "--format", "json")
     (r,) = json.loads(out)["runs"]  # one run, continued
     assert code == 0 and r["name"] == "." and r["step"] == 7
+
+
+def test_resume_refuses_a_different_model_and_continues_at_the_next_step(
+        tmp_path: Path) -> None:
+    """Issue 23.5: a run of an 8-16-2 ReLU net, then an 8-64-5 sigmoid net resumed into it
+    (refused, nothing written), then the same net resumed: steps 6.. follow the run's
+    0..5, and a start_step over them is refused."""
+    def net(width: int = 8, out: int = 2, act: type[nn.Module] = nn.ReLU) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, out))
+
+    _ours(tmp_path, steps=6)
+    files = sorted(tmp_path.glob("*tfevents*"))
+    with pytest.raises(ValueError, match=r"written by a different model: 1 is a ReLU there, "
+                       r"a Sigmoid here; 0.weight has shape \(8, 4\) there, \(64, 4\) here"):
+        gradscope.watch(net(64, 5, nn.Sigmoid), logdir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"parameter 2.weight \(2, 8\) there, none here"):
+        gradscope.watch(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), logdir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"start_step=3: the run already has steps up to 5"):
+        gradscope.watch(net(), logdir=tmp_path, resume=True, start_step=3)
+    assert sorted(tmp_path.glob("*tfevents*")) == files  # refused before writing anything
+    model = net()
+    with gradscope.watch(model, logdir=tmp_path, resume=True, flush_every=2, summary=False,
+                         histogram_every=None) as mon:
+        for _ in range(3):
+            model(torch.randn(4, 4)).sum().backward()
+    assert mon.history.steps() == [6, 7, 8]
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("grad_norm/0")] == list(range(9))  # none written twice
+
+
+def test_an_unreadable_or_cut_event_file_is_named_with_what_is_wrong(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.8: an event file that cannot be opened (tests run as root: ``open`` is made to
+    refuse it) is named with the error, not "no gradscope runs"; a file cut to 2% (its
+    marker kept, its values lost) says the run holds no value that could be read."""
+    import builtins
+
+    from gradscope import events
+
+    _ours(tmp_path / "cut", steps=40)
+    path = _event_file(tmp_path / "cut")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 50])
+    code, _, err = _report(capsys, tmp_path / "cut")
+    assert code == 2 and "cut short" in err
+    assert "hold" in err and "no value that could be read" in err
+    assert "no TensorBoard event file starting" not in err
+
+    _ours(tmp_path / "locked")
+    locked = _event_file(tmp_path / "locked")
+
+    def refuse(file: object, *args: object, **kwargs: object) -> object:
+        if Path(str(file)) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(events, "open", refuse, raising=False)
+    code, _, err = _report(capsys, tmp_path / "locked")
+    assert code == 2
+    assert f"{locked}: cannot be opened (PermissionError: Permission denied)" in err

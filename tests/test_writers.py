@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -331,3 +334,52 @@ def test_a_dead_tensorboard_writer_thread_is_replaced_and_losses_counted(tmp_pat
     steps = sorted({e.step for e in ea.Scalars(ea.Tags()["scalars"][0])})
     assert steps[-3:] == [3, 4, 5]  # written again after the disk was freed
     assert len(runs_in(tmp_path)) == 1  # the new event file belongs to the same run
+
+
+def test_a_full_disk_leaves_no_empty_files_no_tracebacks_and_warns_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23.2: every write to the disk fails for 30 steps (as on a full disk: the file
+    is created, nothing reaches it), then works. One warning when writing starts failing,
+    one when it works again, the losses counted; no new event file per failed job, no
+    empty file left, no ``Exception in thread`` traceback of TensorBoard's writer threads."""
+    from tensorboard.compat import tf
+
+    from gradscope.events import runs_in
+
+    gfile, real = tf.io.gfile.GFile, tf.io.gfile.GFile.write
+    full = {"on": False}
+
+    def write(self: Any, data: Any) -> None:
+        if full["on"]:
+            Path(os.fsdecode(self.filename)).touch()  # the entry fits, the bytes do not
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(gfile, "write", write)
+    died: list[BaseException] = []  # what would print "Exception in thread ..."
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradscope.watch(model, optimizer=opt, logdir=tmp_path, flush_every=2,
+                             summary=False, histogram_every=None) as mon:
+            for step in range(50):
+                full["on"] = 10 <= step < 40
+                opt.zero_grad()
+                model(torch.randn(4, 6)).sum().backward()
+                opt.step()
+    said = [str(w.message) for w in caught if "No space left" in str(w.message)]
+    assert len(said) == 3, [str(w.message) for w in caught]  # starts failing, works again, what the run lost
+    assert "failed in write()" in said[0] and "works again" in said[1]
+    assert "failed during this run" in said[2]
+    assert mon.writer.losses.lost > 0
+    files = sorted(tmp_path.glob("events.out.tfevents.*"))
+    assert [f for f in files if f.stat().st_size == 0] == []
+    assert len(files) == 2  # the first file, and one more once the disk had room again
+    assert len(runs_in(tmp_path)) == 1
+    ea = EventAccumulator(str(tmp_path))
+    ea.Reload()
+    steps = sorted({e.step for e in ea.Scalars(ea.Tags()["scalars"][0])})
+    assert steps[-5:] == [45, 46, 47, 48, 49]
+    assert died == []

@@ -32,6 +32,7 @@ from gradscope.histograms import Histogram, decode_histogram, histogram_vector
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
 from gradscope.records import Record, record
+from gradscope.schedules import verdict
 
 __all__ = ["Context", "NonfiniteCheck", "StepState", "compiling", "tensors", "unwrap"]
 
@@ -123,16 +124,26 @@ class Context:
                   "runs on another thread, call watch() on that thread.")
         return False
 
-    def sample(self, step: int) -> bool:
-        """The schedule's verdict for ``step``; a schedule that raises samples nothing (said once)."""
+    def sample(self, step: int, first: bool = False) -> bool:
+        """The schedule's verdict for ``step``; a schedule that raises, or returns something
+        else than a bool, samples nothing (said once). ``first`` (at ``watch()``): an answer
+        that is not a bool is raised."""
         try:
-            return bool(self.options.schedule(step))
+            value = self.options.schedule(step)
         except Exception as err:
             if self.options.strict:
                 raise
             self.once("schedule", f"gradscope: the sampling schedule (every=...) raised at step "
                       f"{step}: {type(err).__name__}: {err}. Steps where it raises are not "
                       "sampled; training goes on (pass strict=True to raise).")
+            return False
+        try:
+            return verdict(value, step)
+        except TypeError as err:
+            if self.options.strict or first:
+                raise
+            self.once("schedule", f"gradscope: {err}. Steps where it does not are not sampled; "
+                      "training goes on (pass strict=True to raise).")
             return False
 
     def once(self, key: str, message: str) -> None:

@@ -7,7 +7,8 @@
   names its call-site. Only modules that *can* call an activation function are
   tracked (containers, and modules not defined by ``torch.nn``: a ``Linear`` or a
   ``BatchNorm2d`` never does), by global module hooks added for the monitored forward
-  only, so other steps keep PyTorch's hook-free call path. A hooked activation module
+  only, so other steps keep PyTorch's hook-free call path (they are global: the
+  modules another thread runs meanwhile are not counted). A hooked activation module
   counts as running too, so that ``nn.ReLU.forward``'s own ``F.relu`` is not seen
   a second time.
 * **Layouts**: which dimension indexes the units (features or channels) of an
@@ -23,6 +24,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -127,11 +129,12 @@ class Forward:
 
     def _enter(self, module: nn.Module, args: Any) -> None:
         name = self._names.get(id(module))
-        if name is not None:
+        if name is not None and threading.get_ident() == self.ctx.state.thread:
             self.running.append((name, module))
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.running and self.running[-1][1] is module:
+        if (self.running and self.running[-1][1] is module
+                and threading.get_ident() == self.ctx.state.thread):
             self.running.pop()
 
 

@@ -3,7 +3,10 @@
 During a monitored forward (a sampled training forward) a
 :class:`~torch.overrides.TorchFunctionMode` is pushed by a forward pre-hook on the
 root module and popped by its forward hook (registered with ``always_call=True``, so
-an exception in the model's forward never leaves it pushed). It sees every call of
+an exception in the model's forward never leaves it pushed). PyTorch keeps a mode
+stack per thread, so the count of root forwards in progress is kept per thread too
+(only the training thread ever pushes; another thread running the model meanwhile
+neither pushes nor pops). It sees every call of
 the ``torch``, ``torch.nn.functional`` and ``Tensor`` API the forward makes; a call
 of an activation listed in :data:`FUNCTIONS` is handed to the
 :class:`~gradscope.capture.activation.ActivationRecorder` with the same metrics as a
@@ -26,6 +29,7 @@ into one kernel no hook can see into (:data:`FUSED`), for the coverage.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -169,7 +173,16 @@ class FunctionalCapture:
         self.forward = forward
         self.coverage = coverage
         self._mode = _Mode(self)
-        self._depth = 0  # root forwards in progress (a model may call itself)
+        self._local = threading.local()  # .depth: this thread's root forwards in progress
+
+    @property
+    def _depth(self) -> int:
+        """Root forwards in progress on the calling thread (a model may call itself)."""
+        return getattr(self._local, "depth", 0)
+
+    @_depth.setter
+    def _depth(self, value: int) -> None:
+        self._local.depth = value
 
     def register(self, model: nn.Module, hooked: set[int]) -> None:
         """Hook the root's forward (push and pop the mode) and track the running modules
@@ -179,7 +192,8 @@ class FunctionalCapture:
         self.ctx.hook(model.register_forward_hook(self._stop, always_call=True))
 
     def clear(self) -> None:
-        """Pop the mode and stop tracking modules if a forward is in progress (on detach)."""
+        """Pop the mode and stop tracking modules if a forward is in progress on the calling
+        thread (on detach; the mode stack is per thread, and only the training thread pushes)."""
         if self._depth:
             self._depth = 0
             self.forward.untrack()

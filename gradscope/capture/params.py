@@ -1,7 +1,11 @@
 """Parameters and the optimizer: gradient norms, weight norms, update ratios.
 
 Every module with parameters of its own is a layer; each of its parameters is
-read through a weak reference (the monitor never keeps the model alive). The
+read through a weak reference (the monitor never keeps the model alive). A
+parameter replaced after ``watch()`` (``model.to_empty(device=...)`` of a model
+built on the meta device, ``load_state_dict(assign=True)``, a parametrization) is
+noticed at the next sampled step (its module no longer holds it: one dictionary
+look-up per parameter), and the parameters are looked up again. The
 monitor calls :meth:`ParamCapture.read` when a step's gradients are final (in
 the optimizer's step pre-hook, or when the backward finishes), and, with update
 ratios on, :meth:`ParamCapture.snapshot` before the optimizer step and
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck
+from gradscope.capture.layers import layers
 from gradscope.history import LayerInfo
 from gradscope.metrics import Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
@@ -48,7 +53,15 @@ class _ParamRef:
     layer: str
     name: str
     ref: Callable[[], Optional[Tensor]]
+    holder: Callable[[], Optional[nn.Module]]  # the module whose ``_parameters`` holds it
+    attr: str  # its key there
     checked: bool = False  # its layer's parameter the every-step check reads
+
+    def current(self) -> bool:
+        """Whether the parameter is still the one its module holds (not replaced by
+        ``to_empty``, ``load_state_dict(assign=True)`` or a parametrization)."""
+        p, holder = self.ref(), self.holder()
+        return p is not None and holder is not None and holder._parameters.get(self.attr) is p
 
 
 @dataclass
@@ -75,27 +88,26 @@ class ParamCapture:
         self._staged: list[Entry] = []  # this step's entries, queued by commit()
         self._split: set[str] = set()  # layers with parameters on several devices
         self._decoders: dict[tuple[object, ...], Decoder] = {}
+        self._model: Callable[[], Optional[nn.Module]] = lambda: None
+        self._graded: set[str] = set()  # layers that had a gradient at a sampled step
+        self._reads = 0  # sampled steps whose gradients were read
 
     def register(self, model: nn.Module) -> None:
-        """Find the included layers' parameters (again on each attach: never twice)."""
+        """Find the included layers' parameters (again on each attach, and at a sampled
+        step when a parameter was replaced: never twice). The parameters of a
+        parametrization (``torch.nn.utils.parametrize``) belong to the module it
+        parametrizes: ``0.weight`` (its ``original``), ``0.weight.original0``."""
+        self._model = weakref.ref(model)
         self.refs, self._checked = [], []
-        seen: set[int] = set()
-        include, declare = self.ctx.options.include_fn, self.ctx.queue.declare
-        for name, module in model.named_modules():
-            if not include(name, module):
-                continue
-            own = [(n, p) for n, p in module.named_parameters(recurse=False)
-                   if p.requires_grad and id(p) not in seen]
-            if not own:
-                continue
+        declare = self.ctx.queue.declare
+        for name, module, own in layers(model, self.ctx.options.include_fn):
             layer = name or "(root)"
             self._layer_order.setdefault(layer, len(self._layer_order))
             declare(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
                               type=type(module).__name__, module=name))
-            for pname, p in own:
-                seen.add(id(p))
+            for pname, p, holder, attr in own:
                 full = f"{name}.{pname}" if name else pname
-                self.refs.append(_ParamRef(layer, full, weakref.ref(p)))
+                self.refs.append(_ParamRef(layer, full, weakref.ref(p), weakref.ref(holder), attr))
                 declare(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
                                   type="Parameter", module=name, shape=tuple(p.shape)))
             smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
@@ -103,6 +115,20 @@ class ParamCapture:
                 ref = self.refs[len(self.refs) - len(own) + smallest]
                 ref.checked = True
                 self._checked.append(ref)
+
+    def say_never_graded(self) -> None:
+        """Say once which layers' trainable parameters got no gradient at any sampled step
+        (unused in the forward, or cut from the loss): they are listed with no values."""
+        never = list(dict.fromkeys(r.layer for r in self.refs if r.layer not in self._graded))
+        if not never or not self._reads:
+            return
+        shown = ", ".join(repr(n) for n in never[:8]) + (f" ({len(never)} in all)"
+                                                         if len(never) > 8 else "")
+        self.ctx.once("never_graded", (
+            f"gradscope: the trainable parameters of {shown} never received a gradient over "
+            f"the {self._reads} sampled steps read: unused in the forward, or cut from the loss "
+            "(detach(), no_grad). They are listed with no gradient values; freeze them "
+            "(requires_grad_(False)) or leave them out (include=...) if that is intended."))
 
     def split_layers(self) -> dict[str, str]:
         """Parameter -> layer, for the layers whose parameters sit on several devices (usually
@@ -117,10 +143,12 @@ class ParamCapture:
         self.ctx.queue.add(*staged)
 
     def clear(self) -> None:
-        """Forget the step in progress and the snapshot buffers (on detach)."""
+        """Forget the step in progress and the snapshot buffers (on detach), after saying
+        which layers never received a gradient."""
         self._pending_update = None
         self._snapshot = []
         self._staged = []
+        self.say_never_graded()
 
     def held(self) -> bool:
         """Whether a step's weight snapshot is waiting for its update."""
@@ -137,6 +165,9 @@ class ParamCapture:
         the gradients are still multiplied by this loss scale (a 0-d device tensor; an
         optimizer that unscales in its own kernel), divided out of the norms on the device.
         """
+        model = self._model()
+        if model is not None and not all(r.current() for r in self.refs):
+            self.register(model)  # replaced parameters: read the model's new ones
         groups = self._groups()
         staged = self._staged = []
         with torch.no_grad():
@@ -230,6 +261,8 @@ class ParamCapture:
             g.layers.setdefault(r.layer, []).append(len(g.refs))
             g.refs.append(r)
             g.params.append(p.detach())
+        self._graded.update(r.layer for g in groups.values() for r in g.refs)
+        self._reads += 1
         seen: set[str] = set()
         self._split = set()
         for g in groups.values():

@@ -18,6 +18,11 @@ the scaler from ``watch(..., scaler=scaler)``; this capture then
   ``scale`` (the scale this step's backward ran with) under the series
   :data:`SCALER_SERIES`.
 
+A scaler **not given** (``scaler=`` forgotten) is noticed at the first step of an
+optimizer of the model: a global optimizer step pre-hook, removed after that step,
+looks for a ``GradScaler`` among its callers (``scaler.step(opt)``) and says once
+to pass it (:data:`FORGOTTEN_SCALER`).
+
 Whether a step was skipped is known on the host for free: ``scaler.step`` calls
 ``optimizer.step()`` only when no inf was found, and the monitor's optimizer
 hooks see that call or not. An optimizer that unscales inside its own fused
@@ -29,17 +34,37 @@ the monitor reads on the device instead (:meth:`ScalerCapture.fused`).
 from __future__ import annotations
 
 import functools
+import sys
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from gradscope.capture.base import Context
 from gradscope.history import LayerInfo
 from gradscope.records import SCALER_SERIES, Record
 
-__all__ = ["SCALER_SERIES", "ScalerCapture"]
+__all__ = ["FORGOTTEN_SCALER", "SCALER_SERIES", "ScalerCapture"]
+
+#: Said once when a GradScaler steps the watched model's optimizer but ``scaler=`` was not given.
+FORGOTTEN_SCALER = (
+    "gradscope: a torch.amp.GradScaler steps the watched model's optimizer "
+    "(scaler.step(optimizer)), but watch() was not given it: the gradients seen during the "
+    "backward (grad_out_* metrics, backprop histograms) are recorded multiplied by its loss "
+    "scale (65536 at first, by default), and an iteration whose step it skips (inf/NaN "
+    "gradients) is not counted as a step. Pass it: watch(model, optimizer=optimizer, "
+    "scaler=scaler).")
+#: How many frames above the optimizer's step pre-hook are searched for a calling GradScaler
+#: (its ``step`` or ``_maybe_opt_step``, under the optimizer's own wrappers).
+_SCALER_FRAMES = 8
+#: Steps of other models' optimizers after which the look for a forgotten scaler stops (a
+#: watched model trained by no optimizer of its own costs nothing after that).
+_SCALER_LOOKS = 64
 
 
 class _Patch:
@@ -65,6 +90,9 @@ class ScalerCapture:
         self.stepped = False  # the watched optimizer stepped in this iteration
         self._found_inf: Optional[Tensor] = None  # a fused optimizer's verdict, on the device
         self._scale0: Optional[Tensor] = None  # 0-d view of the scaler's scale tensor
+        self._model: Callable[[], Optional[nn.Module]] = lambda: None
+        self._listening: Optional[RemovableHandle] = None  # the hook of _forgotten
+        self._looks = 0  # optimizer steps _forgotten has seen
 
     @property
     def active(self) -> bool:
@@ -72,8 +100,20 @@ class ScalerCapture:
         scaler = self.ctx.options.scaler
         return scaler is not None and bool(scaler.is_enabled())
 
-    def register(self) -> None:
-        """Wrap the scaler's ``update`` while attached."""
+    def register(self, model: nn.Module) -> None:
+        """Wrap the scaler's ``update`` while attached; with no scaler given, look once for
+        one that steps ``model``'s optimizer (:meth:`_forgotten`)."""
+        if self.ctx.options.scaler is None:
+            self._model = weakref.ref(model)
+            method = weakref.WeakMethod(self._forgotten)  # a global hook: hold us weakly
+
+            def look(optimizer: Any, args: Any, kwargs: Any) -> None:
+                forgotten = method()
+                if forgotten is not None:
+                    forgotten(optimizer, args, kwargs)
+
+            self._listening = register_optimizer_step_pre_hook(look)
+            self.ctx.hook(self._listening)
         if not self.active:
             return
         scaler = self.ctx.options.scaler
@@ -90,6 +130,34 @@ class ScalerCapture:
         self.ctx.grad_scale = self.scale
         self.ctx.queue.declare(LayerInfo(SCALER_SERIES, kind="step", order=0,
                                          type=type(scaler).__name__))
+
+    def _forgotten(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """A global optimizer step pre-hook, until the first step of an optimizer of the
+        model: warn once when a ``GradScaler`` called it (``scaler.step(opt)``), since the
+        monitor was not told (``scaler=``)."""
+        model = self._model()
+        if self._listening is None or model is None or \
+                threading.get_ident() != self.ctx.state.thread:
+            return
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self._looks += 1
+        ours = any(id(p) in held for p in model.parameters())
+        if ours or self._looks >= _SCALER_LOOKS:  # (else a GAN's other half: keep looking)
+            self._listening.remove()
+            self._listening = None
+        if not ours:
+            return
+        codes = _scaler_codes()
+        frame = sys._getframe(1)
+        for _ in range(_SCALER_FRAMES):
+            if frame is None:
+                return
+            if frame.f_code in codes:  # f_locals of this frame only: it ends with the step
+                scaler = frame.f_locals.get("self")  # (other frames would keep a snapshot)
+                if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
+                    self.ctx.once("scaler", FORGOTTEN_SCALER)
+                return
+            frame = frame.f_back  # type: ignore[assignment]
 
     def clear(self) -> None:
         """Forget the iteration in progress (on detach)."""
@@ -133,6 +201,20 @@ class ScalerCapture:
         self.ctx.queue.defer(step, device, parts, _ScalerDecoder(skipped, scale is not None))
         self.stepped, self._found_inf = False, None
         self._end_step()  # stacks (copies) the scale now: update() changes it in place
+
+
+def _scaler_codes() -> set[Any]:
+    """The code of ``step`` and ``_maybe_opt_step`` of ``GradScaler`` and its subclasses:
+    the frames that call an optimizer's ``step`` for a scaler."""
+    codes, classes = set(), [torch.amp.GradScaler]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        for name in ("step", "_maybe_opt_step"):
+            code = getattr(cls.__dict__.get(name), "__code__", None)
+            if code is not None:
+                codes.add(code)
+    return codes
 
 
 def _no_scale() -> Optional[Tensor]:

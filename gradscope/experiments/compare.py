@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import textwrap
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from gradscope.writers.paths import dir_problem
 
 __all__ = ["EXAMPLES", "FULL", "HELP", "PRESET_EXAMPLES", "QUICK", "configure", "configure_preset",
            "preset_help", "run", "run_preset"]
@@ -189,13 +190,10 @@ def _results_dir(args: argparse.Namespace, default: str) -> Path:
     """The results directory; checked (a directory, or creatable) before any data is loaded."""
     out = Path(args.results_dir) if args.results_dir else Path(default + ("-quick" if args.quick
                                                                          else ""))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--results-dir {str(out)!r} is a file; pass a directory (it is "
-                         "created if missing)")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--results-dir {str(out)!r}: {str(parent)!r} is not writable; pass a "
-                         "directory you can write to")
+    problem = dir_problem(out)
+    if problem is not None:
+        raise ValueError(f"--results-dir {str(out)!r}: {problem}; pass a directory you can "
+                         "write to (it is created if missing)")
     return out
 
 

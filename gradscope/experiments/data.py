@@ -51,6 +51,8 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
+from gradscope.writers.paths import dir_problem
+
 __all__ = [
     "ENV_VAR",
     "EXPECTED_MD5",
@@ -208,17 +210,23 @@ def _bad_files(raw: Path) -> dict[str, str]:
     return bad
 
 
+def _data_dir_fix(root: Path) -> str:
+    """How to give the data another directory, or the files by hand."""
+    return ("pass another directory (--data-dir DIR, ensure_mnist(data_dir=...), or set "
+            f"GRADSCOPE_DATA=DIR), or copy the four uncompressed files "
+            f"({', '.join(EXPECTED_MD5)}) into {root / 'MNIST' / 'raw'}")
+
+
 def _check_data_dir(root: Path) -> None:
     """A clear :class:`DataError` when ``root`` cannot hold the data (a file, or read-only)."""
-    fix = ("pass another directory (--data-dir DIR, or ensure_mnist(data_dir=...)), or copy "
-           f"the four uncompressed files ({', '.join(EXPECTED_MD5)}) into {root / 'MNIST' / 'raw'}")
     existing = next((p for p in (root, *root.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise DataError(f"the MNIST data path {str(root)!r} cannot be made: {str(existing)!r} is "
-                        f"a file, not a directory; {fix}")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"the MNIST data directory {str(root)!r} is not writable (no write "
-                        f"access to {str(existing)!r}), so the data cannot be fetched there; {fix}")
+    problem = None
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"it is not writable (no write access to {str(existing)!r})"
+    problem = problem or dir_problem(root)
+    if problem is not None:
+        raise DataError(f"the MNIST data directory {str(root)!r} cannot be used: {problem}, so "
+                        f"the data cannot be fetched there; {_data_dir_fix(root)}")
 
 
 def ensure_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool = False) -> Path:
@@ -240,12 +248,22 @@ def ensure_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool 
     bad = _bad_files(raw)
     if not bad:
         return raw
+    _check_data_dir(root)
+    try:
+        return _fetch(root, raw, bad, quiet)
+    except PermissionError as err:  # where os.access and a probe said it was writable
+        raise DataError(f"the MNIST data directory {str(root)!r} cannot be written "
+                        f"({type(err).__name__}: {err.strerror or err}: {err.filename}); "
+                        f"{_data_dir_fix(root)}") from err
+
+
+def _fetch(root: Path, raw: Path, bad: dict[str, str], quiet: bool) -> Path:
+    """Fetch the files of ``bad`` (name -> why) into ``raw``, source by source."""
     for name, why in bad.items():
         if why != "missing":
             warnings.warn(f"MNIST file {raw / name} is corrupted ({why}); fetching it again",
-                          stacklevel=2)
+                          stacklevel=3)
             (raw / name).unlink(missing_ok=True)  # another process may repair it too
-    _check_data_dir(root)
     errors = []
     for source_name, source in SOURCES.items():
         if not quiet:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from gradscope import metrics
 from gradscope.history import LayerInfo
+from gradscope.writers.paths import dir_problem
 
 __all__ = [
     "CHART_LINES",
@@ -130,20 +130,11 @@ def parse_layers_text(text: str) -> list[LayerInfo]:
 def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -> Path:
     """Create ``logdir`` if needed and prove it is writable; raise a clear error if not."""
     path = Path(logdir).expanduser()
-    fix = (f"pass a directory you can write to, e.g. {argument}='runs/exp1', or fix its "
-           "permissions")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"watch({argument}={str(logdir)!r}): this path is a file, not a "
-                         f"directory; {fix}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".gradscope-write-test-"):
-            pass
-    except OSError as err:
-        raise ValueError(
-            f"watch({argument}={str(logdir)!r}): cannot write TensorBoard events there "
-            f"({type(err).__name__}: {err.strerror or err}); {fix}"
-        ) from err
+    problem = dir_problem(path)
+    if problem is not None:
+        raise ValueError(f"watch({argument}={str(logdir)!r}): cannot write TensorBoard events "
+                         f"there: {problem}; pass a directory you can write to, e.g. "
+                         f"{argument}='runs/exp1', or fix its permissions")
     return path
 
 

@@ -10,10 +10,12 @@ and hands each write to :meth:`EventWorker.submit` as a job.
   :meth:`EventWorker.raise_error` (the next call of the writer), where the monitor
   reports it.
 * **Reopening.** TensorBoard's own writer thread dies at its first error and
-  refuses every later write, so after an error the dead event file is closed and
-  a new one of the same run is opened before the next job (with the run marker,
-  ``resumed``); the owner is told (``reopened``) so that it writes its layer index
-  and layout again.
+  refuses every later write (its traceback is not printed: the worker says the
+  error), so after an error the dead event file is closed and a new one of the
+  same run is opened before the next job once a probe write into the directory
+  succeeds (no file is opened while the disk is full; a new file that fails at
+  once is removed), with the run marker (``resumed``); the owner is told
+  (``reopened``) so that it writes its layer index and layout again.
 * **Losses** (:class:`gradscope.writers.losses.Losses`): the values handed to the
   failed file since its last confirmed flush are settled by reading the file back;
   what is missing is said once when writing works again and once at close.
@@ -25,6 +27,7 @@ import os
 import queue
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -59,6 +62,7 @@ class EventWorker:
                  scalar_items: Callable[..., list[Item]]) -> None:
         self.logdir, self.run_id = logdir, run_id
         self.reopened, self.scalar_items = reopened, scalar_items
+        _quiet_writer_threads(self)
         self.summary_writer = SummaryWriter(
             log_dir=str(self.logdir), flush_secs=flush_secs, max_queue=max_queue)
         self.summary_writer.add_text(RUN_TAG, marker_text(self.run_id, resumed=resume), 0)
@@ -108,6 +112,7 @@ class EventWorker:
         except Exception as err:  # counted, and said by the owner
             if self._error is None:
                 self._error = err
+        _OPEN.discard(self)
 
     def _work(self) -> None:
         """The background thread: run queued writes until the ``None`` sentinel."""
@@ -141,7 +146,10 @@ class EventWorker:
             raise
 
     def _reopen(self) -> None:
-        """Close the event file whose writer thread died; the next write opens a new one."""
+        """Close the event file whose writer thread died and open a new one, once a probe
+        write succeeds (on a full disk no file is opened; the job fails and is counted).
+        A new file that fails at once is removed: nothing of the run is in it."""
+        _probe(self.logdir)
         self._settle()
         sw = self.summary_writer
         writers: list[Any] = list((sw.all_writers or {}).values())
@@ -151,7 +159,15 @@ class EventWorker:
             except Exception:  # the dead writer re-raises its error
                 pass
         sw.file_writer = sw.all_writers = None  # SummaryWriter opens a new file on next use
-        sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
+        _quiet_writer_threads(self)
+        before = set(self.logdir.glob(_EVENT_FILES))
+        try:
+            sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
+        except Exception:
+            for path in set(self.logdir.glob(_EVENT_FILES)) - before:
+                path.unlink(missing_ok=True)
+            sw.file_writer = sw.all_writers = None
+            raise
         self._confirmed = (_file_end(sw)[0], 0)
         self.reopened()  # the layer index and layout again, into the new file
         self.losses.broken = False
@@ -188,6 +204,47 @@ class EventWorker:
         if err is not None:
             raise RuntimeError(f"writing TensorBoard events to {str(self.logdir)!r} failed: "
                                f"{type(err).__name__}: {err}") from err
+
+
+_EVENT_FILES = "events.out.tfevents.*"
+_PROBE_BYTES = 4096  # a probe write this large must succeed before a new event file opens
+
+
+def _probe(logdir: Path) -> None:
+    """Raise the ``OSError`` a write into ``logdir`` meets now (a full disk), leaving no
+    file; written as TensorBoard writes its event files."""
+    from tensorboard.compat import tf
+
+    path = logdir / f".gradscope-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with tf.io.gfile.GFile(str(path), "wb") as f:
+            f.write(bytes(_PROBE_BYTES))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+#: The open workers, whose event files' dying writer threads are not printed.
+_OPEN: weakref.WeakSet[EventWorker] = weakref.WeakSet()
+
+
+def _quiet_writer_threads(worker: EventWorker) -> None:
+    """Stop Python printing ``Exception in thread`` when TensorBoard's writer thread of one
+    of ``worker``'s event files dies (a full disk): the worker counts what is lost and
+    says it. Other threads' errors go to the ``threading.excepthook`` in place."""
+    _OPEN.add(worker)
+    previous = threading.excepthook
+    if getattr(previous, "_gradscope", False):
+        return
+
+    def hook(args: Any) -> None:
+        gfile = getattr(getattr(args.thread, "_record_writer", None), "_writer", None)
+        name = getattr(gfile, "filename", None) or getattr(gfile, "name", None)
+        if not isinstance(name, (str, bytes)) or not any(
+                Path(os.fsdecode(name)).parent == w.logdir for w in list(_OPEN)):
+            previous(args)
+
+    hook._gradscope = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def _file_end(sw: SummaryWriter) -> tuple[Optional[Path], int]:
