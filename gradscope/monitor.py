@@ -43,9 +43,7 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import itertools
 import threading
 import warnings
 import weakref
@@ -56,7 +54,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from gradscope import distributed
+from gradscope import distributed, lifecycle
 from gradscope.capture import (
     ActivationRecorder,
     Context,
@@ -86,19 +84,6 @@ __all__ = ["Monitor"]
 
 #: The attached monitor of each watched model (both held weakly).
 _WATCHED: weakref.WeakKeyDictionary[nn.Module, weakref.ref[Monitor]] = weakref.WeakKeyDictionary()
-_OPEN: weakref.WeakKeyDictionary[Monitor, int] = weakref.WeakKeyDictionary()  # not closed: order
-_SERIAL = itertools.count()
-
-
-@atexit.register
-def _close_open_monitors() -> None:
-    """Close the monitors open at exit in creation order (ranks' collectives match); left to
-    finalization, a rank aborted under torchrun (``benchmarks/torchrun_exit.py``)."""
-    for mon, _ in sorted(_OPEN.items(), key=lambda item: item[1]):
-        try:
-            mon.close()
-        except Exception as e:  # at exit: report, never raise
-            warnings.warn(f"gradscope: closing {mon!r} at exit: {e}", RuntimeWarning, stacklevel=1)
 
 
 class Monitor:
@@ -181,7 +166,7 @@ class Monitor:
                             step_over=self._steps.step_over)
         self._steps.ends = self._flush.end_step
         self._scaler = self._steps.scaler = ScalerCapture(self._ctx, self._steps.end_step)
-        _OPEN[self] = next(_SERIAL)  # closed at exit if still open (_close_open_monitors)
+        lifecycle.opened(self)  # closed at exit if still open
 
     # ------------------------------------------------------------------ api
     @property
@@ -267,7 +252,7 @@ class Monitor:
             self.detach()
         finally:
             self._closed = True
-            _OPEN.pop(self, None)
+            lifecycle.closed(self)
             self._sinks.emit("close")
 
     def __enter__(self) -> Monitor:
