@@ -105,7 +105,7 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
         mx = tl.maximum(mx, tl.max(tl.where(ordered, y, -inf), axis=None))
         # saturation: y below (strictly: 1, or not: 2) sat_a, or above sat_b
         if SAT_LO + SAT_HI > 0:
-            sat = m & (y != y)  # all false
+            sat = (y != y) & (y == y)  # all false
             if SAT_LO == 1:
                 sat = sat | (y < sat_a)
             if SAT_LO == 2:

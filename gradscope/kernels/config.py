@@ -169,7 +169,7 @@ def _merge(sizes: Sequence[int], strides: Sequence[int]) -> Optional[tuple[int, 
     if not kept:
         return 1, 0
     size = 1
-    for (n, s), (n2, s2) in zip(kept, kept[1:]):
+    for (_, s), (n2, s2) in zip(kept, kept[1:]):
         if s != s2 * n2:
             return None
     for n, _ in kept:

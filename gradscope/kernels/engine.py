@@ -22,8 +22,9 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -117,13 +118,13 @@ class FusedStats:
             xv = (0, 0, 1)
             block_u = 1
         block_r = min(config.next_pow2(rows), max(16, (4096 if block_u == 1 else 2048) // block_u))
-        n_u = -(-U // block_u)
-        chunks = min(-(-rows // block_r), max(1, MAX_PROGRAMS // n_u))
+        n_u = _cdiv(U, block_u)
+        chunks = min(_cdiv(rows, block_r), max(1, MAX_PROGRAMS // n_u))
         if units_on:
             chunks = min(chunks, max(1, MAX_UNIT_PARTIALS // U))
-        chunks = max(chunks, -(-rows * block_u // MAX_PER_PROGRAM))
-        rows_per = -(-(-(-rows // chunks)) // block_r) * block_r
-        chunks = -(-rows // rows_per)
+        chunks = max(chunks, _cdiv(rows * block_u, MAX_PER_PROGRAM))
+        rows_per = _cdiv(_cdiv(rows, chunks), block_r) * block_r
+        chunks = _cdiv(rows, rows_per)
         n_progs = chunks * n_u
         window = units_on and window_key is not None
         b = self._reserve(y.device, config.FORWARD_PARTIALS * n_progs,
@@ -153,8 +154,8 @@ class FusedStats:
         k = self._kernels(g.device)
         g = config.flat_view(g)
         n = g.numel()
-        per = max(_GRAD_BLOCK, -(-(-(-n // MAX_PROGRAMS)) // _GRAD_BLOCK) * _GRAD_BLOCK)
-        n_progs = -(-n // per)
+        per = max(_GRAD_BLOCK, _cdiv(_cdiv(n, MAX_PROGRAMS), _GRAD_BLOCK) * _GRAD_BLOCK)
+        n_progs = max(1, _cdiv(n, per))  # one program writes the zeros of an empty tensor
         b = self._reserve(g.device, 2 * n_progs, 0, 3, None)
         p_off, r_off = b.ws_used, b.out_used
         b.ws_used += 2 * n_progs
@@ -280,3 +281,7 @@ def _unit_layout(t: Tensor, unit_dim: int) -> tuple[Tensor, tuple[int, int, int,
         view = config.unit_view(t, unit_dim)
         assert view is not None
     return t, view
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
