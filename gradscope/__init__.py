@@ -21,17 +21,16 @@ Example:
     True
 """
 
+from gradscope._version import __version__
 from gradscope.activations import ActivationFamily, family_of, register_family
 from gradscope.api import watch
-from gradscope.capture.coverage import Coverage
-from gradscope.findings import Finding, Thresholds
+from gradscope.findings import Thresholds
 from gradscope.history import History, LayerInfo, Retention
 from gradscope.monitor import Monitor
 from gradscope.options import Definitions
+from gradscope.records import Coverage, Finding, Record
 from gradscope.schedules import every, log_schedule
-from gradscope.writers.base import Record, Sink
-
-__version__ = "0.1.0"
+from gradscope.writers.base import Sink
 
 __all__ = [
     "ActivationFamily",

@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from gradscope.writers.base import Record
+from gradscope.records import Record
 
 __all__ = ["MaskPart", "Partial", "RankCombiner", "check_model", "roles", "world"]
 

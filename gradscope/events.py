@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
+from gradscope._version import __version__
+
 __all__ = ["LEGACY_TAG", "RUN_TAG", "FileRead", "Scalar", "claim_run", "event_files", "marker_text",
            "read_events", "read_marker", "runs_in", "scalars", "texts"]
 
@@ -174,8 +176,6 @@ def texts(event: Any) -> Iterator[tuple[str, str]]:
 
 def marker_text(run_id: str, *, resumed: bool = False) -> str:
     """The marker's text: JSON with the run id, gradscope's version and the start time."""
-    from gradscope import __version__
-
     return json.dumps({"run": run_id, "gradscope": __version__, "resumed": resumed,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from gradscope.writers.base import Record
+from gradscope.records import Record
 
 __all__ = ["Decoder", "Entry", "Queue"]
 

@@ -43,8 +43,8 @@ from gradscope import stats
 from gradscope.activations import ActivationFamily, Source
 from gradscope.distributed import Partial
 from gradscope.metrics import METRICS, Metric, Shape, for_family
-from gradscope.writers.base import Record
-from gradscope.writers.base import record as _record
+from gradscope.records import Record
+from gradscope.records import record as _record
 
 __all__ = [
     "ACTIVATION_REDUCTIONS",

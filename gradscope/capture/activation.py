@@ -23,15 +23,15 @@ On unsampled steps only the every-step NaN/Inf check runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from gradscope.activations import ActivationFamily, Source
-from gradscope.capture.base import Context, NonfiniteCheck
+from gradscope.capture.base import Context
 from gradscope.capture.nancheck import NonfiniteChecker
+from gradscope.capture.site import Site, site_name
 from gradscope.distributed import MaskDecoder
 from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
@@ -40,38 +40,6 @@ from gradscope.reductions import ActivationCall, GradCall, Plan
 __all__ = ["ActivationRecorder", "Site", "input_node"]
 
 _NEVER = -(2**62)  # "last active step" of a unit never seen active
-
-
-@dataclass
-class Site:
-    """One activation call-site: a module, or a function called inside a module, and its
-    call index within one forward."""
-
-    name: str
-    module_name: str
-    call: int
-    family: ActivationFamily
-    plan: Plan
-    window: Plan
-    function: Optional[str] = None  # "relu" for a functional call-site, None for a module's
-    unit_dim: Optional[int] = None  # the dimension of its units (None: the rank rule)
-    grad_in: Optional[bool] = None  # whether grad_in_* can be read exactly (known at a backward)
-    last_active: Optional[Tensor] = None  # per unit: the last step it was on
-    fwd_step: int = -1
-    bwd_step: int = -1
-    gin_step: int = -1
-    failed: bool = False
-    at_call: bool = False  # its output was modified in place after its call: tested at the call
-    hold: Optional[bool] = None  # its autograd node keeps its output (held for free; None: unknown)
-    checks: NonfiniteCheck = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.checks = NonfiniteCheck([self.name], "nonfinite_check", per=2)  # min, max
-
-
-def site_name(base: str, call: int) -> str:
-    """A call-site's series name: ``base`` for the first call of a forward, ``base[k]`` after."""
-    return base if call == 0 else f"{base}[{call}]"
 
 
 def input_node(x: Any) -> Any:

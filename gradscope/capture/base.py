@@ -32,7 +32,7 @@ from gradscope.histograms import Histogram, decode_histogram, histogram_vector
 from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
-from gradscope.writers.base import Record, record
+from gradscope.records import Record, record
 
 __all__ = ["Context", "NonfiniteCheck", "StepState", "compiling", "tensors", "unwrap"]
 

@@ -21,7 +21,6 @@ import re
 import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -30,6 +29,7 @@ from gradscope.activations import family_of
 from gradscope.capture.activation import ActivationRecorder
 from gradscope.capture.base import Context
 from gradscope.capture.compiled import TRACED, CompiledSteps
+from gradscope.records import Coverage
 
 __all__ = ["TRACED", "Coverage", "CoverageTracker"]
 
@@ -38,90 +38,6 @@ _ACTIVATION_LIKE = re.compile(
     r"(?i)(relu|gelu|silu|swish|mish|sigmoid|tanh|softmax|softmin|softplus|softsign|elu|glu"
     r"|hardswish|shrink|threshold|activation|^act)")
 _FUSED_RNN = (nn.RNNBase, nn.RNNCellBase)
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """What gradscope sees of a model's activations (``mon.coverage()``).
-
-    Attributes:
-        step: the step it describes (the first monitored one).
-        by_module: call-sites captured by hooks on activation modules.
-        by_function: call-sites captured as functional calls (``F.relu``, ``x.tanh()``).
-        unknown: class names of parameterless leaf modules that look like activations
-            but have no family (and in which no functional activation was seen).
-        unseen: activations no hook can see, one line each.
-        no_grad_in: call-sites whose ``grad_in_*`` cannot be read exactly (the
-            activation is not one autograd operation, like Softsign).
-        replayed: fused modules whose insides another capture records (the recurrent
-            capture's ``nn.LSTM``/``nn.GRU``/``nn.RNN`` gates).
-
-    Example:
-        >>> import torch, torch.nn as nn, torch.nn.functional as F, gradscope
-        >>> class Net(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.fc, self.act = nn.Linear(4, 4), nn.Tanh()
-        ...     def forward(self, x):
-        ...         return F.relu(self.act(self.fc(x)))
-        >>> net = Net()
-        >>> with gradscope.watch(net, summary=False) as mon:
-        ...     net(torch.randn(2, 4)).sum().backward()
-        >>> mon.coverage().line()
-        'gradscope: 2 activation call-sites captured (1 by module, 1 by function)'
-    """
-
-    step: int
-    by_module: int
-    by_function: int
-    unknown: tuple[str, ...] = ()
-    unseen: tuple[str, ...] = ()
-    no_grad_in: tuple[str, ...] = ()
-    replayed: tuple[str, ...] = ()
-
-    @property
-    def captured(self) -> int:
-        """Every captured call-site."""
-        return self.by_module + self.by_function
-
-    def fixes(self) -> list[str]:
-        """One ``register_family`` line per unknown module class."""
-        return [f"gradscope.register_family({name}, gradscope.activations.FAMILIES[nn.X]) "
-                "with nn.X the activation it behaves like" for name in self.unknown]
-
-    def line(self) -> str:
-        """The one-line summary printed to stderr."""
-        parts = [f"gradscope: {self.captured} activation call-sites captured "
-                 f"({self.by_module} by module, {self.by_function} by function)"]
-        if self.replayed:
-            parts.append("recurrent gates replayed in: " + ", ".join(self.replayed))
-        if self.unseen:
-            parts.append("not seen: " + "; ".join(self.unseen))
-        if self.unknown:
-            parts.append("unknown activation modules: " + ", ".join(self.unknown)
-                         + " (teach gradscope one with gradscope.register_family)")
-        if self.no_grad_in:
-            parts.append("grad_in_* not measured (not one autograd op) at: "
-                         + ", ".join(self.no_grad_in))
-        return "; ".join(parts)
-
-    def markdown(self) -> str:
-        """The report as markdown (TensorBoard's ``gradscope/coverage`` text)."""
-        lines = [f"**{self.captured} activation call-sites** captured at step {self.step}: "
-                 f"{self.by_module} by module hooks, {self.by_function} as functional calls.", ""]
-        if self.replayed:
-            lines += ["Recurrent gates replayed (fused kernels, recorded by the recurrent "
-                      "capture): " + ", ".join(f"`{n}`" for n in self.replayed), ""]
-        if self.unseen:
-            lines += ["Not seen (fused into one kernel, no hook can see inside):", ""]
-            lines += [f"* {u}" for u in self.unseen] + [""]
-        if self.unknown:
-            lines += ["Modules that look like activations but have no family:", ""]
-            lines += [f"* `{n}`: `{fix}`" for n, fix in zip(self.unknown, self.fixes())] + [""]
-        if self.no_grad_in:
-            lines += ["`grad_in_*` not measured (the activation is not one autograd op): "
-                      + ", ".join(f"`{n}`" for n in self.no_grad_in)]
-        return "\n".join(lines).rstrip() + "\n"
 
 
 class CoverageTracker:

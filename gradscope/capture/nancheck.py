@@ -31,17 +31,15 @@ output gradient at every step would cost more than the rest of the check togethe
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck, tensors
+from gradscope.capture.site import Site
 from gradscope.history import LayerInfo
-
-if TYPE_CHECKING:
-    from gradscope.capture.activation import Site
 
 __all__ = ["OUTPUT_SERIES", "NonfiniteChecker"]
 

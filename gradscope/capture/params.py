@@ -33,7 +33,7 @@ from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.history import LayerInfo
 from gradscope.metrics import METRICS, Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
-from gradscope.writers.base import Record, record
+from gradscope.records import Record, record
 
 _NO_SHAPE = Shape(0)
 

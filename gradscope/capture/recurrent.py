@@ -54,6 +54,7 @@ from gradscope.capture.base import Context
 from gradscope.history import LayerInfo
 from gradscope.metrics import Shape, by_kind
 from gradscope.queue import Decoder, Entry
+from gradscope.records import Record, record
 from gradscope.recurrence import (
     GATES,
     Hidden,
@@ -70,7 +71,6 @@ from gradscope.recurrence import (
 )
 from gradscope.recurrent_stats import GateCall, downsample, profile_summary
 from gradscope.reductions import Plan
-from gradscope.writers.base import Record, record
 
 __all__ = ["PROFILE", "RecurrentCapture"]
 

@@ -36,9 +36,8 @@ import torch
 from torch import Tensor
 
 from gradscope.capture.base import Context
-from gradscope.findings.amp import SCALER_SERIES
 from gradscope.history import LayerInfo
-from gradscope.writers.base import Record
+from gradscope.records import SCALER_SERIES, Record
 
 __all__ = ["SCALER_SERIES", "ScalerCapture"]
 

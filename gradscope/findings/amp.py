@@ -9,6 +9,7 @@ gradients of those steps.
 
 Example:
     >>> from gradscope.history import History
+from gradscope.records import SCALER_SERIES
     >>> h = History()
     >>> for step in range(1000):
     ...     h.add(step, "scaler", "skipped", float(step in (0, 1, 700)))
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 from gradscope.findings.thresholds import Finding, Thresholds
 from gradscope.history import History
+from gradscope.records import SCALER_SERIES
 
 __all__ = ["SCALER_SERIES", "SKIPPED_RUN", "scaler_skipped", "skipped_steps"]
 
@@ -29,8 +31,6 @@ __all__ = ["SCALER_SERIES", "SKIPPED_RUN", "scaler_skipped", "skipped_steps"]
 #: each skip halves the scale, so 10 in a row took the default 65,536 below 100; the
 #: gradients overflow at every scale, which no longer is the scale settling.
 SKIPPED_RUN = 10
-#: The series of a GradScaler's per-step records (``skipped``, ``scale``).
-SCALER_SERIES = "scaler"
 
 
 def skipped_steps(history: History) -> set[int]:

@@ -2,44 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
-from typing import Optional
+
+from gradscope.records import Finding
 
 __all__ = ["SEVERITIES", "Finding", "Thresholds", "threshold_names"]
 
 #: Severities, most serious first.
 SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis.
-
-    Args:
-        severity: ``"error"`` (training is broken), ``"warning"`` (likely hurts
-            training) or ``"info"`` (a trend worth watching).
-        rule: the rule that fired (a key of :data:`RULES`).
-        layer: the layer or call-site it concerns (``None`` for the whole model).
-        first_step: the step the condition has held since (for ``nonfinite``, the
-            first step a non-finite value was seen).
-        message: one line: what is wrong, where, since when, and the usual remedy.
-        remedy: the remedy part of the message on its own.
-        value: the measured value the rule compared with its threshold.
-        last_step: the latest step the rule looked at.
-    """
-
-    severity: str
-    rule: str
-    layer: Optional[str]
-    first_step: int
-    message: str
-    remedy: str = ""
-    value: float = math.nan
-    last_step: int = -1
-
-    def __str__(self) -> str:
-        return f"[{self.severity}] {self.rule}: {self.message}"
 
 
 @dataclass(frozen=True)

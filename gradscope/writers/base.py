@@ -34,32 +34,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+from gradscope.records import Coverage, Finding, Record, record
 
 if TYPE_CHECKING:
-    from gradscope.capture.coverage import Coverage
-    from gradscope.findings import Finding
     from gradscope.histograms import Histogram
     from gradscope.history import History
 
 __all__ = ["Record", "Sink", "SinkFanout", "as_sink", "overrides", "record"]
-
-
-class Record(NamedTuple):
-    """One flushed value of one series. A plain tuple: ``step, layer, metric, value = r``."""
-
-    step: int
-    layer: str
-    metric: str
-    value: float
-
-
-def record(step: int, layer: str, metric: str, value: float) -> Record:
-    """``Record(step, layer, metric, value)`` without the keyword handling (a flush makes many)."""
-    return _tuple_new(Record, (step, layer, metric, value))
-
-
-_tuple_new = tuple.__new__
 
 
 class Sink:
