@@ -38,6 +38,7 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck, tensors
+from gradscope.capture.fused import FusedCapture
 from gradscope.capture.site import Site
 from gradscope.history import LayerInfo
 
@@ -51,8 +52,9 @@ class NonfiniteChecker:
     """Holds an unsampled forward's activation outputs and checks them, the model's outputs
     and (through :class:`gradscope.capture.step.StepHooks`) escalates the gradient check."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, fused: Optional[FusedCapture] = None) -> None:
         self.ctx = ctx
+        self.fused = fused  # tests an output at its call in one launch where it can
         self._held: list[tuple[Site, Tensor, int]] = []  # (site, output, its version)
         self._lazy = ctx.options.check_nonfinite is True  # "all": each output at its call
         #: this forward ends in the watched module's forward hook (it is not one announced by
@@ -86,6 +88,8 @@ class NonfiniteChecker:
                 if stats.all_finite(x):
                     return  # nothing to record (the usual case on the CPU)
                 self.nonfinite_step = step
+            elif self.fused is not None and self.fused.probe(site, x, step):
+                return
             self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
             self._fail(site, err)

@@ -36,6 +36,15 @@ GRAD_PARTIALS = 2
 DESC = 12
 
 
+# Only builtins, and reductions through ``tl.reduce`` with triton's own combines (what
+# ``tl.sum``/``tl.max``/``tl.min`` do; the interpreter runs these three in NumPy): when
+# ``triton`` was imported before the interpreter was asked for, its ``@jit`` helpers
+# (``tl.sum``, ``tl.zeros``, ...) are compiled functions that the interpreter cannot call.
+_add = tl.standard._sum_combine
+_max2 = tl.standard._elementwise_max
+_min2 = tl.standard._elementwise_min
+
+
 @triton.jit
 def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
                      R, U, inner, ys_o, ys_u, ys_i, xs_o, xs_u, xs_i,
@@ -53,7 +62,7 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
     r0 = pr.to(tl.int64) * rows_per_prog
     r_end = tl.minimum(r0 + rows_per_prog, R)
     inf = float("inf")
-    zero = tl.sum(tl.zeros([BLOCK_R, BLOCK_U], dtype=tl.float32), axis=None)  # a float32 scalar
+    zero = tl.full([], 0.0, dtype=tl.float32)
     n_acc = zero
     mean_acc = zero
     m2_acc = zero
@@ -86,23 +95,23 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
         isninf = m & (y == -inf)
         fin = m & (y == y) & (y != inf) & (y != -inf)
         # moments of the finite elements: this tile's, merged into the program's (Chan)
-        n_t = tl.sum(fin.to(tl.float32), axis=None)
-        s_t = tl.sum(tl.where(fin, y, 0.0), axis=None)
+        n_t = tl.reduce(fin.to(tl.float32), None, _add)
+        s_t = tl.reduce(tl.where(fin, y, 0.0), None, _add)
         mean_t = s_t / tl.maximum(n_t, 1.0)
         d_t = tl.where(fin, y - mean_t, 0.0)
-        m2_t = tl.sum(d_t * d_t, axis=None)
+        m2_t = tl.reduce(d_t * d_t, None, _add)
         n_new = n_acc + n_t
         delta_m = mean_t - mean_acc
         w = n_t / tl.maximum(n_new, 1.0)
         mean_acc = mean_acc + delta_m * w
         m2_acc = m2_acc + m2_t + delta_m * delta_m * n_acc * w
         n_acc = n_new
-        nan_c += tl.sum(isnan.to(tl.float32), axis=None)
-        pinf_c += tl.sum(ispinf.to(tl.float32), axis=None)
-        ninf_c += tl.sum(isninf.to(tl.float32), axis=None)
+        nan_c += tl.reduce(isnan.to(tl.float32), None, _add)
+        pinf_c += tl.reduce(ispinf.to(tl.float32), None, _add)
+        ninf_c += tl.reduce(isninf.to(tl.float32), None, _add)
         ordered = m & (y == y)  # NaN is left to its count
-        mn = tl.minimum(mn, tl.min(tl.where(ordered, y, inf), axis=None))
-        mx = tl.maximum(mx, tl.max(tl.where(ordered, y, -inf), axis=None))
+        mn = tl.minimum(mn, tl.reduce(tl.where(ordered, y, inf), None, _min2))
+        mx = tl.maximum(mx, tl.reduce(tl.where(ordered, y, -inf), None, _max2))
         # saturation: y below (strictly: 1, or not: 2) sat_a, or above sat_b
         if SAT_LO + SAT_HI > 0:
             sat = (y != y) & (y == y)  # all false
@@ -114,14 +123,14 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
                 sat = sat | (y > sat_b)
             if SAT_HI == 2:
                 sat = sat | (y >= sat_b)
-            sat_c += tl.sum((m & sat).to(tl.float32), axis=None)
+            sat_c += tl.reduce((m & sat).to(tl.float32), None, _add)
         # the local derivative: piecewise (a count of in_lo < y < in_hi) or elementwise
         if INSIDE == 1:
-            inside_c += tl.sum((m & (y > in_lo)).to(tl.float32), axis=None)
+            inside_c += tl.reduce((m & (y > in_lo)).to(tl.float32), None, _add)
         if INSIDE == 2:
-            inside_c += tl.sum((m & (y < in_hi)).to(tl.float32), axis=None)
+            inside_c += tl.reduce((m & (y < in_hi)).to(tl.float32), None, _add)
         if INSIDE == 3:
-            inside_c += tl.sum((m & (y > in_lo) & (y < in_hi)).to(tl.float32), axis=None)
+            inside_c += tl.reduce((m & (y > in_lo) & (y < in_hi)).to(tl.float32), None, _add)
         if DERIV > 0:
             if DERIV == 1:  # sigmoid: y (1 - y)
                 d = y - y * y
@@ -146,8 +155,8 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
             else:  # SiLU: s (1 + x (1 - s))
                 s = 1.0 / (1.0 + tl.exp(-x))
                 d = s * (1.0 + x * (1.0 - s))
-            small_c += tl.sum((m & (d < delta)).to(tl.float32), axis=None)
-            dsum += tl.sum(tl.where(m, d, 0.0), axis=None)
+            small_c += tl.reduce((m & (d < delta)).to(tl.float32), None, _add)
+            dsum += tl.reduce(tl.where(m, d, 0.0), None, _add)
         if REGIME > 0:
             if SRC_X:
                 src = x
@@ -155,13 +164,13 @@ def forward_partials(y_ptr, x_ptr, ws_ptr, unit_ptr,
                 src = y
             src_fin = m & (src == src) & (src != inf) & (src != -inf)
             if REGIME == 1:  # ReLU-like: finite y <= 0
-                off_c += tl.sum((src_fin & (src <= 0.0)).to(tl.float32), axis=None)
+                off_c += tl.reduce((src_fin & (src <= 0.0)).to(tl.float32), None, _add)
             else:  # the negative regime: finite src < 0
-                off_c += tl.sum((src_fin & (src < 0.0)).to(tl.float32), axis=None)
+                off_c += tl.reduce((src_fin & (src < 0.0)).to(tl.float32), None, _add)
             if UNITS:
                 v = tl.where(src_fin, src, inf)
                 v = tl.where(m, v, -inf)
-                umax = tl.maximum(umax, tl.max(v, axis=0))
+                umax = tl.maximum(umax, tl.reduce(v, 0, _max2))
     base = ws_ptr + pid
     tl.store(base, n_acc)
     tl.store(base + n_progs, mean_acc)
@@ -187,20 +196,20 @@ def grad_partials(g_ptr, ws_ptr, scale_ptr, N, per_prog, n_progs,
     start0 = pid.to(tl.int64) * per_prog
     end = tl.minimum(start0 + per_prog, N)
     inf = float("inf")
-    sq = tl.zeros([BLOCK], dtype=tl.float32)
-    bad = tl.zeros([BLOCK], dtype=tl.float32)
+    sq = tl.full([BLOCK], 0, dtype=tl.float32)
+    bad = tl.full([BLOCK], 0, dtype=tl.float32)
     for start in range(start0, end, BLOCK):
         idx = start + tl.arange(0, BLOCK).to(tl.int64)
         m = idx < end
         g = tl.load(g_ptr + idx, mask=m, other=0.0).to(tl.float32)
         sq += g * g
         bad += ((g != g) | (g == inf) | (g == -inf)).to(tl.float32)
-    ss = tl.sum(sq, axis=0)
+    ss = tl.reduce(sq, 0, _add)
     if HAS_SCALE:
         s = tl.load(scale_ptr).to(tl.float32)
         ss = ss / (s * s)
     tl.store(ws_ptr + pid, ss)
-    tl.store(ws_ptr + n_progs + pid, tl.sum(bad, axis=0))
+    tl.store(ws_ptr + n_progs + pid, tl.reduce(bad, 0, _add))
 
 
 @triton.jit
@@ -225,16 +234,16 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
         regime = tl.load(d + 8)
         step = tl.load(d + 9)
         limit = tl.load(d + 10)
-        n = tl.zeros([BLOCK], dtype=tl.float64)
-        s = tl.zeros([BLOCK], dtype=tl.float64)
-        nan_c = tl.zeros([BLOCK], dtype=tl.float64)
-        pinf_c = tl.zeros([BLOCK], dtype=tl.float64)
-        ninf_c = tl.zeros([BLOCK], dtype=tl.float64)
-        sat_c = tl.zeros([BLOCK], dtype=tl.float64)
-        small_c = tl.zeros([BLOCK], dtype=tl.float64)
-        dsum = tl.zeros([BLOCK], dtype=tl.float64)
-        inside_c = tl.zeros([BLOCK], dtype=tl.float64)
-        off_c = tl.zeros([BLOCK], dtype=tl.float64)
+        n = tl.full([BLOCK], 0, dtype=tl.float64)
+        s = tl.full([BLOCK], 0, dtype=tl.float64)
+        nan_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        pinf_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        ninf_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        sat_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        small_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        dsum = tl.full([BLOCK], 0, dtype=tl.float64)
+        inside_c = tl.full([BLOCK], 0, dtype=tl.float64)
+        off_c = tl.full([BLOCK], 0, dtype=tl.float64)
         mn = tl.full([BLOCK], inf, dtype=tl.float32)
         mx = tl.full([BLOCK], -inf, dtype=tl.float32)
         for i in range(0, n_p, BLOCK):
@@ -254,10 +263,10 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
             dsum += tl.load(ws + 10 * n_p + idx, mask=m, other=0.0).to(tl.float64)
             inside_c += tl.load(ws + 11 * n_p + idx, mask=m, other=0.0).to(tl.float64)
             off_c += tl.load(ws + 12 * n_p + idx, mask=m, other=0.0).to(tl.float64)
-        total_n = tl.sum(n, axis=0)
-        total_s = tl.sum(s, axis=0)
+        total_n = tl.reduce(n, 0, _add)
+        total_s = tl.reduce(s, 0, _add)
         mu = total_s / tl.maximum(total_n, 1.0)
-        m2 = tl.zeros([BLOCK], dtype=tl.float64)
+        m2 = tl.full([BLOCK], 0, dtype=tl.float64)
         for i in range(0, n_p, BLOCK):
             idx = i + lanes
             m = idx < n_p
@@ -265,27 +274,27 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
             mean = tl.load(ws + n_p + idx, mask=m, other=0.0).to(tl.float64)
             dm = mean - mu
             m2 += tl.load(ws + 2 * n_p + idx, mask=m, other=0.0).to(tl.float64) + c * dm * dm
-        nans = tl.sum(nan_c, axis=0)
-        pinfs = tl.sum(pinf_c, axis=0)
-        ninfs = tl.sum(ninf_c, axis=0)
+        nans = tl.reduce(nan_c, 0, _add)
+        pinfs = tl.reduce(pinf_c, 0, _add)
+        ninfs = tl.reduce(ninf_c, 0, _add)
         bad = nans + pinfs + ninfs
         the_sum = tl.where(pinfs > 0, inf, total_s)
         the_sum = tl.where(ninfs > 0, -inf, the_sum)
         the_sum = tl.where((nans > 0) | ((pinfs > 0) & (ninfs > 0)), nan, the_sum)
         tl.store(out, the_sum.to(tl.float32))
-        tl.store(out + 1, tl.where(bad > 0, nan, tl.sum(m2, axis=0)).to(tl.float32))
-        tl.store(out + 2, tl.where(nans > 0, nan, tl.min(mn, axis=0)))
-        tl.store(out + 3, tl.where(nans > 0, nan, tl.max(mx, axis=0)))
+        tl.store(out + 1, tl.where(bad > 0, nan, tl.reduce(m2, 0, _add)).to(tl.float32))
+        tl.store(out + 2, tl.where(nans > 0, nan, tl.reduce(mn, 0, _min2)))
+        tl.store(out + 3, tl.where(nans > 0, nan, tl.reduce(mx, 0, _max2)))
         tl.store(out + 4, bad.to(tl.float32))
-        tl.store(out + 5, tl.sum(sat_c, axis=0).to(tl.float32))
-        tl.store(out + 6, tl.sum(small_c, axis=0).to(tl.float32))
-        tl.store(out + 7, tl.sum(dsum, axis=0).to(tl.float32))
-        tl.store(out + 8, tl.sum(inside_c, axis=0).to(tl.float32))
-        tl.store(out + 9, tl.sum(off_c, axis=0).to(tl.float32))
+        tl.store(out + 5, tl.reduce(sat_c, 0, _add).to(tl.float32))
+        tl.store(out + 6, tl.reduce(small_c, 0, _add).to(tl.float32))
+        tl.store(out + 7, tl.reduce(dsum, 0, _add).to(tl.float32))
+        tl.store(out + 8, tl.reduce(inside_c, 0, _add).to(tl.float32))
+        tl.store(out + 9, tl.reduce(off_c, 0, _add).to(tl.float32))
         # units: the largest finite source value over the chunks (+inf: a NaN/Inf element)
-        act = tl.zeros([BLOCK], dtype=tl.float32)
-        badu = tl.zeros([BLOCK], dtype=tl.float32)
-        idle = tl.zeros([BLOCK], dtype=tl.float32)
+        act = tl.full([BLOCK], 0, dtype=tl.float32)
+        badu = tl.full([BLOCK], 0, dtype=tl.float32)
+        idle = tl.full([BLOCK], 0, dtype=tl.float32)
         for ub in range(0, U, BLOCK):
             uu = ub + lanes
             um = uu < U
@@ -306,18 +315,18 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
                 last = tl.where(on | is_bad, step, last)
                 tl.store(lp, last, mask=um)
                 idle += (um & (last <= limit)).to(tl.float32)
-        tl.store(out + 10, tl.sum(act, axis=0))
-        tl.store(out + 11, tl.sum(badu, axis=0))
-        tl.store(out + 12, tl.sum(idle, axis=0))
+        tl.store(out + 10, tl.reduce(act, 0, _add))
+        tl.store(out + 11, tl.reduce(badu, 0, _add))
+        tl.store(out + 12, tl.reduce(idle, 0, _add))
     else:
-        sq = tl.zeros([BLOCK], dtype=tl.float64)
-        bad = tl.zeros([BLOCK], dtype=tl.float64)
+        sq = tl.full([BLOCK], 0, dtype=tl.float64)
+        bad = tl.full([BLOCK], 0, dtype=tl.float64)
         for i in range(0, n_p, BLOCK):
             idx = i + lanes
             m = idx < n_p
             sq += tl.load(ws + idx, mask=m, other=0.0).to(tl.float64)
             bad += tl.load(ws + n_p + idx, mask=m, other=0.0).to(tl.float64)
-        nb = tl.sum(bad, axis=0)
-        tl.store(out, tl.sqrt(tl.sum(sq, axis=0)).to(tl.float32))
+        nb = tl.reduce(bad, 0, _add)
+        tl.store(out, tl.sqrt(tl.reduce(sq, 0, _add)).to(tl.float32))
         tl.store(out + 1, nb.to(tl.float32))
         tl.store(out + 2, tl.where(nb > 0, nan, 0.0).to(tl.float32))
