@@ -84,12 +84,12 @@ class FusedCapture:
             name, grad.numel(), 0, code, 3))
         return True
 
-    def probe(self, site: Site, y: Tensor, step: int) -> bool:
-        """The every-step NaN/Inf check of one output, in one launch; whether it was taken."""
+    def probe(self, y: Tensor, step: int, decode: NonfiniteCheck) -> bool:
+        """The every-step NaN/Inf test of one tensor in one launch, deferred with ``decode``
+        (a :class:`~gradscope.capture.base.NonfiniteCheck` of one value); whether it was taken."""
         if not self.takes(y):
             return False
-        flag = self.stats.probe(y.detach())
-        self.ctx.queue.defer(step, y.device, [flag], NonfiniteCheck([site.name], "nonfinite_check"))
+        self.ctx.queue.defer(step, y.device, [self.stats.probe(y.detach())], decode)
         return True
 
     def _spec(self, site: Site, source: Source) -> Optional[config.ForwardSpec]:

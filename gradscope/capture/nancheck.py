@@ -46,6 +46,7 @@ __all__ = ["OUTPUT_SERIES", "NonfiniteChecker"]
 
 #: The series of the model's outputs' NaN/Inf check (kind ``step``).
 OUTPUT_SERIES = "(output)"
+_FUSED_OUTPUT = NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite")  # the fused probe's one value
 
 
 class NonfiniteChecker:
@@ -88,7 +89,7 @@ class NonfiniteChecker:
                 if stats.all_finite(x):
                     return  # nothing to record (the usual case on the CPU)
                 self.nonfinite_step = step
-            elif self.fused is not None and self.fused.probe(site, x, step):
+            elif self.fused is not None and self.fused.probe(x, step, site.fused_checks):
                 return
             self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
@@ -115,6 +116,8 @@ class NonfiniteChecker:
                 return False
             self._declare_output()
             for t in outs:
+                if self.fused is not None and self.fused.probe(t, step, _FUSED_OUTPUT):
+                    continue
                 self.ctx.queue.defer(step, t.device, [stats.finite_probe(t)],
                                      NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite", per=2))
         except Exception as err:

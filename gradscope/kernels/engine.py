@@ -32,10 +32,12 @@ from torch import Tensor
 from gradscope.kernels import config, kernels_for, missing
 from gradscope.kernels.config import ForwardSpec
 
-__all__ = ["LAUNCHES", "NEVER", "FusedStats"]
+__all__ = ["LAUNCHES", "NEVER", "READ_BYTES", "FusedStats", "launching"]
 
 #: Kernel launches by name, counted as they are made (tests and benchmarks read it).
 LAUNCHES: Counter[str] = Counter()
+#: Bytes of tensor data the partials kernels read, by kernel name (each element once).
+READ_BYTES: Counter[str] = Counter()
 #: The last active step of a unit never seen active.
 NEVER = -(2**62)
 #: At most this many programs per partials launch: a few per streaming multiprocessor on
@@ -137,8 +139,9 @@ class FusedStats:
         b.out_used += len(config.FORWARD_VALUES)
         b.desc.append((_FORWARD, p_off, n_progs, r_off, u_off, U if units_on else 0, chunks,
                        l_off, spec.regime, 0, 0, 0))
-        LAUNCHES["forward_partials"] += 1
-        k.forward_partials[(chunks, n_u)](
+        READ_BYTES["forward_partials"] += _nbytes(y) + (_nbytes(x) if spec.needs_x and x is not None
+                                                          else 0)
+        _launch("forward_partials", k.forward_partials, (chunks, n_u),
             y, x if spec.needs_x else y, b.ws[p_off:], b.units[u_off:],
             rows, U, inner, so, su, si, *xv, rows_per, n_progs,
             spec.sat_a, spec.sat_b, spec.in_lo, spec.in_hi, spec.delta, spec.p1, spec.p2,
@@ -161,12 +164,11 @@ class FusedStats:
         b.ws_used += 2 * n_progs
         b.out_used += 3
         b.desc.append((_GRADIENT, p_off, n_progs, r_off, 0, 0, 0, -1, 0, 0, 0, 0))
-        LAUNCHES["grad_partials"] += 1
         has_scale = scale is not None
-        k.grad_partials[(n_progs,)](g, b.ws[p_off:], scale if has_scale else g, n, per, n_progs,
-                                    HAS_SCALE=has_scale, BLOCK=min(_GRAD_BLOCK,
-                                                                   config.next_pow2(n)),
-                                    num_warps=8)
+        READ_BYTES["grad_partials"] += _nbytes(g)
+        _launch("grad_partials", k.grad_partials, (n_progs,), g, b.ws[p_off:],
+                scale if has_scale else g, n, per, n_progs, HAS_SCALE=has_scale,
+                BLOCK=min(_GRAD_BLOCK, config.next_pow2(n)), num_warps=8)
         return b.out[r_off:r_off + 3]
 
     def probe(self, y: Tensor) -> Tensor:
@@ -212,10 +214,9 @@ class FusedStats:
                 self._desc_cache.clear()
             self._desc_cache[key] = desc
         last = self._last.get(device)
-        LAUNCHES["finish"] += 1
-        k.finish[(len(b.desc),)](b.ws, b.units, desc, b.out,
-                                 last if last is not None else desc,
-                                 NDESC=len(b.desc[0]), BLOCK=_FINISH_BLOCK, num_warps=4)
+        _launch("finish", k.finish, (len(b.desc),), b.ws, b.units, desc, b.out,
+                last if last is not None else desc, NDESC=len(b.desc[0]), BLOCK=_FINISH_BLOCK,
+                num_warps=4)
         self._out_size[device] = max(self._out_size.get(device, 0), b.out_used)
         self._spare[device] = (b.ws, b.units)
 
@@ -271,6 +272,29 @@ class FusedStats:
             raise RuntimeError(f"the fused statistics kernels cannot run on {device} "
                                f"({missing(device.type == 'cpu')}); pass watch(fused=False)")
         return k
+
+
+_inside = [0]  # > 0 while a kernel is being launched
+
+
+def _launch(name: str, kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    """Launch ``kernel`` on ``grid``, counted in :data:`LAUNCHES`."""
+    LAUNCHES[name] += 1
+    _inside[0] += 1
+    try:
+        kernel[grid](*args, **meta)
+    finally:
+        _inside[0] -= 1
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def launching() -> bool:
+    """Whether a kernel launch is in progress: what Triton's interpreter does with tensors
+    then (copies) is the emulation of a device, not gradscope's work (operation counts)."""
+    return _inside[0] > 0
 
 
 def _unit_layout(t: Tensor, unit_dim: int) -> tuple[Tensor, tuple[int, int, int, int, int, int]]:
