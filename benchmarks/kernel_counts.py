@@ -199,8 +199,10 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str, Any]]:
-    """One row per family and approach: extra kernels, bytes and host reads per hook and phase."""
+def measure(depth: int = 4, width: int = 256, batch: int = 64,
+            families: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """One row per family (``families``: these of :data:`FAMILIES`) and approach: extra
+    kernels, bytes and host reads per hook and phase."""
     real = (stats.host_readable, stats.uses_scratch, stats.cpu_kernels)
     # the accelerator path: no host reads, no CPU scratch buffers, no CPU-only kernels
     stats.host_readable = stats.uses_scratch = stats.cpu_kernels = (  # type: ignore[assignment]
@@ -210,6 +212,8 @@ def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str,
         act_bytes = batch * width * 4
         n_params = 2 * (depth + 1)
         for fam, act in FAMILIES.items():
+            if families is not None and fam not in families:
+                continue
             base = count_step(act, None, depth=depth, width=width, batch=batch)
             for approach, attach in APPROACHES.items():
                 if approach.startswith("gradscope fused") and kernels.missing(True) is not None:

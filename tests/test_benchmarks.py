@@ -48,11 +48,17 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
     spec.loader.exec_module(kc)
     from gradscope import stats
     real = (stats.host_readable, stats.uses_scratch, stats.cpu_kernels)
-    rows = kc.measure(depth=2, width=32, batch=8)
+    families = ["ReLU", "GELU", "Softmax"]  # a piecewise, an input-reading and an eager family
+    rows = kc.measure(depth=2, width=32, batch=8, families=families)
     assert (stats.host_readable, stats.uses_scratch, stats.cpu_kernels) == real  # restored
-    assert {r["family"] for r in rows} == set(kc.FAMILIES)
+    assert {r["family"] for r in rows} == set(families)
     for r in rows:
-        if r["approach"] == "gradscope":
+        if r["approach"].startswith("gradscope fused"):  # Triton kernels, interpreted
+            assert r["host_reads_outside_flush"] == 0, r
+            if r["approach"] == "gradscope fused" and r["family"] != "Softmax":
+                assert r["triton_launches"]["forward"] == r["sites"] + 1, r  # + the outputs
+                assert r["kernels_per_call_site_step"] <= 3 + 1 / r["sites"], r
+        elif r["approach"] == "gradscope":
             assert r["host_reads_outside_flush"] == 0, r
             assert r["kernels_flush"] >= 1  # the step results are put together there
             assert r["kernels_per_activation_hook"] > 0 and r["kernels_per_backprop_hook"] > 0
