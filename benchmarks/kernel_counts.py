@@ -268,8 +268,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--families", nargs="*", default=None, help=f"some of {list(FAMILIES)}")
     args = p.parse_args(argv)
-    rows = measure(args.depth, args.width, args.batch)
+    rows = measure(args.depth, args.width, args.batch, args.families)
     print(f"MLP {args.depth}x{args.width}, batch {args.batch}, {2 * (args.depth + 1)} parameter "
           f"tensors; every=1, update ratios on; counted on the accelerator code path "
           f"(torch {torch.__version__}).\n")

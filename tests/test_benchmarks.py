@@ -70,3 +70,25 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
         else:  # .item() hooks: a read per statistic and per parameter
             assert r["host_reads_outside_flush"] == 3 * r["sites"] + r["params"], r
     assert "| ReLU | gradscope |" in kc.table(rows)
+
+
+def test_gpu_check_smoke_runs_the_gpu_benchmark_and_counts(tmp_path: Path) -> None:
+    """scripts/gpu_check.sh --smoke (what a GPU session runs, at CPU size): benchmarks/gpu.py
+    --smoke writes well-formed outputs for every workload and setting, the kernel counts are
+    written, the CUDA tests are collected (and skip without a GPU)."""
+    import os
+    import subprocess
+    root = _SCRIPT.parents[1]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONPATH=str(root))
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout, (tmp_path / "status.txt").read_text())
+    spec = importlib.util.spec_from_file_location("gpu_bench", _SCRIPT.parent / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gpu  # dataclasses look their module up there
+    spec.loader.exec_module(gpu)
+    gpu.check_outputs(tmp_path / "bench", len(gpu.WORKLOADS) * len(gpu.SETTINGS))
+    rows = json.loads((tmp_path / "kernel_counts.json").read_text())
+    assert {r["approach"] for r in rows} >= {"gradscope", "gradscope fused"}
+    tests = (tmp_path / "tests_cuda.txt").read_text()
+    assert "skipped" in tests or "passed" in tests, tests

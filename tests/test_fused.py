@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,11 @@ class Net(nn.Module):
         return self.out(self.soft(h) * h)
 
 
-def run(fused: bool, steps: int = 4, poison: bool = False, **options: Any
+def run(fused: bool, steps: int = 4, poison: bool = False, device: str = "cpu",
+        each_step: Callable[[], Any] = nullcontext, **options: Any
         ) -> dict[tuple[int, str, str], float]:
     torch.manual_seed(0)
-    model = Net()
+    model = Net().to(device)
     with torch.no_grad():
         model.conv.bias[:2] = -50.0  # two dead channels
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -78,12 +80,14 @@ def run(fused: bool, steps: int = 4, poison: bool = False, **options: Any
     opts.update(options)
     with gradscope.watch(model, optimizer=opt, **opts) as mon:
         for step in range(steps):
-            opt.zero_grad()
             x = torch.randn(5, 2, 5, 5, generator=gen) * 2
             if poison and step == 3:
                 x[0, 0, 1, 1] = math.nan
-            model(x).square().mean().backward()
-            opt.step()
+            x = x.to(device)
+            with each_step():
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
     h = mon.history
     return {(s, layer, m): v for layer in h.layers() for m in h.metrics(layer)
             for s, v in zip(*h.series(layer, m))}
@@ -183,3 +187,24 @@ def test_launch_budget(family: str) -> None:
     assert extra(unsampled, "forward") + extra(unsampled, "backward") <= depth + 1
     for c in (sampled, unsampled):
         assert sum(v for k, v in c.reads.items() if k != "flush") == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fused_records_equal_eager_without_syncs() -> None:  # pragma: no cover - no GPU in CI
+    """On CUDA the fused path is the default: the same records as fused=False, kernels
+    launched, and no host synchronisation inside the steps (only at the flush)."""
+    before = LAUNCHES.copy()
+
+    @contextmanager
+    def no_sync() -> Iterator[None]:
+        torch.cuda.set_sync_debug_mode("error")  # a sync raises (the hooks' errors are raised
+        try:  # with strict=True)
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    fused = run(True, every=2, poison=True, device="cuda", flush_every=10**6, each_step=no_sync,
+                strict=True)
+    assert LAUNCHES["forward_partials"] > before["forward_partials"]
+    assert_same(run(False, every=2, poison=True, device="cuda"), fused)

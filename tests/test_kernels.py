@@ -282,3 +282,41 @@ def test_available_only_on_cuda_or_inside_interpreted() -> None:
     assert not kernels.available(cpu)
 
 
+
+
+# ------------------------------------------------------------------ CUDA (the compiled kernels)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "large"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("name", ["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu"])
+def test_cuda_kernels_equal_the_eager_path(name: str, dtype: torch.dtype,
+                                           layout: str) -> None:  # pragma: no cover - no GPU in CI
+    gen = torch.Generator().manual_seed(0)
+    shape = (64, 256, 28, 28) if layout == "large" else (16, 67, 9, 11)
+    x = (torch.randn(*shape, generator=gen) * 2).to(dtype).cuda()
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = math.nan
+    m, x, y = call(name, x)
+    assert_close(fused(m, x, y), eager(m, x, y), scale=10)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_beyond_2_31_elements() -> None:  # pragma: no cover - no GPU in CI
+    """int64 offsets: a bf16 tensor of more than 2**31 elements (4.3 GB) and its gradient."""
+    y = torch.ones(2**21 + 3, 1024, dtype=torch.bfloat16, device="cuda")
+    y[-1, -1] = 3.0
+    m = MODULES["relu"]
+    got = fused(m, y, y)
+    n = y.numel()
+    assert got["mean"] == pytest.approx((n + 2) / n, rel=1e-6)
+    assert got["max"] == 3.0 and got["dead_units"] == 0.0
+    eng = FusedStats(window=10)
+    out = eng.gradient(y)
+    eng.finish()
+    assert out[0].item() == pytest.approx(math.sqrt(n + 8), rel=1e-6)
