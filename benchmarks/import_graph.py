@@ -190,10 +190,23 @@ def unlisted(g: dict[str, dict[str, int]], layers: Layers) -> list[str]:
     return sorted(m for m in g if layers.layer_of(m) is None)
 
 
+def stale(g: dict[str, dict[str, int]], layers: Layers) -> list[str]:
+    """Entries of the layer list that name no module (planned ones excepted)."""
+    out = []
+    for row in layers.rows:
+        for entry in row:
+            if entry in layers.planned:
+                continue
+            probe = Layers([[entry]])
+            if not any(probe.layer_of(m) is not None for m in g):
+                out.append(entry)
+    return out
+
+
 def long_files(package: Path = PACKAGE, limit: int = MAX_FILE_LINES) -> dict[str, int]:
     """Files over ``limit`` lines outside the exempt directories."""
     out = {}
-    for name, path in modules(package).items():
+    for path in modules(package).values():
         if any(part in LENGTH_EXEMPT for part in path.relative_to(package).parts[:-1]):
             continue
         n = len(path.read_text().splitlines())
@@ -232,6 +245,7 @@ def figures(package: Path = PACKAGE) -> dict:
         out["layers"] = len(layers.rows)
         out["upward"] = [f"{a} -> {b} (line {n})" for a, b, n in upward(g, layers)]
         out["unlisted"] = unlisted(g, layers)
+        out["stale"] = stale(g, layers)
     return out
 
 
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"cycles: {len(data['cycles'])} " + str([c["size"] for c in data["cycles"]]))
     for c in data["cycles"]:
         print("  - " + ", ".join(c["modules"]))
-    for key in ("upward", "unlisted"):
+    for key in ("upward", "unlisted", "stale"):
         if key in data:
             print(f"{key}: {len(data[key])}")
             for item in data[key]:

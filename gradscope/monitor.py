@@ -1,11 +1,11 @@
-"""The monitor: options, hook handles, what a step is, and the order of a flush.
+"""The monitor: options, hook handles and the wiring of the captures, the flush and the sinks.
 
 :func:`gradscope.watch` attaches a :class:`Monitor` to a model. The captures
 (:mod:`gradscope.capture`) compute small statistic vectors on the tensors' own
 device and queue them (:mod:`gradscope.queue`); every ``flush_every`` steps the
 queue crosses to the host in one transfer per device and lands in
-:attr:`Monitor.history` and the sinks (TensorBoard, findings, ...). Off-steps
-cost one attribute check per hook.
+:attr:`Monitor.history` and the sinks (TensorBoard, findings, ...), in the order
+:mod:`gradscope.flush` owns. Off-steps cost one attribute check per hook.
 
 What is a step (defined by the hooks of :mod:`gradscope.capture.step`, which the
 monitor registers and owns):
@@ -69,6 +69,7 @@ from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.capture.step import StepHooks, training_mode
 from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
+from gradscope.flush import Flush
 from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
 from gradscope.queue import Queue
@@ -139,7 +140,7 @@ class Monitor:
         self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
-        self._ctx = Context(options, self._queue, self.history, self._handles.append,
+        self._ctx = Context(options, self._queue, self._handles.append,
                             histograms_on=self._sinks.wants("write_histograms"), combine=combine)
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step)
@@ -153,9 +154,13 @@ class Monitor:
         self._recurrent = RecurrentCapture(self._ctx)
         self._steps = StepHooks(
             self._ctx, optimizer=optimizer is not None, update_ratio=self.record_update_ratio,
-            sinks=self._sinks, flush=self.flush, recorder=self._recorder,
-            coverage=self._coverage, modules=self._modules, params=self._params,
-            recurrent=self._recurrent, compiled=self._compiled)
+            recorder=self._recorder, modules=self._modules, params=self._params,
+            recurrent=self._recurrent)
+        self._flush = Flush(self._ctx, self.history, self._sinks, recorder=self._recorder,
+                            coverage=self._coverage, recurrent=self._recurrent,
+                            params=self._params, compiled=self._compiled,
+                            step_over=self._steps.step_over)
+        self._steps.ends = self._flush.end_step
         self._scaler = self._steps.scaler = ScalerCapture(self._ctx, self._steps.end_step)
 
     # ------------------------------------------------------------------ api
@@ -216,9 +221,8 @@ class Monitor:
         if not self.attached:
             return
         try:
-            self._recurrent.end_step()
-            self._params.commit()
-            self.flush()
+            self._flush.settle(whole=True)
+            self._flush.write()
         finally:
             self._remove_handles()
             self._ctx.state.attached = False
@@ -271,17 +275,7 @@ class Monitor:
         Returns the new records. Called automatically every ``flush_every`` steps and
         on :meth:`detach`.
         """
-        self._coverage.end_step(self._sinks)
-        self._recorder.end_step()
-        records = self._params.combine(self._queue.drain())
-        self._steps.last_flush_step = self.step
-        self.history.extend(records)
-        hists, self._ctx.ready_histograms[:] = list(self._ctx.ready_histograms), []
-        if records:
-            self._sinks.emit("write", records, self.history)
-        if hists:
-            self._sinks.emit("write_histograms", hists)
-        return records
+        return self._flush.flush()
 
     def findings(self, thresholds: Optional[Thresholds] = None) -> list[Finding]:
         """Apply the rules of :mod:`gradscope.findings` to the history so far.
@@ -368,7 +362,9 @@ def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
     if thresholds is not None:
         where = f"; dashboard: tensorboard --logdir {writer.logdir}" \
             if writer is not None and hasattr(writer, "logdir") else ""
-        fanout.sinks.insert(0, FindingsSink(thresholds, downstream=fanout,
+        deliver = (lambda found, step: fanout.emit("write_findings", found, step)) \
+            if fanout.wants("write_findings") else None
+        fanout.sinks.insert(0, FindingsSink(thresholds, deliver=deliver,
                                             summary=options.summary, where=where))
     return fanout, writer
 

@@ -9,6 +9,11 @@ caches), so :meth:`Queue.defer` only keeps the tensors; at the step's end
 **one** ``tolist()`` (the only host transfer), and turns the values back into
 records with the decoders.
 
+The queue also carries what the captures declare for the history (the layers
+they saw, :meth:`Queue.declare`) and the profiles their decoders produce
+(:attr:`Queue.profiles`): the flush (:mod:`gradscope.flush`) puts them there, so
+that no capture writes to the history itself.
+
 Example:
     >>> import torch
     >>> q = Queue()
@@ -23,19 +28,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from gradscope.records import Record
 
-__all__ = ["Decoder", "Entry", "Queue"]
+if TYPE_CHECKING:
+    from gradscope.history import LayerInfo
+
+__all__ = ["Decoder", "Entry", "Profile", "Queue"]
 
 #: ``(step, values) -> [Record, ...]``; ``values`` are exactly the values of the
 #: tensors the decoder was queued with, in order. When ranks are combined, decoders
 #: of activation statistics return :mod:`gradscope.distributed` partial values instead.
 Decoder = Callable[[int, Sequence[float]], Iterable[Any]]
+#: ``(step, layer, metric, positions, values)``: one profile for :meth:`History.add_profile
+#: <gradscope.history.History.add_profile>`.
+Profile = tuple[int, str, str, Sequence[int], Sequence[float]]
 
 
 @dataclass
@@ -57,6 +68,23 @@ class Queue:
         self._pending: list[Entry] = []
         # hook results of the current step, stacked at its end
         self._deferred: dict[tuple[int, torch.device], tuple[list[Tensor], list[tuple[int, Decoder]]]] = {}
+        self._layers: list[LayerInfo] = []  # declared since the last flush, in order
+        #: profiles decoded since the last flush (decoders append here)
+        self.profiles: list[Profile] = []
+
+    def declare(self, info: LayerInfo) -> None:
+        """A layer the history should know (declared at the next flush, before its records)."""
+        self._layers.append(info)
+
+    def take_layers(self) -> list[LayerInfo]:
+        """The layers declared since the last call, in order."""
+        out, self._layers = self._layers, []
+        return out
+
+    def take_profiles(self) -> list[Profile]:
+        """The profiles decoded since the last call."""
+        out, self.profiles = self.profiles, []
+        return out
 
     def defer(self, step: int, device: torch.device, parts: list[Tensor], decode: Decoder) -> None:
         """Keep a hook's results (0-d or 1-d tensors) until :meth:`end_step`; ``decode`` gets their values."""
@@ -110,7 +138,7 @@ class Queue:
         return records
 
     def clear(self) -> None:
-        """Drop what is deferred (the queued vectors stay for the next drain)."""
+        """Drop what is deferred (the queued vectors and declarations stay for the next drain)."""
         self._deferred.clear()
 
     def held_bytes(self) -> int:

@@ -14,7 +14,7 @@ from gradscope.activations import (
     family_of,
     register_family,
 )
-from gradscope.reductions import summarize
+from gradscope.plan import summarize
 
 ELEMENTWISE = [
     nn.Sigmoid(), nn.Tanh(), nn.Softsign(), nn.Hardtanh(-0.5, 1.5), nn.ReLU(), nn.ReLU6(),

@@ -18,7 +18,7 @@ from transformers import activations as hf_act  # noqa: E402
 from gradscope import stats, watch  # noqa: E402
 from gradscope.activations import family_of  # noqa: E402
 from gradscope.integrations.hf import GradscopeCallback  # noqa: E402
-from gradscope.reductions import summarize  # noqa: E402
+from gradscope.plan import summarize  # noqa: E402
 
 STEPS, ACCUMULATE = 4, 2
 HF_ACTIVATIONS = ["GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation",

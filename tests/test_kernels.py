@@ -17,11 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradscope import kernels, stats
+from gradscope import kernels
+from gradscope.activation_stats import resolve_unit_dim
 from gradscope.activations import family_of
 from gradscope.kernels import config
 from gradscope.kernels.engine import NEVER, FusedStats
-from gradscope.reductions import Plan, summarize
+from gradscope.plan import Plan, summarize
 
 pytestmark = [
     pytest.mark.skipif(kernels.missing(True) is not None,
@@ -49,7 +50,7 @@ def fused(module: nn.Module, x: torch.Tensor, y: torch.Tensor,
     spec = config.forward_spec(fam, module, EPS, DELTA)
     assert spec is not None, fam.name
     plan = Plan(fam, "activation")
-    ud = stats.resolve_unit_dim(y.ndim, unit_dim) if spec.regime else None
+    ud = resolve_unit_dim(y.ndim, unit_dim) if spec.regime else None
     eng = FusedStats(window=10)
     with kernels.interpreted():
         out = eng.forward(spec, x if spec.needs_x else None, y, ud, 0)

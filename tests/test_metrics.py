@@ -12,7 +12,8 @@ from torch import nn
 from gradscope import metrics, watch
 from gradscope.activations import FAMILIES
 from gradscope.metrics import METRICS, Metric
-from gradscope.reductions import ActivationCall, Plan
+from gradscope.plan import Plan
+from gradscope.reductions import ActivationCall
 from gradscope.report import ACTIVATION_COLUMNS, COMPARE, LAYER_COLUMNS
 from gradscope.writers.layout import (
     RUN_SECTION,

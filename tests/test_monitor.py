@@ -498,12 +498,12 @@ def test_bad_model_and_optimizer_types() -> None:
 
 
 def test_a_failing_hook_warns_once_and_training_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gradscope import reductions
+    from gradscope import plan
 
     def broken(*a: Any, **k: Any) -> Any:
         raise ValueError("bad stats")
 
-    monkeypatch.setattr(reductions.Plan, "run", broken)
+    monkeypatch.setattr(plan.Plan, "run", broken)
     model = mlp(depth=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

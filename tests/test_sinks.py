@@ -15,7 +15,7 @@ from gradscope import Record, Sink, watch
 from gradscope.findings import FindingsSink
 from gradscope.history import History
 from gradscope.writers import MemoryWriter
-from gradscope.writers.base import SinkFanout, as_sink, overrides
+from gradscope.writers.base import as_sink, overrides
 from tests.fixtures.models import mlp
 
 
@@ -101,12 +101,15 @@ def test_findings_are_a_sink_computed_only_for_sinks_that_write_them(
     assert isinstance(mon.sinks[0], FindingsSink)
     assert [step for step, _ in mem.findings] == [0, 1, 2]
     assert "gradscope: no findings over steps 0..2" in capsys.readouterr().err
-    calls: list[int] = []
-    fanout = SinkFanout([Flaky([])])
-    sink = FindingsSink(gradscope.Thresholds(), downstream=fanout, summary=False)
-    fanout.emit = lambda *a: calls.append(1)  # type: ignore[method-assign]
+    mon = _run(3, Flaky([]))  # nobody writes findings: the rules do not run at the flushes
+    sink = mon.sinks[0]
+    assert isinstance(sink, FindingsSink) and sink.deliver is None
+    assert sink.reads == 0 and sink.latest == []
+    got: list[int] = []
+    sink = FindingsSink(gradscope.Thresholds(), deliver=lambda found, step: got.append(step),
+                        summary=False)
     sink.write([Record(0, "a", "mean", 0.0)], History())
-    assert calls == []  # nobody writes findings: the rules do not run
+    assert got == [0]  # the findings go to the callback, not to a fan-out
 
 
 def test_findings_off_means_no_findings_sink() -> None:

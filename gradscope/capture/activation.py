@@ -4,7 +4,7 @@ The module capture and the functional capture find a call and hand its input and
 output to :meth:`ActivationRecorder.record`, which
 
 * reduces the output (and the input, for families that need it) with the
-  site's :class:`gradscope.reductions.Plan` and defers the result on the queue;
+  site's :class:`gradscope.plan.Plan` and defers the result on the queue;
 * registers a tensor hook on the output that reduces the gradient flowing back
   into it (``grad_out_*``), once per step;
 * registers a hook on the output's autograd node, which receives the gradient the
@@ -35,7 +35,8 @@ from gradscope.capture.nancheck import NonfiniteChecker
 from gradscope.capture.site import Site, site_name
 from gradscope.distributed import MaskDecoder
 from gradscope.history import LayerInfo
-from gradscope.reductions import ActivationCall, GradCall, Plan
+from gradscope.plan import Plan
+from gradscope.reductions import ActivationCall, GradCall
 
 __all__ = ["ActivationRecorder", "Site", "input_node"]
 
@@ -81,7 +82,7 @@ class ActivationRecorder:
             site = Site(name, module_name, call, family, self._plan(family, "activation"),
                         self._plan(family, "window"), function, unit_dim)
             self.sites[key] = site
-            self.ctx.history.add_layer(LayerInfo(
+            self.ctx.queue.declare(LayerInfo(
                 name, kind="activation", order=len(self.sites) - 1, type=type_name,
                 family=family.name, module=module_name, call=call, shape=shape))
         return site

@@ -1,9 +1,9 @@
-"""What every capture shares with the monitor: options, the step, the queue, the history.
+"""What every capture shares with the monitor: options, the step, the queue.
 
 A capture (module hooks, parameters and optimizer, ...) registers its hooks
 through :meth:`Context.hook`, so that the monitor owns every handle; reads the
 step and whether this forward is recorded (or only checked for NaN/Inf) from
-:class:`StepState`, which only the monitor changes; queues its statistics on
+:class:`StepState`, which only the monitor and its flush change; queues its statistics on
 :attr:`Context.queue`; and reports an error in a hook through
 :meth:`Context.failed` (one warning and that call-site stops, or a raise with
 ``strict=True``).
@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradscope.histograms import Histogram, decode_histogram, histogram_vector
-from gradscope.history import History
 from gradscope.options import Options
 from gradscope.queue import Entry, Queue
 from gradscope.records import Record, record
@@ -93,11 +92,11 @@ class StepState:
 
 @dataclass
 class Context:
-    """Options, step state, queue and history, shared by the monitor and its captures."""
+    """Options, step state and queue, shared by the monitor and its captures (no history:
+    captures only defer to the queue, :mod:`gradscope.flush` writes the history)."""
 
     options: Options
     queue: Queue
-    history: History
     hook: Callable[[RemovableHandle], None]
     state: StepState = field(default_factory=StepState)
     histograms_on: bool = False  # some sink writes histograms

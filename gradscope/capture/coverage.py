@@ -6,9 +6,10 @@ parameterless leaf modules that look like activations but whose family gradscope
 does not know (with the :func:`gradscope.register_family` fix), and what no hook
 can see: activations fused into one kernel (the softmax inside
 ``F.scaled_dot_product_attention``, the gates of ``nn.LSTM``/``nn.GRU``/``nn.RNN``
-and their cells). It prints one line to stderr (unless ``summary=False``), hands
-the report to the sinks (``Sink.write_coverage``: TensorBoard's ``gradscope/coverage``
-text) and warns when a model that trains has no captured call-site at all.
+and their cells). The tracker warns when a model that trains has no captured
+call-site at all; :mod:`gradscope.flush` prints the report's line to stderr (unless
+``summary=False``) and hands it to the sinks (``Sink.write_coverage``: TensorBoard's
+``gradscope/coverage`` text).
 
 A capture that does see inside a fused module (a recurrent capture that records an
 LSTM's gates) adds the module's name to :attr:`Context.covered
@@ -18,10 +19,9 @@ LSTM's gates) adds the module's name to :attr:`Context.covered
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -86,15 +86,13 @@ class CoverageTracker:
             no_grad_in=tuple(s.name for s in sites if s.grad_in is False),
             replayed=tuple(covered))
 
-    def end_step(self, sinks: Any) -> None:
-        """At the end of the first monitored step: one line, a warning if nothing was
-        captured, and the report to the sinks."""
+    def end_step(self) -> Optional[Coverage]:
+        """At the end of the first monitored step: the report (which the flush prints and
+        hands to the sinks), and a warning if nothing was captured; ``None`` at the others."""
         if self._done or not self.ctx.state.recording or not self.ctx.options.activations:
-            return
+            return None
         self._done = True
         cov = self.first = self.report()
-        if self.ctx.options.summary:
-            print(cov.line(), file=sys.stderr)
         if not cov.captured and not cov.replayed and not self.compiled.hides_activations:
             hint = (f"; unknown activation-like modules: {', '.join(cov.unknown)} "
                     "(gradscope.register_family teaches gradscope one)" if cov.unknown else "")
@@ -104,8 +102,8 @@ class CoverageTracker:
                 "gradscope: no activation call-site was captured in the first monitored step, "
                 "so no activation statistic will be recorded (parameter gradients are)"
                 f"{hint}; mon.coverage() says what was and was not seen", RuntimeWarning,
-                stacklevel=4)
-        sinks.emit("write_coverage", cov)
+                stacklevel=6)
+        return cov
 
 
 def _looks_like_activation(module: nn.Module) -> bool:

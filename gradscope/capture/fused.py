@@ -19,13 +19,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from gradscope import kernels, stats
+from gradscope import kernels
+from gradscope.activation_stats import resolve_unit_dim
 from gradscope.activations import Source
 from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.capture.site import Site
 from gradscope.kernels import config
 from gradscope.kernels.engine import FusedStats
-from gradscope.reductions import Plan
+from gradscope.plan import Plan
 
 __all__ = ["FusedCapture"]
 
@@ -59,7 +60,7 @@ class FusedCapture:
         code = config.decoder_code(spec, site.plan.needs, y.numel(), spec.delta)
         if code is None:
             return False
-        unit_dim = stats.resolve_unit_dim(y.ndim, site.unit_dim) if spec.regime else None
+        unit_dim = resolve_unit_dim(y.ndim, site.unit_dim) if spec.regime else None
         window = spec.regime > 0 and bool(site.window.metrics)
         out = self.stats.forward(spec, x.detach() if spec.needs_x and x is not None else None,
                                  y.detach(), unit_dim, step, site.name if window else None)

@@ -126,8 +126,8 @@ class NonfiniteChecker:
         return None
 
     def _declare_output(self) -> None:
-        self.ctx.history.add_layer(LayerInfo(OUTPUT_SERIES, kind="step", order=1,
-                                             type="model output"))
+        self.ctx.queue.declare(LayerInfo(OUTPUT_SERIES, kind="step", order=1,
+                                         type="model output"))
 
     def check_forward(self, output: Any) -> Optional[bool]:
         """An unsampled forward of the watched model ended (``output``: what it returned):

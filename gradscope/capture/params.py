@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.history import LayerInfo
-from gradscope.metrics import METRICS, Shape, copies, emitted, layer_values
+from gradscope.metrics import Shape, copies, emitted, layer_values
 from gradscope.queue import Decoder, Entry
 from gradscope.records import Record, record
 
@@ -80,7 +80,7 @@ class ParamCapture:
         """Find the included layers' parameters (again on each attach: never twice)."""
         self.refs, self._checked = [], []
         seen: set[int] = set()
-        include, history = self.ctx.options.include_fn, self.ctx.history
+        include, declare = self.ctx.options.include_fn, self.ctx.queue.declare
         for name, module in model.named_modules():
             if not include(name, module):
                 continue
@@ -90,29 +90,26 @@ class ParamCapture:
                 continue
             layer = name or "(root)"
             self._layer_order.setdefault(layer, len(self._layer_order))
-            history.add_layer(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
-                                        type=type(module).__name__, module=name))
+            declare(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
+                              type=type(module).__name__, module=name))
             for pname, p in own:
                 seen.add(id(p))
                 full = f"{name}.{pname}" if name else pname
                 self.refs.append(_ParamRef(layer, full, weakref.ref(p)))
-                history.add_layer(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
-                                            type="Parameter", module=name, shape=tuple(p.shape)))
+                declare(LayerInfo(full, kind="parameter", order=len(self.refs) - 1,
+                                  type="Parameter", module=name, shape=tuple(p.shape)))
             smallest = min(range(len(own)), key=lambda i: own[i][1].numel())
             if own[smallest][1].numel() <= CHECK_MAX_ELEMENTS:
                 ref = self.refs[len(self.refs) - len(own) + smallest]
                 ref.checked = True
                 self._checked.append(ref)
 
-    def combine(self, records: list[Record]) -> list[Record]:
-        """Add the values of layers whose parameters sit on several devices (usually none).
-
-        Every other layer is combined by its device's decoder.
-        """
+    def split_layers(self) -> dict[str, str]:
+        """Parameter -> layer, for the layers whose parameters sit on several devices (usually
+        none; the flush adds their values, every other layer is combined by its device's decoder)."""
         if not self._split:
-            return records
-        return combine_split_layers(records, {r.name: r.layer for r in self.refs
-                                              if r.layer in self._split})
+            return {}
+        return {r.name: r.layer for r in self.refs if r.layer in self._split}
 
     def commit(self) -> None:
         """Queue the step's entries (a later read of the same step replaced earlier ones)."""
@@ -333,21 +330,6 @@ def _check_gradients(grads: list[tuple[str, Tensor]]) -> tuple[list[str], Option
         bad = list(dict.fromkeys(layer for layer, g in grads if not stats.all_finite(g)))
         return bad, (torch.full((len(bad),), math.nan) if bad else None)
     return [layer for layer, _ in grads], stats.foreach_finite_probe([g for _, g in grads])
-
-
-def combine_split_layers(records: list[Record], split: dict[str, str]) -> list[Record]:
-    """Layer values of layers whose parameters sit on several devices (``split``: parameter -> layer)."""
-    acc: dict[tuple[int, str], dict[str, list[float]]] = {}
-    for step, name, metric, value in records:
-        layer = split.get(name)
-        spec = METRICS.get(metric)
-        if layer is not None and spec is not None and spec.aggregate is not None:
-            acc.setdefault((step, layer), {}).setdefault(metric, []).append(value)
-    out = list(records)
-    for (step, layer), values in acc.items():
-        out += [Record(step, layer, m, v) for m, v in layer_values(values).items()]
-    out.sort(key=lambda r: r[0])
-    return out
 
 
 def _flat_buffers(params: list[Tensor]) -> list[Tensor]:

@@ -88,8 +88,8 @@ class ScalerCapture:
 
         self.ctx.hook(_Patch(scaler, "update", update))  # type: ignore[arg-type]
         self.ctx.grad_scale = self.scale
-        self.ctx.history.add_layer(LayerInfo(SCALER_SERIES, kind="step", order=0,
-                                             type=type(scaler).__name__))
+        self.ctx.queue.declare(LayerInfo(SCALER_SERIES, kind="step", order=0,
+                                         type=type(scaler).__name__))
 
     def clear(self) -> None:
         """Forget the iteration in progress (on detach)."""

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from gradscope.activations import ActivationFamily
 from gradscope.capture.base import NonfiniteCheck
-from gradscope.reductions import Plan
+from gradscope.plan import Plan
 
 __all__ = ["Site", "site_name"]
 

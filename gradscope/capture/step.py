@@ -10,6 +10,8 @@ class decides, from them, when a step begins and ends and what each capture does
 * without, one training forward of the watched module and its backward: gradients are
   read when that backward finishes, and the next forward ends the step.
 
+What happens at the step's end is :mod:`gradscope.flush`'s (``end_step``).
+
 A training forward of a sampled step is recorded (``StepState.recording``); one of an
 unsampled step only checked for NaN/Inf (``StepState.checking``, with
 ``check_nonfinite``), and so are its gradients (:meth:`ParamCapture.check
@@ -19,7 +21,6 @@ unsampled step only checked for NaN/Inf (``StepState.checking``, with
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -27,39 +28,32 @@ from torch import Tensor, nn
 
 from gradscope.capture.activation import ActivationRecorder
 from gradscope.capture.base import Context, tensors
-from gradscope.capture.compiled import CompiledSteps
-from gradscope.capture.coverage import CoverageTracker
 from gradscope.capture.modules import ModuleCapture
 from gradscope.capture.params import ParamCapture, read_gradients
 from gradscope.capture.recurrent import RecurrentCapture
 from gradscope.capture.scaler import ScalerCapture
-from gradscope.writers.base import SinkFanout
 
 __all__ = ["StepHooks", "training_mode"]
 
 
 class StepHooks:
-    """The hooks that define a step, and the step's end (see the module's docstring).
+    """The hooks that define a step: they say when it ends, :mod:`gradscope.flush` ends it.
 
     Args:
         ctx: the monitor's context (its ``state`` is the step).
         optimizer: whether ``optimizer=`` was given (a step is one ``optimizer.step()``).
         update_ratio: whether update ratios are recorded (they need ``optimizer=``).
-        sinks: the monitor's sinks (the coverage's line is written there).
-        flush: the monitor's ``flush``, called every ``flush_every`` steps (held weakly).
+        ends: what ends a step (:meth:`gradscope.flush.Flush.end_step`; the monitor sets it).
     """
 
-    def __init__(self, ctx: Context, *, optimizer: bool, update_ratio: bool, sinks: SinkFanout,
-                 flush: Callable[[], Any], recorder: ActivationRecorder,
-                 coverage: CoverageTracker, modules: ModuleCapture, params: ParamCapture,
-                 recurrent: RecurrentCapture, compiled: CompiledSteps) -> None:
+    def __init__(self, ctx: Context, *, optimizer: bool, update_ratio: bool,
+                 recorder: ActivationRecorder, modules: ModuleCapture, params: ParamCapture,
+                 recurrent: RecurrentCapture, ends: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
-        self.optimizer, self.update_ratio, self.sinks = optimizer, update_ratio, sinks
-        self._flush = weakref.WeakMethod(flush)  # the monitor is not kept alive by its hooks
-        self.recorder, self.coverage, self.modules = recorder, coverage, modules
-        self.params, self.recurrent, self.compiled = params, recurrent, compiled
+        self.optimizer, self.update_ratio = optimizer, update_ratio
+        self.recorder, self.modules, self.params, self.recurrent = recorder, modules, params, recurrent
+        self.ends = ends
         self.scaler: Optional[ScalerCapture] = None  # set by the monitor (it ends steps too)
-        self.last_flush_step = ctx.options.start_step
         self._has_forward = False  # without an optimizer: this step's forward has run
         self._bw_queued = False
         self._depth = 0  # forwards of the watched module in progress (a model may call itself)
@@ -161,24 +155,13 @@ class StepHooks:
         """Forget the forwards in progress (on detach)."""
         self._depth = 0
 
-    # ---------------------------------------------------------- the step's end
     def end_step(self) -> None:
-        """The step is over: windows, stacking and the parameters' entries, then the next step."""
-        state = self.ctx.state
-        self.coverage.end_step(self.sinks)
-        self.recorder.end_step()
-        self.recurrent.end_step()
-        self.ctx.queue.end_step()
-        self.params.commit()
-        state.step += 1
-        state.sampled = self.ctx.sample(state.step)
-        self.compiled.next_step()
-        state.recording = state.checking = False
+        """The step is over (the flush decides what that does)."""
+        self.ends()
+
+    def step_over(self) -> None:
+        """The step ended (called by :meth:`gradscope.flush.Flush.end_step`): a new one starts."""
         self._has_forward = self._suspect = False
-        if state.step - self.last_flush_step >= self.ctx.options.flush_every:
-            flush = self._flush()
-            if flush is not None:
-                flush()
 
 
 def training_mode(training: bool) -> nn.Module:

@@ -9,7 +9,6 @@ gradients of those steps.
 
 Example:
     >>> from gradscope.history import History
-from gradscope.records import SCALER_SERIES
     >>> h = History()
     >>> for step in range(1000):
     ...     h.add(step, "scaler", "skipped", float(step in (0, 1, 700)))

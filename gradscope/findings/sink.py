@@ -1,9 +1,10 @@
 """The findings sink: the rules at each flush, handed to the sinks that write them.
 
 :class:`FindingsSink` is a sink like the others. At each flush it applies the
-rules to the history and hands the findings to the monitor's other sinks
-(``write_findings``: TensorBoard's text tab, :class:`gradscope.writers.MemoryWriter`),
-only when one of them writes findings. At close it prints a short summary to
+rules to the history and hands the findings to its ``deliver`` callback: the
+monitor passes one that calls its other sinks' ``write_findings`` (TensorBoard's
+text tab, :class:`gradscope.writers.MemoryWriter`), and none when no sink writes
+findings (the rules then do not run at flushes). At close it prints a short summary to
 stderr (``watch(..., summary=False)`` turns that off).
 
 The sink keeps a :class:`~gradscope.findings.scan.Scan` across flushes, so each
@@ -11,13 +12,12 @@ flush's rules read only the points that flush added: its cost does not grow with
 the length of the run (:attr:`FindingsSink.reads` counts the values read).
 
 Example:
-    >>> from gradscope.writers import MemoryWriter
-    >>> from gradscope.writers.base import SinkFanout
     >>> from gradscope.history import History
-    >>> mem = MemoryWriter()
-    >>> sink = FindingsSink(Thresholds(), downstream=SinkFanout([mem]), summary=False)
+    >>> got = []
+    >>> sink = FindingsSink(Thresholds(), deliver=lambda found, step: got.append((step, found)),
+    ...                     summary=False)
     >>> sink.write([(0, "fc1", "grad_norm", 1.0)], History())
-    >>> mem.findings
+    >>> got
     [(0, [])]
 """
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Optional, TextIO
+from typing import Callable, Optional, TextIO
 
 from gradscope.findings.rules import analyze, format_findings
 from gradscope.findings.scan import Scan
 from gradscope.findings.thresholds import Finding, Thresholds
 from gradscope.history import History
-from gradscope.writers.base import Record, Sink, SinkFanout
+from gradscope.writers.base import Record, Sink
 
 __all__ = ["FindingsSink"]
 
@@ -42,16 +42,18 @@ class FindingsSink(Sink):
 
     Args:
         thresholds: the rules' thresholds.
-        downstream: the sinks to hand findings to (each isolated from failures).
+        deliver: ``deliver(findings, step)`` hands each flush's findings on (``None``: nobody
+            wants them, the rules run only for the summary at close).
         summary: print a summary of the findings to ``stream`` at :meth:`close`.
         where: a hint appended to the summary (the dashboard command).
         stream: where the summary goes (default ``sys.stderr``).
     """
 
-    def __init__(self, thresholds: Thresholds, *, downstream: SinkFanout, summary: bool = True,
-                 where: str = "", stream: Optional[TextIO] = None) -> None:
+    def __init__(self, thresholds: Thresholds, *,
+                 deliver: Optional[Callable[[list[Finding], int], None]] = None,
+                 summary: bool = True, where: str = "", stream: Optional[TextIO] = None) -> None:
         self.thresholds = thresholds
-        self.downstream = downstream
+        self.deliver = deliver
         self.summary = summary
         self.where = where
         self.stream = stream
@@ -68,10 +70,10 @@ class FindingsSink(Sink):
     def write(self, records: Sequence[Record], history: History) -> None:
         """Apply the rules and hand the findings on, when a sink writes findings."""
         self._history = history
-        if not records or not self.downstream.wants("write_findings"):
+        if not records or self.deliver is None:
             return
         self.latest = analyze(history, self.thresholds, scan=self._scan)
-        self.downstream.emit("write_findings", self.latest, records[-1][0])
+        self.deliver(self.latest, records[-1][0])
 
     def close(self) -> None:
         """Print the summary of the findings over the whole run (once; never raises)."""

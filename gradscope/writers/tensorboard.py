@@ -38,7 +38,9 @@ Scalars use ``add_scalar`` only: ``add_scalars`` would create one run per key.
 ``add_scalar`` costs tens of microseconds per value, and a flush of a ResNet
 carries tens of thousands of values, so by default the writer hands each flush
 to one background thread and returns at once; only the images are drawn on the
-caller's thread (at most once per ``image_interval`` seconds).
+caller's thread (at most once per ``image_interval`` seconds). The thread, the
+event files and what could not be written belong to
+:class:`gradscope.writers.worker.EventWorker`; this module decides what to write.
 
 **One run per directory.** The first event of the file is the run marker
 (:data:`gradscope.events.RUN_TAG`). A directory that already holds a gradscope
@@ -48,7 +50,8 @@ run is refused, unless ``resume=True`` adds to that run on purpose.
 thread dies at its first error and refuses every later write, so after an error
 this writer closes that event file and opens a new one in the same run at the
 next flush; the values handed to the failed file since its last confirmed flush
-are counted, and said once when writing works again and once at :meth:`close`.
+are counted, and said once when writing works again and once at
+:meth:`TensorBoardWriter.close` (:mod:`gradscope.writers.worker`).
 
 Example:
     >>> import tempfile, torch, torch.nn as nn, gradscope
@@ -64,17 +67,11 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from torch.utils.tensorboard import SummaryWriter
-
-from gradscope.events import RUN_TAG, claim_run, marker_text, read_events, scalars
+from gradscope.events import claim_run
 from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
 from gradscope.runlevel import run_records
@@ -94,7 +91,7 @@ from gradscope.writers.layout import (
     layout_summary,
     scalar_tag,
 )
-from gradscope.writers.losses import Losses
+from gradscope.writers.worker import EventWorker
 
 __all__ = ["TensorBoardWriter"]
 
@@ -183,25 +180,18 @@ class TensorBoardWriter(Sink):
         self._image_pending: Optional[tuple[History, int]] = None
         self.parameters = parameters
         self.image_steps = image_steps
-        self.summary_writer = SummaryWriter(
-            log_dir=str(self.logdir), flush_secs=flush_secs, max_queue=max_queue)
-        self.summary_writer.add_text(RUN_TAG, marker_text(self.run_id, resumed=resume), 0)
-        self.losses = Losses()
-        # the event file, and its size at its last successful flush
-        self._confirmed: tuple[Optional[Path], int] = (_file_end(self.summary_writer)[0], 0)
         self.runs, self.chart_lines = runs, chart_lines
         self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
         self._findings_key: Optional[tuple[Any, ...]] = None
-        self._error: Optional[Exception] = None  # raised on the background thread, not yet reported
         self._closed = False
-        self._queue: Optional[queue.Queue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]]] = None
-        self._thread: Optional[threading.Thread] = None
-        if background:
-            self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._work, name="gradscope-tensorboard",
-                                            daemon=True)
-            self._thread.start()
+        #: the thread, the event files (reopened after an error) and the losses
+        self._events = EventWorker(
+            self.logdir, self.run_id, resume=resume, flush_secs=flush_secs, max_queue=max_queue,
+            background=background, reopened=self._reopened,
+            scalar_items=lambda *args: [(s, t) for s, t, _ in self._ordered(*args)])
+        self.summary_writer = self._events.summary_writer
+        self.losses = self._events.losses
 
     # ------------------------------------------------------------ sink api
     def write(self, records: Sequence[Record], history: History) -> None:
@@ -211,22 +201,22 @@ class TensorBoardWriter(Sink):
         # Snapshot what the worker needs: the history changes at the next flush.
         names = history.layers()
         infos = {n: history.info(n) for n in names if _has_info(history, n)}
-        self._submit(self._write_scalars, list(records), names, infos)
+        self._submit(self._write_scalars, list(records), names, infos, kind="scalars")
         if self.images:
             step = max(r[0] for r in records)
             if time.monotonic() - self._last_image_time >= self.image_interval:
                 self._write_images(history, step)
             else:
                 self._image_pending = (history, step)
-        self._submit(self._flush_file)
-        self._raise_background_error()
-        self._say(self.losses.recovered(), "works again (in a new event file of the same run)")
+        self._submit(self._events.flush_file, kind="flush")
+        self._events.raise_error()
+        self._events.say(self.losses.recovered(), "works again (in a new event file of the same run)")
 
     def write_histograms(self, histograms: Sequence[Histogram]) -> None:
         """Write device-computed histograms with ``add_histogram_raw``."""
         if self._closed:
             return
-        self._submit(self._write_histograms, list(histograms))
+        self._submit(self._write_histograms, list(histograms), kind="histograms")
 
     def write_findings(self, findings: Sequence[Any], step: int) -> None:
         """Write the findings as markdown text when they differ from the last ones written."""
@@ -249,10 +239,7 @@ class TensorBoardWriter(Sink):
         """Wait for the background writes, then push buffered events to disk."""
         if self._closed:
             return
-        if self._queue is not None:
-            self._queue.join()
-        self._run(self._flush_file, ())
-        self._raise_background_error()
+        self._events.flush()
 
     def close(self) -> None:
         """Draw the pending images, finish the background writes, close the file. Safe twice."""
@@ -263,110 +250,20 @@ class TensorBoardWriter(Sink):
                 self._write_images(*self._image_pending)
         finally:
             self._closed = True
-            if self._queue is not None and self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
-            try:
-                if self.losses.broken:  # nothing left to flush: count what the file holds
-                    self._settle()
-                else:
-                    self._run(self._flush_file, ())
-                self.summary_writer.close()
-            except Exception as err:  # counted, and said just below
-                if self._error is None:
-                    self._error = err
-            self._say(self.losses.total(), "failed during this run")
-        self._raise_background_error()
+            self._events.close()
+            self._events.say(self.losses.total(), "failed during this run")
+        self._events.raise_error()
 
     def __repr__(self) -> str:
         return f"TensorBoardWriter({str(self.logdir)!r})"
 
     # ------------------------------------------------------------ internals
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a write on the background thread (or here without one)."""
-        if self._queue is not None:
-            self._queue.put((fn, args))
-        else:
-            self._run(fn, args)
+    def _submit(self, fn: Callable[..., Any], *args: Any, kind: str = "item") -> None:
+        self._events.submit(fn, *args, kind=kind)
 
-    def _work(self) -> None:
-        """The background thread: run queued writes until the ``None`` sentinel."""
-        assert self._queue is not None
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._run(*job)
-            except Exception as err:  # reported on the caller's thread by the next call
-                if self._error is None:
-                    self._error = err
-            finally:
-                self._queue.task_done()
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        """One write job; after a failure that killed the event file, a new file first."""
-        ran = False
-        try:
-            if self.losses.broken:
-                self._reopen()
-            ran = True
-            fn(*args)
-        except Exception as err:
-            scalar_job = fn == self._write_scalars
-            if scalar_job and not ran:
-                self.losses.handed([(s, t) for s, t, _ in self._ordered(*args)], 0)
-            items = len(args[0]) if fn == self._write_histograms else int(fn != self._flush_file)
-            self.losses.failed(err, 0 if scalar_job else items)
-            raise
-
-    def _reopen(self) -> None:
-        """Close the event file whose writer thread died; the next write opens a new one."""
-        self._settle()
-        sw = self.summary_writer
-        writers: list[Any] = list((sw.all_writers or {}).values())
-        for w in writers:
-            try:
-                w.close()
-            except Exception:  # the dead writer re-raises its error
-                pass
-        sw.file_writer = sw.all_writers = None  # SummaryWriter opens a new file on next use
-        sw.add_text(RUN_TAG, marker_text(self.run_id, resumed=True), 0)
-        self._confirmed = (_file_end(sw)[0], 0)
-        self._layers_written, self._series = (), {}  # again, into the new file
-        self.losses.broken = False
-
-    def _flush_file(self) -> None:
-        """Flush the event file: what was handed to it is then on disk."""
-        self.summary_writer.flush()
-        self.losses.confirmed()
-        self._confirmed = _file_end(self.summary_writer)
-
-    def _settle(self) -> None:
-        """Count what reached the dead file since its last flush; the rest is lost."""
-        path, offset = self._confirmed
-        found: set[tuple[int, str]] = set()
-        pending = self.losses.pending()
-        if path is not None and pending:
-            for s in scalars(read_events(path, start=offset)):
-                if (s.step, s.tag) in pending:
-                    found.add((s.step, s.tag))
-        if path is not None and path.exists() and path.stat().st_size == 0:
-            path.unlink()  # opened during the outage, nothing reached it
-        self.losses.settle(found)
-        self._confirmed = (None, 0)
-
-    def _say(self, what: Optional[str], how: str) -> None:
-        if what:
-            warnings.warn(f"gradscope: writing TensorBoard events to {str(self.logdir)!r} {how}: "
-                          f"{what}", RuntimeWarning, stacklevel=3)
-
-    def _raise_background_error(self) -> None:
-        """Raise (once) an error the background thread met since the last call."""
-        err, self._error = self._error, None
-        if err is not None:
-            raise RuntimeError(f"writing TensorBoard events to {str(self.logdir)!r} failed: "
-                               f"{type(err).__name__}: {err}") from err
+    def _reopened(self) -> None:
+        """A new event file: the layer index and the layout are written into it again."""
+        self._layers_written, self._series = (), {}
 
     def _ordered(self, records: Sequence[Record], names: Sequence[str],
                  infos: dict[str, LayerInfo]) -> list[tuple[int, str, float]]:
@@ -442,15 +339,6 @@ class TensorBoardWriter(Sink):
         if through_time is not None:
             self._submit(self.summary_writer.add_image, TIME_GRADIENT_TAG, through_time, step,
                          None, "HWC")
-
-
-def _file_end(sw: SummaryWriter) -> tuple[Optional[Path], int]:
-    """The current event file and its size (``(None, 0)`` if TensorBoard hides it)."""
-    name = getattr(getattr(sw.file_writer, "event_writer", None), "_file_name", None)
-    try:
-        return (Path(name), os.path.getsize(name)) if name else (None, 0)
-    except OSError:
-        return None, 0
 
 
 def _has_info(history: History, name: str) -> bool:
