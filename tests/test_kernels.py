@@ -229,6 +229,7 @@ def test_unit_window_over_steps() -> None:
     # unit 9 is idle from the start (never on), unit 5 once two steps passed since step 0
     assert idle == [1.0, 1.0, 2.0, 2.0, 2.0]
     assert eng.held_numel() == 70
+    assert len(eng._desc_cache) == 1  # the same layout every step: one descriptor copy
     assert eng._last[torch.device("cpu")][9].item() == NEVER
 
 

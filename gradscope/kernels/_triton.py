@@ -32,7 +32,8 @@ FORWARD_PARTIALS = 13
 GRAD_PARTIALS = 2
 #: Columns of a segment descriptor: kind, partials offset, programs, result offset, unit
 #: partials offset, units, chunks, window offset (-1: none), regime (1 relu, 2 negative),
-#: step, window limit (a unit whose last active step is <= it is idle), unused.
+#: three unused. The step and the window's limit (a unit whose last active step is <= it
+#: is idle) are arguments: the descriptors stay the same from step to step.
 DESC = 12
 
 
@@ -213,7 +214,7 @@ def grad_partials(g_ptr, ws_ptr, scale_ptr, N, per_prog, n_progs,
 
 
 @triton.jit
-def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
+def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr, step, limit,
            NDESC: tl.constexpr, BLOCK: tl.constexpr):
     seg = tl.program_id(0)
     d = desc_ptr + seg.to(tl.int64) * NDESC
@@ -232,8 +233,6 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr,
         chunks = tl.load(d + 6)
         l_off = tl.load(d + 7)
         regime = tl.load(d + 8)
-        step = tl.load(d + 9)
-        limit = tl.load(d + 10)
         n = tl.full([BLOCK], 0, dtype=tl.float64)
         s = tl.full([BLOCK], 0, dtype=tl.float64)
         nan_c = tl.full([BLOCK], 0, dtype=tl.float64)

@@ -199,13 +199,10 @@ class FusedStats:
         if not b.desc:
             return
         k = self._kernels(device)
-        key = (device, tuple(b.desc), b.step, b.limit)
+        key = (device, tuple(b.desc))
         desc = self._desc_cache.get(key)
-        if desc is None:
-            rows = [list(r) for r in b.desc]
-            for r in rows:
-                r[9], r[10] = (b.step if b.step is not None else 0), b.limit
-            host = torch.tensor(rows, dtype=torch.int64)
+        if desc is None:  # a new layout (the first steps): one copy, then cached
+            host = torch.tensor(b.desc, dtype=torch.int64)
             if device.type == "cuda":
                 desc = host.pin_memory().to(device, non_blocking=True)
             else:
@@ -215,8 +212,8 @@ class FusedStats:
             self._desc_cache[key] = desc
         last = self._last.get(device)
         _launch("finish", k.finish, (len(b.desc),), b.ws, b.units, desc, b.out,
-                last if last is not None else desc, NDESC=len(b.desc[0]), BLOCK=_FINISH_BLOCK,
-                num_warps=4)
+                last if last is not None else desc, b.step if b.step is not None else 0,
+                b.limit, NDESC=len(b.desc[0]), BLOCK=_FINISH_BLOCK, num_warps=4)
         self._out_size[device] = max(self._out_size.get(device, 0), b.out_used)
         self._spare[device] = (b.ws, b.units)
 
