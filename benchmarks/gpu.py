@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 import warnings
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import ItemHooks, machine  # the same .item() baseline and machine record
 from overhead import _SyncCounter as SyncCounter
+from overhead import check_outputs as check_table
 
 import gradscope
 
@@ -319,20 +319,9 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], command: str) -> 
 
 def check_outputs(out: Path, expected: int) -> None:
     """Raise ``ValueError`` unless ``out`` holds a well-formed gpu.json and gpu.md."""
-    data = json.loads((out / "gpu.json").read_text())
-    if set(data) != {"machine", "command", "results"}:
-        raise ValueError(f"gpu.json keys: {sorted(data)}")
-    if len(data["results"]) != expected:
-        raise ValueError(f"{len(data['results'])} results, expected {expected}")
-    for r in data["results"]:
-        for key in ("ratio", "ms_bare", "ms_monitored"):
-            if not (isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0):
-                raise ValueError(f"bad {key} in {r}")
+    for r in check_table(out, expected, "gpu", ("ratio", "ms_bare", "ms_monitored"), COLUMNS):
         if not (isinstance(r["kernels_bare"], int) and r["kernels_bare"] > 0):
             raise ValueError(f"bad kernels_bare in {r}")
-    rows = [ln for ln in (out / "gpu.md").read_text().splitlines() if ln.startswith("| ")]
-    if len(rows) != expected + 1 or any(ln.count("|") != len(COLUMNS) + 1 for ln in rows):
-        raise ValueError("gpu.md: malformed table")
 
 
 def run_all(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:

@@ -564,20 +564,26 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_outputs(out: Path, expected: int) -> None:
-    """Raise ``ValueError`` unless ``out`` holds a well-formed JSON and markdown table."""
-    data = json.loads((out / "overhead.json").read_text())
+def check_outputs(out: Path, expected: int, name: str = "overhead",
+                  positive: tuple[str, ...] = ("ratio", "ms_base", "ms_monitored"),
+                  columns: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Raise ``ValueError`` unless ``out`` holds a well-formed ``name``.json (``expected``
+    results whose ``positive`` keys are finite and > 0) and ``name``.md table (one column
+    per ``columns``); the results."""
+    data = json.loads((out / f"{name}.json").read_text())
     if set(data) != {"machine", "command", "results"}:
-        raise ValueError(f"overhead.json keys: {sorted(data)}")
+        raise ValueError(f"{name}.json keys: {sorted(data)}")
     if len(data["results"]) != expected:
         raise ValueError(f"{len(data['results'])} results, expected {expected}")
     for r in data["results"]:
-        for key in ("ratio", "ms_base", "ms_monitored"):
+        for key in positive:
             if not (isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0):
                 raise ValueError(f"bad {key} in {r}")
-    rows = [ln for ln in (out / "overhead.md").read_text().splitlines() if ln.startswith("| ")]
-    if len(rows) != expected + 1 or any(ln.count("|") != len(COLUMNS) + 1 for ln in rows):
-        raise ValueError("overhead.md: malformed table")
+    width = len(columns if columns is not None else COLUMNS) + 1
+    rows = [ln for ln in (out / f"{name}.md").read_text().splitlines() if ln.startswith("| ")]
+    if len(rows) != expected + 1 or any(ln.count("|") != width for ln in rows):
+        raise ValueError(f"{name}.md: malformed table")
+    return data["results"]
 
 
 # ================================================================== main
