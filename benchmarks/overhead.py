@@ -295,10 +295,11 @@ SETTINGS: dict[str, Any] = {
     "tb_histograms": "tb_histograms",
 }
 
-#: Settings measured only when named (``--settings every1_fused``): compiling the
-#: kernels takes seconds per activation family, and on a CPU it measured no faster.
+#: Settings measured only when named (``--settings every1_eager``).
 OPTIONAL_SETTINGS: dict[str, Any] = {
-    "every1_fused": dict(every=1, fused="on"),
+    # the eager statistics on a GPU too (the path before the fused Triton kernels, which CUDA
+    # takes by default; the CPU always runs the eager path)
+    "every1_eager": dict(every=1, fused=False),
     # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope costs a
     # compiled model (B's sampled steps run eagerly; every=1: all of them)
     "compiled_every1": dict(every=1, compile=True),
