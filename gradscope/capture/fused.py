@@ -62,8 +62,13 @@ class FusedCapture:
             return False
         unit_dim = resolve_unit_dim(y.ndim, site.unit_dim) if spec.regime else None
         window = spec.regime > 0 and bool(site.window.metrics)
-        out = self.stats.forward(spec, x.detach() if spec.needs_x and x is not None else None,
-                                 y.detach(), unit_dim, step, site.name if window else None)
+        try:
+            out = self.stats.forward(spec, x.detach() if spec.needs_x and x is not None
+                                     else None, y.detach(), unit_dim, step,
+                                     site.name if window else None)
+        except Exception as err:  # a kernel that cannot compile or launch here
+            self._off(err)
+            return False
         units = y.shape[unit_dim] if unit_dim is not None else 0
         queue = self.ctx.queue
         queue.defer(step, y.device, [out], site.plan.coded_decoder(
@@ -79,7 +84,11 @@ class FusedCapture:
         scale = self.ctx.grad_scale()
         if scale is not None:
             scale = scale.to(grad.device, non_blocking=True)
-        out = self.stats.gradient(grad.detach(), scale)
+        try:
+            out = self.stats.gradient(grad.detach(), scale)
+        except Exception as err:
+            self._off(err)
+            return False
         code = [_GRAD_CODE[("norm", "nonfinite").index(n)] for n in plan.needs]
         self.ctx.queue.defer(step, grad.device, [out], plan.coded_decoder(
             name, grad.numel(), 0, code, 3))
@@ -90,8 +99,19 @@ class FusedCapture:
         (a :class:`~gradscope.capture.base.NonfiniteCheck` of one value); whether it was taken."""
         if not self.takes(y):
             return False
-        self.ctx.queue.defer(step, y.device, [self.stats.probe(y.detach())], decode)
+        try:
+            flag = self.stats.probe(y.detach())
+        except Exception as err:
+            self._off(err)
+            return False
+        self.ctx.queue.defer(step, y.device, [flag], decode)
         return True
+
+    def _off(self, err: Exception) -> None:
+        """The kernels failed (compiling, launching): the eager path from now on, said once."""
+        self.on = False
+        self.ctx.failed("the fused statistics kernels (the eager statistics run instead; "
+                        "watch(fused=False) skips them)", err)
 
     def _spec(self, site: Site, source: Source) -> Optional[config.ForwardSpec]:
         key = id(site)
@@ -101,8 +121,12 @@ class FusedCapture:
         return self._specs[key]
 
     def end_step(self) -> None:
-        """The step's end: one finisher per device for everything launched in it."""
-        self.stats.finish()
+        """The step's end: one finisher per device for everything launched in it (if it
+        fails, what it would have finished reads NaN and the eager path takes over)."""
+        try:
+            self.stats.finish()
+        except Exception as err:
+            self._off(err)
 
     def clear(self) -> None:
         """Forget what was launched and not finished (on detach)."""

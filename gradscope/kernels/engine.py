@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -181,7 +182,11 @@ class FusedStats:
         """Launch one finisher per device for every segment launched since the last."""
         batches, self._batches = self._batches, {}
         for device, b in batches.items():
-            self._finish(device, b)
+            try:
+                self._finish(device, b)
+            except Exception:
+                b.out.fill_(math.nan)  # what the queue holds of this batch: unknown, not garbage
+                raise
 
     def pending(self) -> int:
         """Segments launched and not yet finished (all devices)."""
