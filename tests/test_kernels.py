@@ -322,3 +322,60 @@ def test_cuda_beyond_2_31_elements() -> None:  # pragma: no cover - no GPU in CI
     out = eng.gradient(y)
     eng.finish()
     assert out[0].item() == pytest.approx(math.sqrt(n + 8), rel=1e-6)
+
+
+# ------------------------------------------------------------------ compiled for a GPU, on the CPU
+def _compile_for_hopper(fn: object, signature: dict[str, str], constants: dict[str, object]) -> None:
+    """Compile ``fn`` to a cubin for sm_90 (H100/H200) with Triton's bundled ptxas: no GPU
+    needed, and it catches what the interpreter cannot (types, unsupported constructs)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig = dict(signature, **{name: "constexpr" for name in constants})
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constants),
+                   target=GPUTarget("cuda", 90, 32))
+
+
+def _can_compile_for_hopper() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+        return kernels.load() is not None
+    except Exception:
+        return False
+
+
+_FORWARD_SIGNATURE = {
+    "y_ptr": "*bf16", "x_ptr": "*bf16", "ws_ptr": "*fp32", "unit_ptr": "*fp32", "R": "i64",
+    "U": "i32", "inner": "i32", "ys_o": "i64", "ys_u": "i32", "ys_i": "i32", "xs_o": "i64",
+    "xs_u": "i32", "xs_i": "i32", "rows_per_prog": "i32", "n_progs": "i32", "sat_a": "fp32",
+    "sat_b": "fp32", "in_lo": "fp32", "in_hi": "fp32", "delta": "fp32", "p1": "fp32", "p2": "fp32"}
+
+
+def _variants() -> list[tuple[str, dict[str, object]]]:
+    """The forward kernel's constants for each covered family (one per distinct set)."""
+    seen: dict[tuple, str] = {}
+    for name, m in MODULES.items():
+        fam = family_of(m)
+        assert fam is not None
+        spec = config.forward_spec(fam, m, EPS, DELTA)
+        assert spec is not None
+        consts = dict(HAS_X=spec.needs_x, SAT_LO=spec.sat_lo, SAT_HI=spec.sat_hi,
+                      INSIDE=spec.inside, DERIV=spec.deriv, REGIME=spec.regime,
+                      SRC_X=spec.src_x, UNITS=spec.regime > 0, BLOCK_R=32 if spec.regime else 4096,
+                      BLOCK_U=64 if spec.regime else 1)
+        seen.setdefault(tuple(consts.items()), name)
+    return [(name, dict(key)) for key, name in seen.items()]
+
+
+@pytest.mark.skipif(not _can_compile_for_hopper(), reason="no Triton CUDA backend to compile with")
+def test_every_kernel_compiles_for_a_hopper_gpu() -> None:
+    k = kernels.load()
+    assert k is not None
+    for _, consts in _variants():
+        _compile_for_hopper(k.forward_partials, _FORWARD_SIGNATURE, consts)
+    _compile_for_hopper(k.grad_partials, {
+        "g_ptr": "*bf16", "ws_ptr": "*fp32", "scale_ptr": "*fp32", "N": "i64", "per_prog": "i32",
+        "n_progs": "i32"}, {"HAS_SCALE": True, "BLOCK": 4096})
+    _compile_for_hopper(k.finish, {
+        "ws_ptr": "*fp32", "unit_ptr": "*fp32", "desc_ptr": "*i64", "out_ptr": "*fp32",
+        "last_ptr": "*i64", "step": "i64", "limit": "i64"}, {"NDESC": 12, "BLOCK": 256})

@@ -53,13 +53,15 @@ def _load(interpret: bool) -> Optional[ModuleType]:
     path = os.path.join(os.path.dirname(__file__), "_triton.py")
     name = "gradscope.kernels._triton" + ("_interpreted" if interpret else "")
     before = os.environ.get("TRITON_INTERPRET")
-    if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-    elif before is not None:
-        os.environ.pop("TRITON_INTERPRET")
     try:
-        if interpret:  # imported lazily at the first launch, where it asserts the mode
-            importlib.import_module("triton.experimental.gluon")
+        # triton's own library compiled first, whichever copy is asked for: the kernels use
+        # only its combines, which the interpreter recognises, and a compiled copy cannot
+        # reference interpreted functions (gluon is imported lazily at the first launch)
+        os.environ.pop("TRITON_INTERPRET", None)
+        importlib.import_module("triton.language")
+        importlib.import_module("triton.experimental.gluon")
+        if interpret:
+            os.environ["TRITON_INTERPRET"] = "1"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

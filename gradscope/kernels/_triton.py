@@ -298,8 +298,8 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr, step, limit,
             uu = ub + lanes
             um = uu < U
             peak = tl.full([BLOCK], -inf, dtype=tl.float32)
-            for c in range(0, chunks):
-                peak = tl.maximum(peak, tl.load(unit_ptr + u_off + c * U + uu, mask=um,
+            for ch in range(0, chunks):
+                peak = tl.maximum(peak, tl.load(unit_ptr + u_off + ch * U + uu, mask=um,
                                                 other=-inf))
             is_bad = um & (peak == inf)
             if regime == 1:
@@ -317,15 +317,15 @@ def finish(ws_ptr, unit_ptr, desc_ptr, out_ptr, last_ptr, step, limit,
         tl.store(out + 10, tl.reduce(act, 0, _add))
         tl.store(out + 11, tl.reduce(badu, 0, _add))
         tl.store(out + 12, tl.reduce(idle, 0, _add))
-    else:
-        sq = tl.full([BLOCK], 0, dtype=tl.float64)
-        bad = tl.full([BLOCK], 0, dtype=tl.float64)
+    else:  # (names apart from the other branch's: Triton types each name once per branch)
+        g_sq = tl.full([BLOCK], 0, dtype=tl.float64)
+        g_bad = tl.full([BLOCK], 0, dtype=tl.float64)
         for i in range(0, n_p, BLOCK):
-            idx = i + lanes
-            m = idx < n_p
-            sq += tl.load(ws + idx, mask=m, other=0.0).to(tl.float64)
-            bad += tl.load(ws + n_p + idx, mask=m, other=0.0).to(tl.float64)
-        nb = tl.reduce(bad, 0, _add)
-        tl.store(out, tl.sqrt(tl.reduce(sq, 0, _add)).to(tl.float32))
-        tl.store(out + 1, nb.to(tl.float32))
-        tl.store(out + 2, tl.where(nb > 0, nan, 0.0).to(tl.float32))
+            g_idx = i + lanes
+            g_m = g_idx < n_p
+            g_sq += tl.load(ws + g_idx, mask=g_m, other=0.0).to(tl.float64)
+            g_bad += tl.load(ws + n_p + g_idx, mask=g_m, other=0.0).to(tl.float64)
+        g_nb = tl.reduce(g_bad, 0, _add)
+        tl.store(out, tl.sqrt(tl.reduce(g_sq, 0, _add)).to(tl.float32))
+        tl.store(out + 1, g_nb.to(tl.float32))
+        tl.store(out + 2, tl.where(g_nb > 0, nan, 0.0).to(tl.float32))
