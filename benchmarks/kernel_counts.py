@@ -19,6 +19,12 @@ the step:
 The approach ``gradscope, unsampled step`` counts a step that ``every`` does not
 sample: what is left there is the every-step NaN/Inf check.
 
+The approaches ``gradscope fused ...`` count the fused path that CUDA takes by default
+(:mod:`gradscope.kernels`): its Triton kernels run here under Triton's interpreter, each
+launch counted as one kernel (what the interpreter does to emulate a device is not
+counted) and the bytes each reads (every element of its tensor once) added to the ATen
+operations' bytes. The eager approaches are counted with ``watch(fused=False)``.
+
 It also counts host reads (``aten._local_scalar_dense``, i.e. ``.item()``: a
 GPU sync each) outside the flush, which must be 0 for gradscope, and the same
 figures for the conventional ``.item()`` hooks of ``benchmarks/overhead.py``.
@@ -51,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import mlp  # the benchmark's MLP: 784 -> depth x width -> 10
 
 import gradscope
-from gradscope import stats
+from gradscope import kernels, stats
+from gradscope.kernels import engine
 
 _FREE = {"empty", "empty_strided", "detach", "alias", "lift_fresh", "set_"}
 
@@ -66,10 +73,13 @@ class Counter(TorchDispatchMode):
         self.bytes: dict[str, int] = defaultdict(int)
         self.reads: dict[str, int] = defaultdict(int)
         self.names: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.launches: dict[str, int] = defaultdict(int)  # Triton kernels (the fused path)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
+        if engine.launching():  # the interpreter emulating a device: not gradscope's work
+            return func(*args, **kwargs)
         if name == "_local_scalar_dense":
             self.reads[self.phase] += 1
         elif not func.is_view and name not in _FREE:
@@ -83,9 +93,16 @@ class Counter(TorchDispatchMode):
     @contextmanager
     def at(self, phase: str) -> Iterator[None]:
         before, self.phase = self.phase, phase
+        launched = sum(engine.LAUNCHES.values())
+        read = sum(engine.READ_BYTES.values())
         try:
             yield
         finally:
+            n = sum(engine.LAUNCHES.values()) - launched
+            self.ops[phase] += n
+            self.launches[phase] += n
+            self.names[phase]["triton"] += n
+            self.bytes[phase] += sum(engine.READ_BYTES.values()) - read
             self.phase = before
 
 
@@ -102,12 +119,13 @@ def count_step(act: Callable[[], nn.Module], attach: Optional[Callable[[nn.Modul
     counter = Counter()
     for i in range(3):
         with counter if i == 2 else nullcontext():
+            at = counter.at if i == 2 else (lambda phase: nullcontext())
             opt.zero_grad(set_to_none=True)
-            with counter.at("forward"):
+            with at("forward"):
                 loss = nn.functional.cross_entropy(model(x), y)
-            with counter.at("backward"):
+            with at("backward"):
                 loss.backward()
-            with counter.at("optimizer"):
+            with at("optimizer"):
                 opt.step()
     if mon is not None and hasattr(mon, "flush"):
         with counter, counter.at("flush"):
@@ -117,15 +135,29 @@ def count_step(act: Callable[[], nn.Module], attach: Optional[Callable[[nn.Modul
     return counter
 
 
-def _gradscope(model: nn.Module, opt: Any) -> Any:
+def _gradscope(model: nn.Module, opt: Any, fused: bool = False) -> Any:
     return gradscope.watch(model, optimizer=opt, every=1, flush_every=10**6, summary=False,
-                           findings=False)
+                           findings=False, fused=fused)
 
 
-def _gradscope_unsampled(model: nn.Module, opt: Any) -> Any:
+def _gradscope_unsampled(model: nn.Module, opt: Any, fused: bool = False) -> Any:
     """``every=10``-style unsampled steps (only step 0 is sampled): the every-step NaN/Inf check."""
     return gradscope.watch(model, optimizer=opt, every=10**9, flush_every=10**6, summary=False,
-                           findings=False)
+                           findings=False, fused=fused)
+
+
+def _fused(model: nn.Module, opt: Any) -> Any:
+    return _gradscope(model, opt, fused=True)
+
+
+def _fused_unsampled(model: nn.Module, opt: Any) -> Any:
+    return _gradscope_unsampled(model, opt, fused=True)
+
+
+def _fused_check_all(model: nn.Module, opt: Any) -> Any:
+    """Unsampled steps with each activation output tested at its call (``check_nonfinite='all'``)."""
+    return gradscope.watch(model, optimizer=opt, every=10**9, flush_every=10**6, summary=False,
+                           findings=False, fused=True, check_nonfinite="all")
 
 
 class _ItemHooks:
@@ -153,14 +185,24 @@ class _ItemHooks:
             h.remove()
 
 
+#: What is counted: the eager path (fused=False), the fused path (the default on CUDA, its
+#: Triton kernels interpreted here), each on a sampled and an unsampled step, and .item() hooks.
+APPROACHES: dict[str, Callable[[nn.Module, Any], Any]] = {
+    "gradscope": _gradscope, "gradscope, unsampled step": _gradscope_unsampled,
+    "gradscope fused": _fused, "gradscope fused, unsampled step": _fused_unsampled,
+    "gradscope fused, unsampled, check all": _fused_check_all, "item_hooks": _ItemHooks,
+}
+
 FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "ReLU": nn.ReLU, "LeakyReLU": nn.LeakyReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh,
     "GELU": nn.GELU, "ELU": nn.ELU, "Softmax": lambda: nn.Softmax(dim=-1),
 }
 
 
-def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str, Any]]:
-    """One row per family and approach: extra kernels, bytes and host reads per hook and phase."""
+def measure(depth: int = 4, width: int = 256, batch: int = 64,
+            families: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """One row per family (``families``: these of :data:`FAMILIES`) and approach: extra
+    kernels, bytes and host reads per hook and phase."""
     real = (stats.host_readable, stats.uses_scratch, stats.cpu_kernels)
     # the accelerator path: no host reads, no CPU scratch buffers, no CPU-only kernels
     stats.host_readable = stats.uses_scratch = stats.cpu_kernels = (  # type: ignore[assignment]
@@ -170,11 +212,14 @@ def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str,
         act_bytes = batch * width * 4
         n_params = 2 * (depth + 1)
         for fam, act in FAMILIES.items():
+            if families is not None and fam not in families:
+                continue
             base = count_step(act, None, depth=depth, width=width, batch=batch)
-            for approach, attach in (("gradscope", _gradscope),
-                                     ("gradscope, unsampled step", _gradscope_unsampled),
-                                     ("item_hooks", _ItemHooks)):
-                c = count_step(act, attach, depth=depth, width=width, batch=batch)
+            for approach, attach in APPROACHES.items():
+                if approach.startswith("gradscope fused") and kernels.missing(True) is not None:
+                    continue  # no triton: no fused path to count
+                with kernels.interpreted() if "fused" in approach else nullcontext():
+                    c = count_step(act, attach, depth=depth, width=width, batch=batch)
 
                 def extra(phase: str, c: Counter = c, base: Counter = base) -> tuple[int, int]:
                     return c.ops[phase] - base.ops[phase], c.bytes[phase] - base.bytes[phase]
@@ -186,6 +231,9 @@ def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str,
                     kernels_per_activation_hook=fwd[0] / depth,
                     activation_reads_per_hook=fwd[1] / depth / act_bytes,
                     kernels_per_backprop_hook=bwd[0] / depth,
+                    kernels_per_call_site_step=(fwd[0] + bwd[0]) / depth,
+                    triton_launches={p: c.launches[p] for p in ("forward", "backward",
+                                                                 "optimizer", "flush")},
                     kernels_optimizer=opt_[0],
                     bytes_optimizer=opt_[1],
                     kernels_flush=c.ops["flush"],
@@ -202,12 +250,14 @@ def measure(depth: int = 4, width: int = 256, batch: int = 64) -> list[dict[str,
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| family | approach | kernels / activation hook | reads of the activation / hook "
-            "| kernels / backprop hook | kernels at the optimizer step and end of step (model) "
+            "| kernels / backprop hook | kernels / call-site (fwd + bwd) "
+            "| kernels at the optimizer step and end of step (model) "
             "| host reads outside flush (GPU syncs) |")
-    lines = [head, "|" + "---|" * 7]
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         lines.append(f"| {r['family']} | {r['approach']} | {r['kernels_per_activation_hook']:.1f} "
                      f"| {r['activation_reads_per_hook']:.1f} | {r['kernels_per_backprop_hook']:.1f} "
+                     f"| {r['kernels_per_call_site_step']:.1f} "
                      f"| {r['kernels_optimizer']} | {r['host_reads_outside_flush']} |")
     return "\n".join(lines)
 
@@ -218,8 +268,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--families", nargs="*", default=None, help=f"some of {list(FAMILIES)}")
     args = p.parse_args(argv)
-    rows = measure(args.depth, args.width, args.batch)
+    rows = measure(args.depth, args.width, args.batch, args.families)
     print(f"MLP {args.depth}x{args.width}, batch {args.batch}, {2 * (args.depth + 1)} parameter "
           f"tensors; every=1, update ratios on; counted on the accelerator code path "
           f"(torch {torch.__version__}).\n")

@@ -295,10 +295,11 @@ SETTINGS: dict[str, Any] = {
     "tb_histograms": "tb_histograms",
 }
 
-#: Settings measured only when named (``--settings every1_fused``): compiling the
-#: kernels takes seconds per activation family, and on a CPU it measured no faster.
+#: Settings measured only when named (``--settings every1_eager``).
 OPTIONAL_SETTINGS: dict[str, Any] = {
-    "every1_fused": dict(every=1, fused="on"),
+    # the eager statistics on a GPU too (the path before the fused Triton kernels, which CUDA
+    # takes by default; the CPU always runs the eager path)
+    "every1_eager": dict(every=1, fused=False),
     # both sides torch.compile'd (B: watch(torch.compile(model))): what gradscope costs a
     # compiled model (B's sampled steps run eagerly; every=1: all of them)
     "compiled_every1": dict(every=1, compile=True),
@@ -564,20 +565,26 @@ def markdown(results: list[Result], info: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_outputs(out: Path, expected: int) -> None:
-    """Raise ``ValueError`` unless ``out`` holds a well-formed JSON and markdown table."""
-    data = json.loads((out / "overhead.json").read_text())
+def check_outputs(out: Path, expected: int, name: str = "overhead",
+                  positive: tuple[str, ...] = ("ratio", "ms_base", "ms_monitored"),
+                  columns: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Raise ``ValueError`` unless ``out`` holds a well-formed ``name``.json (``expected``
+    results whose ``positive`` keys are finite and > 0) and ``name``.md table (one column
+    per ``columns``); the results."""
+    data = json.loads((out / f"{name}.json").read_text())
     if set(data) != {"machine", "command", "results"}:
-        raise ValueError(f"overhead.json keys: {sorted(data)}")
+        raise ValueError(f"{name}.json keys: {sorted(data)}")
     if len(data["results"]) != expected:
         raise ValueError(f"{len(data['results'])} results, expected {expected}")
     for r in data["results"]:
-        for key in ("ratio", "ms_base", "ms_monitored"):
+        for key in positive:
             if not (isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0):
                 raise ValueError(f"bad {key} in {r}")
-    rows = [ln for ln in (out / "overhead.md").read_text().splitlines() if ln.startswith("| ")]
-    if len(rows) != expected + 1 or any(ln.count("|") != len(COLUMNS) + 1 for ln in rows):
-        raise ValueError("overhead.md: malformed table")
+    width = len(columns if columns is not None else COLUMNS) + 1
+    rows = [ln for ln in (out / f"{name}.md").read_text().splitlines() if ln.startswith("| ")]
+    if len(rows) != expected + 1 or any(ln.count("|") != width for ln in rows):
+        raise ValueError(f"{name}.md: malformed table")
+    return data["results"]
 
 
 # ================================================================== main

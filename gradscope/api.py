@@ -80,7 +80,7 @@ def watch(
     findings: Union[bool, Thresholds] = True,
     summary: bool = True,
     strict: bool = False,
-    fused: str = "off",
+    fused: bool = True,
     sampled_eager: bool = True,
     scaler: Optional[torch.amp.GradScaler] = None,
     combine_ranks: bool = True,
@@ -166,12 +166,15 @@ def watch(
         strict: raise errors from inside hooks instead of warning once and
             disabling the call-site that failed.
 
-        fused: ``"off"`` (default) computes activation statistics with eager
-            operations; ``"on"`` compiles each activation plan into one kernel
-            with ``torch.compile`` (said once on stderr; where compiling fails, one
-            warning and the eager path); ``"strict"`` raises instead. The same
-            values either way. Off by default: on a CPU it measured no faster
-            (see ``gradscope.fused``). ``GRADSCOPE_FUSED`` overrides it.
+        fused: ``True`` (default): on a CUDA device with Triton (it ships with torch's
+            CUDA wheels), each activation call-site's statistics are computed in one
+            read of its output (and input, for GELU/SiLU), each gradient at a call-site
+            and each every-step NaN/Inf test in one read, by Triton kernels
+            (``gradscope.kernels``); the same values as the eager path to float32
+            rounding. Families the kernels do not cover (softmax, PReLU, Softplus,
+            Mish, Hardswish, RReLU, your own), the CPU and combined ranks use the
+            eager path. ``False``: the eager path everywhere. (The old strings
+            ``"off"``/``"on"``/``"strict"`` are deprecated: ``"off"`` means False.)
         sampled_eager: on a ``torch.compile``'d model, run the sampled steps
             eagerly (``torch.compiler.set_stance("force_eager")`` for the step, the
             prior stance restored after it; process-wide: other compiled functions

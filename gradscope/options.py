@@ -6,7 +6,7 @@
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
   ``check_nonfinite``, ``retention``, ``start_step``;
 * outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
-* how: ``fused`` (compiled statistics kernels), ``sampled_eager`` (a compiled model's
+* how: ``fused`` (the Triton statistics kernels on CUDA), ``sampled_eager`` (a compiled model's
   sampled steps run eagerly);
 * training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Optional, Union
@@ -92,6 +93,10 @@ class Definitions:
 _DEFAULT_DEFINITIONS = Definitions()
 
 
+#: The old ``fused=`` strings (the torch.compile path) and what they mean now.
+_OLD_FUSED = {"off": False, "on": True, "strict": True}
+
+
 @dataclass(frozen=True)
 class Options:
     """Every option of :func:`gradscope.watch` (see its docstring), validated.
@@ -119,7 +124,7 @@ class Options:
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
-    fused: str = "off"
+    fused: bool = True
     sampled_eager: bool = True
     scaler: Optional[torch.amp.GradScaler] = None
     combine_ranks: bool = True
@@ -152,10 +157,16 @@ class Options:
         if not isinstance(self.findings, (bool, Thresholds)):
             raise TypeError(f"watch(findings={self.findings!r}): pass True, False or a "
                             "gradscope.findings.Thresholds(...)")
-        if self.fused not in ("off", "on", "strict"):
-            raise ValueError(f"watch(fused={self.fused!r}): pass 'off' (eager, the default), 'on' "
-                             "(compiled kernels, eager where compiling fails) or 'strict' (raise "
-                             "where compiling fails)")
+        if isinstance(self.fused, str) and self.fused in _OLD_FUSED:
+            warnings.warn(
+                f"watch(fused={self.fused!r}) is deprecated: the torch.compile path is gone; "
+                "the fused statistics are Triton kernels, on by default on CUDA. Pass "
+                f"fused={_OLD_FUSED[self.fused]} (this value means that now)",
+                DeprecationWarning, stacklevel=4)
+            set_(self, "fused", _OLD_FUSED[self.fused])
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"watch(fused={self.fused!r}): pass True (the Triton kernels on "
+                            "CUDA, the default) or False (the eager statistics everywhere)")
         if self.scaler is not None and not isinstance(self.scaler, torch.amp.GradScaler):
             raise TypeError(f"watch(scaler={self.scaler!r}): pass the torch.amp.GradScaler "
                             "whose scale(loss).backward() and step(optimizer) you call, or None")

@@ -103,6 +103,13 @@ class Plan:
         """The decoder of one vector holding the value of each of :attr:`needs`, in order."""
         return _Decode(self, layer, numel, units, self._identity, len(self.needs))
 
+    def coded_decoder(self, layer: str, numel: int, units: int,
+                      code: Sequence[Union[float, int, tuple[int, float, float]]],
+                      expected: int) -> Decoder:
+        """The decoder of one vector of ``expected`` values in which ``code`` says where each
+        of :attr:`needs` is (an index, or ``(index, scale, offset)``): the fused kernels'."""
+        return _Decode(self, layer, numel, units, list(code), expected)
+
     def finish(self, step: int, layer: str, values: dict[str, float], numel: int,
                units: int) -> list[Record]:
         """The records of one call, from its reduced values by name."""

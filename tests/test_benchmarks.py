@@ -48,11 +48,17 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
     spec.loader.exec_module(kc)
     from gradscope import stats
     real = (stats.host_readable, stats.uses_scratch, stats.cpu_kernels)
-    rows = kc.measure(depth=2, width=32, batch=8)
+    families = ["ReLU", "GELU", "Softmax"]  # a piecewise, an input-reading and an eager family
+    rows = kc.measure(depth=2, width=32, batch=8, families=families)
     assert (stats.host_readable, stats.uses_scratch, stats.cpu_kernels) == real  # restored
-    assert {r["family"] for r in rows} == set(kc.FAMILIES)
+    assert {r["family"] for r in rows} == set(families)
     for r in rows:
-        if r["approach"] == "gradscope":
+        if r["approach"].startswith("gradscope fused"):  # Triton kernels, interpreted
+            assert r["host_reads_outside_flush"] == 0, r
+            if r["approach"] == "gradscope fused" and r["family"] != "Softmax":
+                assert r["triton_launches"]["forward"] == r["sites"] + 1, r  # + the outputs
+                assert r["kernels_per_call_site_step"] <= 3 + 1 / r["sites"], r
+        elif r["approach"] == "gradscope":
             assert r["host_reads_outside_flush"] == 0, r
             assert r["kernels_flush"] >= 1  # the step results are put together there
             assert r["kernels_per_activation_hook"] > 0 and r["kernels_per_backprop_hook"] > 0
@@ -64,3 +70,25 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
         else:  # .item() hooks: a read per statistic and per parameter
             assert r["host_reads_outside_flush"] == 3 * r["sites"] + r["params"], r
     assert "| ReLU | gradscope |" in kc.table(rows)
+
+
+def test_gpu_check_smoke_runs_the_gpu_benchmark_and_counts(tmp_path: Path) -> None:
+    """scripts/gpu_check.sh --smoke (what a GPU session runs, at CPU size): benchmarks/gpu.py
+    --smoke writes well-formed outputs for every workload and setting, the kernel counts are
+    written, the CUDA tests are collected (and skip without a GPU)."""
+    import os
+    import subprocess
+    root = _SCRIPT.parents[1]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONPATH=str(root))
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), "--smoke"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout, (tmp_path / "status.txt").read_text())
+    spec = importlib.util.spec_from_file_location("gpu_bench", _SCRIPT.parent / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gpu  # dataclasses look their module up there
+    spec.loader.exec_module(gpu)
+    gpu.check_outputs(tmp_path / "bench", len(gpu.WORKLOADS) * len(gpu.SETTINGS))
+    rows = json.loads((tmp_path / "kernel_counts.json").read_text())
+    assert {r["approach"] for r in rows} >= {"gradscope", "gradscope fused"}
+    tests = (tmp_path / "tests_cuda.txt").read_text()
+    assert "skipped" in tests or "passed" in tests, tests

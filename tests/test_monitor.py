@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -354,36 +355,47 @@ def test_include_patterns_limit_monitored_modules() -> None:
 
 
 # ------------------------------------------------------------- sync-freedom
-def test_no_host_sync_outside_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_no_host_sync_outside_flush(monkeypatch: pytest.MonkeyPatch, fused: bool) -> None:
     """On an accelerator, item/tolist/cpu/bool/float on any tensor only happen in flush().
 
     There is no GPU in CI, so the test takes the accelerator code path on the CPU:
-    ``stats.host_readable`` is what lets CPU tensors skip work by reading a value.
+    ``stats.host_readable`` is what lets CPU tensors skip work by reading a value. The
+    fused path's Triton kernels run interpreted (what the interpreter reads to emulate a
+    device inside a launch is not gradscope's: see ``engine.launching``).
     """
+    from gradscope import kernels
+    from gradscope.kernels import engine
+    if fused and kernels.missing(True) is not None:
+        pytest.skip(f"triton cannot be imported: {kernels.missing(True)}")
     monkeypatch.setattr(stats, "host_readable", lambda t: False)
     torch.manual_seed(0)
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(4, 1, 12, 12)
-    mon = watch(model, optimizer=opt, flush_every=1000)
     calls: list[str] = []
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        orig = getattr(torch.Tensor, name)
+    with kernels.interpreted() if fused else contextlib.nullcontext():
+        launched = sum(engine.LAUNCHES.values())
+        mon = watch(model, optimizer=opt, flush_every=1000, fused=fused, every=2)
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+            orig = getattr(torch.Tensor, name)
 
-        def spy(self: torch.Tensor, *a: Any, _n: str = name, _o: Any = orig, **k: Any) -> Any:
-            calls.append(_n)
-            return _o(self, *a, **k)
+            def spy(self: torch.Tensor, *a: Any, _n: str = name, _o: Any = orig, **k: Any) -> Any:
+                if not engine.launching():
+                    calls.append(_n)
+                return _o(self, *a, **k)
 
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    for _ in range(3):
-        opt.zero_grad()
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        opt.step()
-    assert calls == []
-    monkeypatch.undo()
-    mon.close()
-    assert mon.history.steps() == [0, 1, 2]
+            monkeypatch.setattr(torch.Tensor, name, spy)
+        for _ in range(3):
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+        assert calls == []
+        assert (sum(engine.LAUNCHES.values()) > launched) == fused
+        monkeypatch.undo()
+        mon.close()
+    assert mon.history.steps() == [0, 2]  # every=2: step 1 ran the every-step check only
 
 
 @pytest.mark.parametrize("poison", [False, True], ids=["finite", "nan_input"])

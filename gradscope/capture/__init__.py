@@ -8,6 +8,8 @@
 * :mod:`~gradscope.capture.nancheck`: the every-step NaN/Inf check of unsampled steps
   (held activation outputs, the model's outputs);
 * :mod:`~gradscope.capture.site`: the activation call-site (:class:`Site`) both of them hold;
+* :mod:`~gradscope.capture.fused`: which of their tensors go to the fused Triton kernels
+  (:mod:`gradscope.kernels`, CUDA) instead of the eager plan;
 * :mod:`~gradscope.capture.forward`: the forward in progress (call indices, the
   running modules, the layouts that decide unit dimensions);
 * :mod:`~gradscope.capture.modules`: hooks on activation modules;

@@ -30,10 +30,10 @@ from torch import Tensor
 
 from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
+from gradscope.capture.fused import FusedCapture
 from gradscope.capture.nancheck import NonfiniteChecker
 from gradscope.capture.site import Site, site_name
 from gradscope.distributed import MaskDecoder
-from gradscope.fused import Fuser
 from gradscope.history import LayerInfo
 from gradscope.plan import Plan
 from gradscope.reductions import ActivationCall, GradCall
@@ -65,8 +65,8 @@ class ActivationRecorder:
         self._backprop = Plan(None, "backprop", partial=ctx.combine)
         self._grad_in = Plan(None, "grad_in", partial=ctx.combine)
         self._windows: list[tuple[Site, Tensor, int]] = []
-        self.checks = NonfiniteChecker(ctx)  # the every-step check of unsampled steps
-        self.fuser = Fuser(ctx.options.fused)
+        self.fused = FusedCapture(ctx)  # the Triton kernels, where they take a tensor
+        self.checks = NonfiniteChecker(ctx, self.fused)  # the every-step check of unsampled steps
 
     def site(self, base: str, call: int, family: ActivationFamily, *, module_name: str,
              type_name: str, shape: tuple[int, ...], unit_dim: Optional[int],
@@ -125,18 +125,12 @@ class ActivationRecorder:
                  step: int) -> None:
         d = self.ctx.options.definitions
         with torch.no_grad():
-            fused = self.fuser.run(site.plan, site.family, source, x, y.detach(), eps=d.eps,
-                                   delta=d.delta, unit_dim=site.unit_dim)
-            if fused is not None:
-                vec, active = fused
-                tensors = [vec]
-                decode = site.plan.vector_decoder(site.name, y.numel(),
-                                                  active.numel() if active is not None else 0)
-            else:
-                call = ActivationCall(site.family, source, x, y.detach(), eps=d.eps,
-                                      delta=d.delta, unit_dim=site.unit_dim)
-                tensors, decode = site.plan.run(call, site.name)
-                active = call.active
+            if self.fused.forward(site, source, x, y, step):  # one launch; its window too
+                return
+            call = ActivationCall(site.family, source, x, y.detach(), eps=d.eps,
+                                  delta=d.delta, unit_dim=site.unit_dim)
+            tensors, decode = site.plan.run(call, site.name)
+            active = call.active
         self.ctx.queue.defer(step, y.device, tensors, decode)
         if self.ctx.combine and active is not None:  # the ranks' units are OR-ed at the flush
             self.ctx.queue.put(step, active.float(),
@@ -161,6 +155,8 @@ class ActivationRecorder:
             return False
         try:
             with torch.no_grad():
+                if self.fused.gradient(site.name, plan, grad, step):  # one launch
+                    return True
                 tensors, decode = plan.run(GradCall(grad, self.ctx.grad_scale()), site.name)
             self.ctx.queue.defer(step, grad.device, tensors, decode)
         except Exception as err:
@@ -213,6 +209,7 @@ class ActivationRecorder:
     def end_step(self) -> None:
         """Update the unit windows with this step's active units and defer the idle counts."""
         self.checks.end_step()
+        self.fused.end_step()  # one finisher per device (the fused call-sites' windows too)
         if not self._windows:
             return
         windows, self._windows = self._windows, []
@@ -236,10 +233,12 @@ class ActivationRecorder:
         """Forget the step in progress (on detach)."""
         self._windows.clear()
         self.checks.clear()
+        self.fused.clear()
 
     def held_numel(self) -> int:
         """Elements of the per-unit window state (O(units), independent of the batch)."""
-        return sum(s.last_active.numel() for s in self.sites.values() if s.last_active is not None)
+        return self.fused.held_numel() + sum(s.last_active.numel() for s in self.sites.values()
+                                             if s.last_active is not None)
 
 
 def _one_op(node: Any, x_node: Any) -> bool:

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from gradscope import stats
 from gradscope.capture.base import Context, NonfiniteCheck, tensors
+from gradscope.capture.fused import FusedCapture
 from gradscope.capture.site import Site
 from gradscope.history import LayerInfo
 
@@ -45,14 +46,16 @@ __all__ = ["OUTPUT_SERIES", "NonfiniteChecker"]
 
 #: The series of the model's outputs' NaN/Inf check (kind ``step``).
 OUTPUT_SERIES = "(output)"
+_FUSED_OUTPUT = NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite")  # the fused probe's one value
 
 
 class NonfiniteChecker:
     """Holds an unsampled forward's activation outputs and checks them, the model's outputs
     and (through :class:`gradscope.capture.step.StepHooks`) escalates the gradient check."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, fused: Optional[FusedCapture] = None) -> None:
         self.ctx = ctx
+        self.fused = fused  # tests an output at its call in one launch where it can
         self._held: list[tuple[Site, Tensor, int]] = []  # (site, output, its version)
         self._lazy = ctx.options.check_nonfinite is True  # "all": each output at its call
         #: this forward ends in the watched module's forward hook (it is not one announced by
@@ -86,6 +89,8 @@ class NonfiniteChecker:
                 if stats.all_finite(x):
                     return  # nothing to record (the usual case on the CPU)
                 self.nonfinite_step = step
+            elif self.fused is not None and self.fused.probe(x, step, site.fused_checks):
+                return
             self.ctx.queue.defer(step, x.device, [stats.finite_probe(x)], site.checks)
         except Exception as err:
             self._fail(site, err)
@@ -111,6 +116,8 @@ class NonfiniteChecker:
                 return False
             self._declare_output()
             for t in outs:
+                if self.fused is not None and self.fused.probe(t, step, _FUSED_OUTPUT):
+                    continue
                 self.ctx.queue.defer(step, t.device, [stats.finite_probe(t)],
                                      NonfiniteCheck([OUTPUT_SERIES], "output_nonfinite", per=2))
         except Exception as err:

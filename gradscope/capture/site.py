@@ -36,9 +36,11 @@ class Site:
     at_call: bool = False  # its output was modified in place after its call: tested at the call
     hold: Optional[bool] = None  # its autograd node keeps its output (held for free; None: unknown)
     checks: NonfiniteCheck = field(init=False, repr=False)
+    fused_checks: NonfiniteCheck = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.checks = NonfiniteCheck([self.name], "nonfinite_check", per=2)  # min, max
+        self.fused_checks = NonfiniteCheck([self.name], "nonfinite_check")  # the fused probe's
 
 
 def site_name(base: str, call: int) -> str:
