@@ -68,7 +68,9 @@ from gradscope.capture.base import unwrap
 from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.capture.step import StepHooks, training_mode
-from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
+from gradscope.findings import Finding, FindingsSink, Thresholds
+from gradscope.findings.remedies import RunFacts
+from gradscope.findings.sink import findings_of
 from gradscope.flush import Flush
 from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
@@ -137,7 +139,8 @@ class Monitor:
                                             gradients=options.gradients)
         #: this process writes the sinks and prints (rank 0 when ranks are combined)
         self.writes = writes
-        self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
+        self._sinks, self.writer = _make_sinks(options, model, optimizer) \
+            if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
         self._ctx = Context(options, self._queue, self._handles.append,
@@ -278,11 +281,10 @@ class Monitor:
         return self._flush.flush()
 
     def findings(self, thresholds: Optional[Thresholds] = None) -> list[Finding]:
-        """Apply the rules of :mod:`gradscope.findings` to the history so far.
+        """The findings so far (:mod:`gradscope.findings`): those holding, then those resolved.
 
         Args:
-            thresholds: override the monitor's thresholds (its ``findings=``
-                argument, or the defaults).
+            thresholds: override the monitor's (``findings=``, or the defaults).
 
         Example:
             >>> import torch, torch.nn as nn, gradscope
@@ -292,7 +294,7 @@ class Monitor:
             >>> mon.findings()
             []
         """
-        return analyze(self.history, thresholds or self.options.thresholds or Thresholds())
+        return findings_of(self._sinks.sinks, self.history, thresholds)
 
     def coverage(self) -> Coverage:
         """What gradscope sees of the model's activations: call-sites captured by module and
@@ -346,8 +348,10 @@ class Monitor:
 
 
 # ---------------------------------------------------------------- helpers
-def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
-    """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
+def _make_sinks(options: Options, model: nn.Module, optimizer: Optional[torch.optim.Optimizer]
+                ) -> tuple[SinkFanout, Optional[Any]]:
+    """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard
+    writer; the findings sink knows what the run applies (for its remedies)."""
     sinks: list[Sink] = list(options.sinks)
     if options.logdir is not None:
         from gradscope.writers import TensorBoardWriter
@@ -364,8 +368,8 @@ def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
             if writer is not None and hasattr(writer, "logdir") else ""
         deliver = (lambda found, step: fanout.emit("write_findings", found, step)) \
             if fanout.wants("write_findings") else None
-        fanout.sinks.insert(0, FindingsSink(thresholds, deliver=deliver,
-                                            summary=options.summary, where=where))
+        fanout.sinks.insert(0, FindingsSink(thresholds, deliver=deliver, summary=options.summary,
+                                            where=where, facts=RunFacts.read(model, optimizer)))
     return fanout, writer
 
 

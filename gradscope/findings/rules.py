@@ -58,7 +58,11 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Callable, Optional
 
-from gradscope.findings.amp import scaler_skipped, skipped_steps
+from gradscope.findings.amp import scaler_skipped
+from gradscope.findings.episodes import holding as _now
+from gradscope.findings.episodes import resolved as _resolved
+from gradscope.findings.nonfinite import nonfinite
+from gradscope.findings.remedies import RunFacts, fit_remedy, remedy_text
 from gradscope.findings.scan import Run, Scan
 from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
@@ -98,12 +102,14 @@ def _family(history: History, layer: str) -> Optional[str]:
 
 
 def _derived(scan: Scan, key: object, history: History, layers: Sequence[str], metric: str,
-             fn: Callable[[list[float]], float], tests: Sequence[Callable[[float], bool]]
-             ) -> list[Run]:
-    """Runs of ``fn(row)`` over the new rows of ``layers/metric``, one run per test."""
+             fn: Callable[[list[float]], float], tests: Sequence[Callable[[float], bool]],
+             lows: Sequence[bool] = ()) -> list[Run]:
+    """Runs of ``fn(row)`` over the new rows of ``layers/metric``, one run per test
+    (``lows[i]``: smaller values are worse for test ``i``)."""
     steps, rows = scan.rows(history, key, layers, metric)
     derived = [fn(row) for row in rows]
-    runs = [scan.run((key, i)) for i in range(len(tests))]
+    lows = tuple(lows) + (False,) * (len(tests) - len(lows))
+    runs = [scan.run((key, i), low=low) for i, low in zip(range(len(tests)), lows)]
     for r, bad in zip(runs, tests):
         r.feed(steps, derived, bad)
     if steps:
@@ -113,75 +119,7 @@ def _derived(scan: Scan, key: object, history: History, layers: Sequence[str], m
 
 Rule = Callable[..., list[Finding]]
 
-_NONFINITE_REMEDY = ("lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), "
-                     "look for log(0) or division by zero in the loss, and under fp16 use a "
-                     "GradScaler or bf16")
-#: Where a non-finite value can show: (kind, metric, where); the ``*_check`` metrics
-#: come from the every-step check of unsampled steps.
-_NONFINITE_SERIES = (("activation", "nonfinite", "forward"),
-                     ("activation", "nonfinite_check", "forward"),
-                     ("step", "output_nonfinite", "output"),
-                     ("activation", "grad_out_nonfinite", "backward"),
-                     ("layer", "grad_nonfinite", "parameter"),
-                     ("layer", "grad_nonfinite_check", "parameter"),
-                     ("layer", "weight_norm", "weights"))
-
-
 # -------------------------------------------------------------------- rules
-def _nonfinite(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
-    """The first step with a non-finite value, and the layer it appeared at first.
-
-    Reads each series' first alarm (:meth:`History.alarm`, kept through thinning):
-    its cost is the number of series, not of values. Steps a GradScaler skipped
-    (inf gradients are expected there) do not count for gradients; only then is
-    the series read further, for its first bad value at a step that was not skipped.
-    """
-    found: list[tuple[int, str, str, str]] = []
-    skipped = skipped_steps(history)
-    for kind, metric, where in _NONFINITE_SERIES:
-        for layer in history.layers(kind):
-            if not _has(history, layer, metric):
-                continue
-            if scan is not None:
-                scan.reads += 1
-            alarm = history.alarm(layer, metric)
-            if alarm is None:
-                continue
-            if alarm[0] in skipped and where in ("backward", "parameter"):
-                steps, values = history.series(layer, metric)
-                later = [s for s, v in zip(steps, values)
-                         if s not in skipped and (v > 0 or math.isnan(v))]
-                if not later:
-                    continue
-                alarm = (later[0], *alarm[1:])
-            found.append((alarm[0], layer, where, metric))
-    if not found:
-        return []
-    first = min(s for s, *_ in found)
-    hits: dict[str, list[tuple[str, str]]] = {"forward": [], "output": [], "backward": [],
-                                              "parameter": [], "weights": []}
-    for s, layer, where, metric in found:
-        if s == first:
-            hits[where].append((layer, metric))
-    if hits["forward"]:
-        (layer, metric), what = hits["forward"][0], "in the forward pass (activations)"
-    elif hits["backward"]:
-        # The backward pass runs from the output: the deepest call-site sees it first.
-        (layer, metric), what = hits["backward"][-1], "in the backward pass (gradients reaching it)"
-    elif hits["parameter"]:
-        (layer, metric), what = hits["parameter"][-1], "in parameter gradients"
-    elif hits["output"]:  # neither an activation output nor a gradient was
-        (layer, metric), what = hits["output"][0], ("in the model's output (no activation "
-                                                    "output or gradient was)")
-    else:
-        (layer, metric), what = hits["weights"][0], "in the weights"
-    how = (" (an unsampled step: found by the every-step check, which sees that a value is "
-           "not finite but does not count them)") if metric.endswith("_check") else ""
-    return [Finding("error", "nonfinite", layer, first,
-                    f"first NaN/Inf at step {first}{how} {what}, at layer {layer}; "
-                    f"{_NONFINITE_REMEDY}", _NONFINITE_REMEDY, last_step=first)]
-
-
 def _gradient_depth(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Vanishing or exploding gradients across depth, and exploding growth over time."""
     scan = scan if scan is not None else Scan()
@@ -201,23 +139,31 @@ def _gradient_depth(history: History, t: Thresholds, scan: Optional[Scan] = None
 
         vanish, explode = _derived(
             scan, ("depth", first_l, last_l), history, [first_l, last_l], "grad_norm", ratio,
-            (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio))
+            (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio), (True, False))
+        remedy = remedy_text("vanishing_gradients")
         if vanish.holds(t.window):
-            remedy = ("use ReLU/LeakyReLU instead of sigmoid/tanh, Xavier/He initialisation, "
-                      "BatchNorm or residual connections; Adam/RMSProp rescale small gradients")
+            since, worst, at = _now(vanish)
             out.append(Finding(
-                "warning", "vanishing_gradients", first_l, vanish.start,  # type: ignore[arg-type]
+                "warning", "vanishing_gradients", first_l, since,
                 f"gradient RMS at the first layer {first_l} is {vanish.value:.1e}× the last "
-                f"layer's ({last_l}) since step {vanish.start}: the early layers barely learn; "
-                f"{remedy}", remedy, vanish.value, vanish.step))
+                f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): the "
+                f"early layers barely learn; {remedy}", remedy, vanish.value, vanish.step,
+                worst=worst, worst_step=at))
+        out += _resolved(vanish, "warning", "vanishing_gradients", first_l,
+                         f"gradient RMS at the first layer below {t.vanishing_ratio:g}× the last "
+                         f"layer's ({last_l})", remedy)
+        remedy = remedy_text("exploding_gradients")
         if explode.holds(t.window):
-            remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), use a smaller "
-                      "initialisation or BatchNorm")
+            since, worst, at = _now(explode)
             out.append(Finding(
-                "error", "exploding_gradients", first_l, explode.start,  # type: ignore[arg-type]
+                "error", "exploding_gradients", first_l, since,
                 f"gradient RMS at the first layer {first_l} is {explode.value:.1e}× the last "
-                f"layer's ({last_l}) since step {explode.start}: gradients grow towards the "
-                f"input; {remedy}", remedy, explode.value, explode.step))
+                f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): "
+                f"gradients grow towards the input; {remedy}", remedy, explode.value,
+                explode.step, worst=worst, worst_step=at))
+        out += _resolved(explode, "error", "exploding_gradients", first_l,
+                         f"gradient RMS at the first layer above {t.exploding_ratio:g}× the last "
+                         f"layer's ({last_l})", remedy)
     out += _growth(history, t, scan, layers)
     return out
 
@@ -238,36 +184,42 @@ def _growth(history: History, t: Thresholds, scan: Scan, layers: list[str]) -> l
 
     (run,) = _derived(scan, key, history, layers, "grad_norm", growth,
                       (lambda g: g > t.exploding_growth,))
+    remedy = remedy_text("gradient_growth")
+    out = _resolved(run, "error", "exploding_gradients", None,
+                    f"total gradient norm above {t.exploding_growth:g}× its start", remedy)
     if not run.holds(t.window):
-        return []
+        return out
     base = statistics.median(start)
-    remedy = "lower the learning rate, clip gradients (clip_grad_norm_), or use Adam/RMSProp"
+    since, worst, at = _now(run)
     return [Finding(
-        "error", "exploding_gradients", None, run.start,  # type: ignore[arg-type]
+        "error", "exploding_gradients", None, since,
         f"total gradient norm grew {run.value:.1e}× since the start ({base:.2e} → "
         f"{run.value * base:.2e}) and has stayed above {t.exploding_growth:g}× since step "
-        f"{run.start}; {remedy}", remedy, run.value, run.step)]
+        f"{since}; {remedy}", remedy, run.value, run.step, worst=worst, worst_step=at), *out]
 
 
 def _saturation(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
     """Call-sites whose outputs sit at the activation's limits (softmax excluded)."""
     scan = scan if scan is not None else Scan()
     out = []
-    remedy = ("use ReLU/LeakyReLU instead, Xavier/Glorot initialisation, BatchNorm before "
-              "the activation, or a lower learning rate")
+    remedy = remedy_text("saturation")
     for site in history.layers("activation"):
         fam = _family(history, site)
         if fam == "softmax" or not _has(history, site, "saturation"):
             continue
         run = scan.tail(history, ("saturation", site), site, "saturation",
                         lambda v: v > t.saturation)
+        name = f"{fam} " if fam else ""
+        out += _resolved(run, "warning", "saturation", site,
+                         f"more than {_pct(t.saturation)} of {name}outputs saturated", remedy, _pct)
         if not run.holds(t.window):
             continue
-        name = f"{fam} " if fam else ""
+        since, worst, at = _now(run)
         out.append(Finding(
-            "warning", "saturation", site, run.start,  # type: ignore[arg-type]
-            f"layer {site}: {_pct(run.value)} of {name}outputs saturated since step {run.start} "
-            "(gradients through them nearly vanish); " + remedy, remedy, run.value, run.step))
+            "warning", "saturation", site, since,
+            f"layer {site}: {_pct(run.value)} of {name}outputs saturated since step {since} "
+            f"(worst {_pct(worst)} at step {at}; gradients through them nearly vanish); "
+            + remedy, remedy, run.value, run.step, worst=worst, worst_step=at))
     return out
 
 
@@ -275,8 +227,7 @@ def _dead(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[
     """Dead ReLU units, and growth of the dead fraction over time."""
     scan = scan if scan is not None else Scan()
     out = []
-    remedy = ("lower the learning rate, use He initialisation, LeakyReLU/ELU, or BatchNorm "
-              "before the ReLU")
+    remedy = remedy_text("dead_units")
     for site in history.layers("activation"):
         metric = next((m for m in ("dead_units_window", "dead_units")
                        if _has(history, site, m)), None)
@@ -289,18 +240,32 @@ def _dead(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[
         s0, v0 = dead.first
         grew = scan.tail(history, ("dead_growth", site, metric), site, metric,
                          partial(_grew, start=v0, by=t.dead_growth))
+        held = _resolved(dead, "warning", "dead_units", site,
+                         f"more than {_pct(t.dead_units)} of ReLU units dead", remedy, _pct)
         if dead.holds(t.window):
-            start = f" ({_pct(v0)} at step {s0})" if s0 < dead.start else ""  # type: ignore[operator]
+            since, worst, at = _now(dead)
+            start = f" ({_pct(v0)} at step {s0})" if s0 < since else ""
             out.append(Finding(
-                "warning", "dead_units", site, dead.start,  # type: ignore[arg-type]
-                f"layer {site}: {_pct(dead.value)} of ReLU units dead since step {dead.start}"
-                f"{start}; " + remedy, remedy, dead.value, dead.step))
+                "warning", "dead_units", site, since,
+                f"layer {site}: {_pct(dead.value)} of ReLU units dead since step {since}"
+                f"{start}; " + remedy, remedy, dead.value, dead.step, worst=worst,
+                worst_step=at))
         elif grew.holds(t.window):
+            since, worst, at = _now(grew)
             out.append(Finding(
-                "info", "dead_units_growing", site, grew.start,  # type: ignore[arg-type]
+                "info", "dead_units_growing", site, since,
                 f"layer {site}: dead ReLU units grew from {_pct(v0)} at step {s0} "
                 f"to {_pct(grew.value)} at step {grew.step}; if it keeps growing, " + remedy,
-                remedy, grew.value - v0, grew.step))
+                remedy, grew.value - v0, grew.step, worst=worst, worst_step=at))
+        # a growth that became dead units is told by the dead_units episode
+        spans: list[tuple[float, float]] = [(f.first_step, f.last_step) for f in held]
+        now = dead.current()
+        if now is not None:
+            spans.append((now.first, math.inf))
+        out += held + [f for f in _resolved(
+            grew, "info", "dead_units_growing", site,
+            f"dead ReLU units up by {_pct(t.dead_growth)} or more since step {s0}", remedy, _pct)
+            if not any(a <= f.last_step and f.first_step <= b for a, b in spans)]
     return out
 
 
@@ -320,22 +285,24 @@ def _activation_scale(history: History, t: Thresholds, scan: Optional[Scan] = No
         return b / a if a > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
 
     runs = _derived(scan, ("scale", first, last), history, [first, last], "std", ratio,
-                    (lambda r: r < t.scale_collapse, lambda r: r > t.scale_blowup))
+                    (lambda r: r < t.scale_collapse, lambda r: r > t.scale_blowup), (True, False))
     out = []
-    for run, (rule, verb, remedy) in zip(runs, (
-        ("activation_collapse", "shrinks",
-         "use an initialisation matched to the activation (He for ReLU, Xavier for tanh), "
-         "BatchNorm/LayerNorm, or residual connections"),
-        ("activation_blowup", "grows",
-         "use a smaller initialisation (He/Xavier), BatchNorm/LayerNorm, or a lower learning rate"),
+    for run, (rule, verb, bound) in zip(runs, (
+        ("activation_collapse", "shrinks", f"below {t.scale_collapse:g}×"),
+        ("activation_blowup", "grows", f"above {t.scale_blowup:g}×"),
     )):
+        remedy = remedy_text(rule)
+        out += _resolved(run, "warning", rule, last,
+                         f"activation std at {last} {bound} the first call-site's ({first})", remedy)
         if not run.holds(t.window):
             continue
         a, b = ends
+        since, worst, at = _now(run)
         out.append(Finding(
-            "warning", rule, last, run.start,  # type: ignore[arg-type]
+            "warning", rule, last, since,
             f"activation std {verb} with depth from {a:.2e} at {first} to {b:.2e} at {last} "
-            f"({run.value:.1e}×) since step {run.start}; {remedy}", remedy, run.value, run.step))
+            f"({run.value:.1e}×) since step {since}; {remedy}", remedy, run.value, run.step,
+            worst=worst, worst_step=at))
     return out
 
 
@@ -345,26 +312,27 @@ def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) 
     layers = [n for n in history.layers("layer") if _has(history, n, "update_ratio")]
     out = []
     bad: Callable[[float], bool]
-    for rule, bad, word, remedy in (
-        ("update_ratio_low", lambda v: v < t.update_ratio_low, "below",
-         "raise the learning rate, or check for vanishing gradients upstream"),
-        ("update_ratio_high", lambda v: v > t.update_ratio_high, "above",
-         "lower the learning rate, add warmup or gradient clipping"),
+    for rule, bad, word in (
+        ("update_ratio_low", lambda v: v < t.update_ratio_low, "below"),
+        ("update_ratio_high", lambda v: v > t.update_ratio_high, "above"),
     ):
+        remedy = remedy_text(rule)
+        bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         hits = []
         for layer in layers:
-            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad)
+            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad, low=word == "below")
+            out += _resolved(run, "warning", rule, layer,
+                             f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g}", remedy)
             if run.holds(t.window):
-                hits.append((layer, run.start, run.value, run.step))
+                hits.append((layer, _now(run)[0], run.value, run.step))
         if not hits:
             continue
-        bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         worst = min(hits, key=lambda h: h[2]) if word == "below" else max(hits, key=lambda h: h[2])
         names = ", ".join(f"{h[0]} ({h[2]:.1e})" for h in hits[:4])
         more = f" and {len(hits) - 4} more" if len(hits) > 4 else ""
-        since = min(h[1] for h in hits)  # type: ignore[type-var]
+        since = min(h[1] for h in hits)
         out.append(Finding(
-            "warning", rule, worst[0], since,  # type: ignore[arg-type]
+            "warning", rule, worst[0], since,
             f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g} (rule of thumb ~1e-3) in "
             f"{len(hits)} of {len(layers)} layers since step {since}: {names}{more}; {remedy}",
             remedy, worst[2], max(h[3] for h in hits)))
@@ -373,7 +341,7 @@ def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) 
 
 #: Rule name -> function ``(history, thresholds) -> findings``, applied in this order.
 RULES: dict[str, Rule] = {
-    "nonfinite": _nonfinite,
+    "nonfinite": nonfinite,
     "gradients": _gradient_depth,
     "saturation": _saturation,
     "dead_units": _dead,
@@ -384,8 +352,9 @@ RULES: dict[str, Rule] = {
 
 
 def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
-            scan: Optional[Scan] = None) -> list[Finding]:
-    """Apply every rule to ``history``; findings sorted by severity, then first step.
+            scan: Optional[Scan] = None, facts: Optional[RunFacts] = None) -> list[Finding]:
+    """Apply every rule to ``history``; findings that hold now first, then the resolved
+    ones (each sorted by severity, then first step).
 
     Args:
         history: a monitor's :attr:`~gradscope.Monitor.history` (or one read back
@@ -394,9 +363,14 @@ def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
         scan: what earlier calls with the same thresholds read of this history
             (:class:`~gradscope.findings.scan.Scan`); then only new points are read.
             ``None`` reads the whole history.
+        facts: what the run already applies (optimizer, normalisation, weight
+            scales: :class:`~gradscope.findings.remedies.RunFacts`, measured by
+            ``watch()``); the remedies leave it out and say it. The activation
+            families and normalisation layers are read from ``history`` too.
 
     Returns:
-        The findings; an empty list for a healthy run.
+        The findings that hold now and those that held before (``resolved``); an
+        empty list for a healthy run.
     """
     if thresholds is None:
         thresholds = Thresholds()
@@ -404,12 +378,14 @@ def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
         raise TypeError(f"analyze(thresholds={thresholds!r}): pass a gradscope.findings."
                         "Thresholds or None for the defaults")
     scan = scan if scan is not None else Scan()
-    scan.bind(history)
+    scan.bind(history, thresholds.window)
     found: list[Finding] = []
     for rule in RULES.values():
         found.extend(rule(history, thresholds, scan))
+    facts = RunFacts.of_history(history, facts)
+    found = [fit_remedy(f, facts) for f in found]
     order = {n: i for i, n in enumerate(history.layers())}
-    found.sort(key=lambda f: (SEVERITIES.index(f.severity), f.first_step,
+    found.sort(key=lambda f: (f.resolved, SEVERITIES.index(f.severity), f.first_step,
                               order.get(f.layer or "", -1)))
     return found
 
