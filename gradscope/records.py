@@ -63,8 +63,9 @@ class Finding:
         worst: the value furthest past the threshold over the episode (NaN when
             the rule does not track one).
         worst_step: the step of ``worst`` (-1 when not tracked).
-        episodes: how many episodes this finding stands for (more than one when
-            :data:`gradscope.findings.scan.EPISODES_KEPT` merged neighbours).
+        episodes: how many episodes this finding stands for: a resolved finding
+            tells every episode of its rule and layer that no longer holds (from
+            ``first_step`` to ``last_step``, each listed in the message).
     """
 
     severity: str

@@ -104,6 +104,19 @@ def test_a_resolved_episode_is_reported_with_its_steps_and_worst_value() -> None
     assert "Held before (resolved)" in text and "Holding now" not in text
 
 
+def test_the_episodes_of_a_rule_and_layer_are_told_on_one_line() -> None:
+    h = _vanishing_then_healthy(until=4, steps=30)
+    d = h.to_dict()
+    steps, values = d["data"]["fc0"]["grad_norm"]
+    d["data"]["fc0"]["grad_norm"] = [steps, [5e-5 if 12 <= s <= 20 else v
+                                             for s, v in zip(steps, values)]]
+    (f,) = analyze(History.from_dict(d))
+    assert f.resolved and (f.first_step, f.last_step, f.episodes) == (0, 20, 2)
+    assert (f.worst, f.worst_step) == (5e-5, 12)
+    assert f.message.startswith("fc0: steps 0–20 (resolved; 2 episodes: 0–4, 12–20), worst "
+                                "5.0e-05 at step 12: ")
+
+
 def test_a_holding_episode_comes_first_and_keeps_its_worst() -> None:
     found = analyze(_vanishing_then_healthy(until=99))
     (f,) = found

@@ -40,19 +40,25 @@ def holding(run: Run) -> tuple[int, float, int]:
 
 
 def resolved(run: Run, severity: str, rule: str, layer: Optional[str], what: str,
-              remedy: str, show: Callable[[float], str] = sci) -> list[Finding]:
-    """The episodes of ``run`` that no longer hold, as resolved findings.
+             remedy: str, show: Callable[[float], str] = sci) -> list[Finding]:
+    """The episodes of ``run`` that no longer hold, as one resolved finding (none if none).
 
     ``what`` says the condition (``"gradient RMS at fc1 below 0.01× fc3's"``); the
-    message reads ``"fc1: steps 0–780 (resolved), worst 2.5e-03 at step 120: what"``.
+    message reads ``"fc1: steps 0–780 (resolved), worst 2.5e-03 at step 120: what"``,
+    and lists the episodes when there were several (``"(resolved; 3 episodes: 0–584,
+    588–601, 623–780)"``): one line per rule and layer tells what held before.
     """
-    out = []
+    eps = run.resolved()
+    if not eps:
+        return []
+    worst = (min if run.low else max)(eps, key=lambda e: e.worst)
+    count = sum(e.merged for e in eps)
+    spans = "" if count == 1 else (f"; {count} episodes: "
+                                   + ", ".join(f"{e.first}–{e.last}" for e in eps))
+    first, last = eps[0].first, eps[-1].last
     where = f"{layer}: " if layer else ""
-    for e in run.resolved():
-        merged = f", {e.merged} episodes" if e.merged > 1 else ""
-        out.append(Finding(
-            severity, rule, layer, e.first,
-            f"{where}steps {e.first}–{e.last} (resolved{merged}), worst {show(e.worst)} at "
-            f"step {e.worst_step}: {what}", remedy, e.worst, e.last, resolved=True,
-            worst=e.worst, worst_step=e.worst_step, episodes=e.merged))
-    return out
+    return [Finding(
+        severity, rule, layer, first,
+        f"{where}steps {first}–{last} (resolved{spans}), worst {show(worst.worst)} at step "
+        f"{worst.worst_step}: {what}", remedy, worst.worst, last, resolved=True,
+        worst=worst.worst, worst_step=worst.worst_step, episodes=count)]
