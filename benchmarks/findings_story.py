@@ -20,6 +20,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 from torch import nn
@@ -83,13 +84,12 @@ def run(seed: int, steps: int, data: object) -> None:
     sys.stdout.flush()
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--synthetic", action="store_true", help="the synthetic data, not MNIST")
-    args = p.parse_args()
-    torch.set_num_threads(1)
+    args = p.parse_args(argv)
     data = synthetic_dataset() if args.synthetic else load_mnist(quiet=True)
     print(f"{DEPTH}x{WIDTH} sigmoid, N(0, {INIT_STD}²), SGD lr {LR}, batch {BATCH}, "
           f"{args.steps} steps, {'synthetic' if args.synthetic else 'MNIST'}")
@@ -98,4 +98,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     main()

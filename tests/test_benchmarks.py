@@ -64,3 +64,15 @@ def test_kernel_counts_find_no_host_read_in_gradscope_hooks() -> None:
         else:  # .item() hooks: a read per statistic and per parameter
             assert r["host_reads_outside_flush"] == 3 * r["sites"] + r["params"], r
     assert "| ReLU | gradscope |" in kc.table(rows)
+
+
+def test_findings_story_tells_each_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/findings_story.py at tiny size, on the synthetic data."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "findings_story.py"
+    spec = importlib.util.spec_from_file_location("findings_story", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--steps", "20", "--seeds", "0", "1", "--synthetic"])
+    out = capsys.readouterr().out
+    assert "20 steps, synthetic" in out
+    assert out.count("test accuracy") == 2 and "of 20 steps" in out
