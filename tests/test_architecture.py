@@ -21,7 +21,7 @@ _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "import_graph.py"
 #: Files over the length limit today, at most this long: the list may only shrink.
 LONG_FILES: dict[str, int] = {
     "gradscope/activations.py": 412, "gradscope/capture/recurrent.py": 421,
-    "gradscope/findings/rules.py": 402, "gradscope/stats.py": 447}
+    "gradscope/stats.py": 447}
 #: Classes over the length limit today, at most this long: the list may only shrink.
 LONG_CLASSES: dict[str, int] = {
     "gradscope.capture.recurrent.RecurrentCapture": 294, "gradscope.monitor.Monitor": 261}

@@ -4,7 +4,13 @@
 * :mod:`gradscope.findings.rules`: the rules (:data:`RULES`), :func:`analyze` and
   :func:`format_findings`;
 * :mod:`gradscope.findings.sink`: :class:`FindingsSink`, the sink that runs the
-  rules at each flush for the other sinks and prints the summary at close.
+  rules at each flush for the other sinks and prints the summary at close;
+* :mod:`gradscope.findings.scan` and :mod:`gradscope.findings.episodes`: what the
+  rules have read, and the episodes they remember (a finding that held and
+  resolved is still told at the end, marked ``resolved``);
+* :mod:`gradscope.findings.remedies`: remedies that fit the run (what the run
+  already applies -- optimizer, activations, normalisation, weight scale -- is
+  left out and said).
 
 Example:
     >>> from gradscope.findings import Thresholds, analyze

@@ -5,10 +5,12 @@
 the usual remedy). The thresholds are the fields of :class:`Thresholds`; each is
 documented there and can be changed (``Thresholds(dead_units=0.5)``).
 
-A condition must hold on the last ``Thresholds.window`` recorded steps of a series
+A condition must hold on ``Thresholds.window`` recorded steps in a row of a series
 to fire (one bad batch is not a finding, and a series needs at least ``window``
-records), and ``first_step`` is where the current uninterrupted run of bad steps
-began ("dead since step 400"). ``nonfinite`` fires on the first NaN/Inf.
+records), and ``first_step`` is where its episode began ("dead since step 400").
+The episode resolves when the condition fails on ``window`` steps in a row: the
+finding stays, marked ``resolved``, with the steps it held over and its worst value
+(:mod:`gradscope.findings.episodes`). ``nonfinite`` fires on the first NaN/Inf.
 
 The rules read a history through a :class:`~gradscope.findings.scan.Scan`: the
 findings sink keeps one across flushes, so each flush reads only the new points.
@@ -140,30 +142,23 @@ def _gradient_depth(history: History, t: Thresholds, scan: Optional[Scan] = None
         vanish, explode = _derived(
             scan, ("depth", first_l, last_l), history, [first_l, last_l], "grad_norm", ratio,
             (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio), (True, False))
-        remedy = remedy_text("vanishing_gradients")
-        if vanish.holds(t.window):
-            since, worst, at = _now(vanish)
-            out.append(Finding(
-                "warning", "vanishing_gradients", first_l, since,
-                f"gradient RMS at the first layer {first_l} is {vanish.value:.1e}× the last "
-                f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): the "
-                f"early layers barely learn; {remedy}", remedy, vanish.value, vanish.step,
-                worst=worst, worst_step=at))
-        out += _resolved(vanish, "warning", "vanishing_gradients", first_l,
-                         f"gradient RMS at the first layer below {t.vanishing_ratio:g}× the last "
-                         f"layer's ({last_l})", remedy)
-        remedy = remedy_text("exploding_gradients")
-        if explode.holds(t.window):
-            since, worst, at = _now(explode)
-            out.append(Finding(
-                "error", "exploding_gradients", first_l, since,
-                f"gradient RMS at the first layer {first_l} is {explode.value:.1e}× the last "
-                f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): "
-                f"gradients grow towards the input; {remedy}", remedy, explode.value,
-                explode.step, worst=worst, worst_step=at))
-        out += _resolved(explode, "error", "exploding_gradients", first_l,
-                         f"gradient RMS at the first layer above {t.exploding_ratio:g}× the last "
-                         f"layer's ({last_l})", remedy)
+        for run, severity, rule, side, effect in (
+            (vanish, "warning", "vanishing_gradients", f"below {t.vanishing_ratio:g}×",
+             "the early layers barely learn"),
+            (explode, "error", "exploding_gradients", f"above {t.exploding_ratio:g}×",
+             "gradients grow towards the input"),
+        ):
+            remedy = remedy_text(rule)
+            if run.holds(t.window):
+                since, worst, at = _now(run)
+                out.append(Finding(
+                    severity, rule, first_l, since,
+                    f"gradient RMS at the first layer {first_l} is {run.value:.1e}× the last "
+                    f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): "
+                    f"{effect}; {remedy}", remedy, run.value, run.step, worst=worst,
+                    worst_step=at))
+            out += _resolved(run, severity, rule, first_l, f"gradient RMS at the first layer "
+                             f"{side} the last layer's ({last_l})", remedy)
     out += _growth(history, t, scan, layers)
     return out
 
