@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from gradscope import stats
+from gradscope import activation_stats, stats
 
 __all__ = [
     "FAMILIES",
@@ -134,11 +134,11 @@ _REGIMES = {"saturating", "relu", "negative", "softmax"}
 
 
 def _sat_sigmoid(y: Tensor, m: Source, eps: float) -> Tensor:
-    return stats.sigmoid_saturation(y, eps)
+    return activation_stats.sigmoid_saturation(y, eps)
 
 
 def _sat_unit(y: Tensor, m: Source, eps: float) -> Tensor:
-    return stats.symmetric_saturation(y, 1.0, eps)
+    return activation_stats.symmetric_saturation(y, 1.0, eps)
 
 
 def _limits(m: Source) -> tuple[float, float]:
@@ -147,11 +147,11 @@ def _limits(m: Source) -> tuple[float, float]:
 
 
 def _sat_hardtanh(y: Tensor, m: Source, eps: float) -> Tensor:
-    return stats.interval_saturation(y, *_limits(m), eps)
+    return activation_stats.interval_saturation(y, *_limits(m), eps)
 
 
 def _sat_relu6(y: Tensor, m: Source, eps: float) -> Tensor:
-    return stats.interval_saturation(y, None, 6.0, eps)
+    return activation_stats.interval_saturation(y, None, 6.0, eps)
 
 
 def _sat_softplus(y: Tensor, m: Source, eps: float) -> Tensor:
@@ -167,7 +167,7 @@ def softmax_dim(m: Source, ndim: int) -> int:
 
 
 def _sat_softmax(y: Tensor, m: Source, eps: float) -> Tensor:
-    return stats.softmax_saturation(y, softmax_dim(m, y.ndim), eps)
+    return activation_stats.softmax_saturation(y, softmax_dim(m, y.ndim), eps)
 
 
 # The derivatives below build f'(x) in place: into ``out`` and ``work`` (buffers shaped

@@ -38,7 +38,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from gradscope import stats
+from gradscope import activation_stats, stats
 from gradscope.activations import ActivationFamily, Source
 from gradscope.metrics import METRICS
 
@@ -267,8 +267,8 @@ def _active_units(c: ActivationCall) -> Part:
     """Finite units on for at least one sample/position; also ``bad_units``, the units with
     a NaN/Inf element (neither on nor off). Sets :attr:`ActivationCall.active`: the units
     that are not idle this step (on, or non-finite), for the unit window."""
-    ud = stats.resolve_unit_dim(c.y.ndim, c.unit_dim)
-    dims = stats.batch_dims(c.y.ndim, ud)
+    ud = activation_stats.resolve_unit_dim(c.y.ndim, c.unit_dim)
+    dims = activation_stats.batch_dims(c.y.ndim, ud)
     relu = c.family.regime == "relu"
     src = c.y if relu else _regime_source(c)
     peak = src.amax(dim=dims) if dims else src

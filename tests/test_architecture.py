@@ -20,11 +20,10 @@ _SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "import_graph.py"
 
 #: Files over the length limit today, at most this long: the list may only shrink.
 LONG_FILES: dict[str, int] = {
-    "gradscope/activations.py": 412, "gradscope/capture/recurrent.py": 421,
-    "gradscope/stats.py": 447}
+    # the families with their derivatives beside them: adding one touches this file only
+    "gradscope/activations.py": 412}
 #: Classes over the length limit today, at most this long: the list may only shrink.
-LONG_CLASSES: dict[str, int] = {
-    "gradscope.capture.recurrent.RecurrentCapture": 294, "gradscope.monitor.Monitor": 261}
+LONG_CLASSES: dict[str, int] = {"gradscope.monitor.Monitor": 261}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradscope import stats
+from gradscope import activation_stats, stats
 from gradscope.activations import family_of
 from gradscope.plan import summarize
 
@@ -89,7 +89,7 @@ def test_activation_moments_and_nonfinite_match_float64(path: bool, y: torch.Ten
 @given(y=tensors(), unit_dim=st.sampled_from([None, 0, -1]))
 def test_dead_units_match_a_loop(path: bool, y: torch.Tensor, unit_dim: Any) -> None:
     y = torch.relu(y)
-    dim = stats.resolve_unit_dim(y.ndim, unit_dim) % y.ndim
+    dim = activation_stats.resolve_unit_dim(y.ndim, unit_dim) % y.ndim
     got = summarize(family_of(nn.ReLU()), nn.ReLU(), None, y, eps=0.01, delta=0.01,
                     unit_dim=unit_dim)
     a = np.moveaxis(y.double().numpy(), dim, 0).reshape(y.shape[dim], -1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradscope import stats
+from gradscope import activation_stats, stats
 from gradscope.activations import family_of
 from gradscope.plan import summarize
 
@@ -113,19 +113,19 @@ def test_sigmoid_saturation_matches_loop() -> None:
     eps = 0.01
     flat = y.flatten().tolist()
     ref = sum(1 for v in flat if v < eps or v > 1 - eps) / len(flat)
-    assert stats.sigmoid_saturation(y, eps).item() == pytest.approx(ref)
+    assert activation_stats.sigmoid_saturation(y, eps).item() == pytest.approx(ref)
 
 
 def test_symmetric_and_interval_saturation_match_loop() -> None:
     y = torch.tanh(torch.randn(40, 10) * 3)
     flat = y.flatten().tolist()
     ref = sum(1 for v in flat if abs(v) > 1 - 0.05) / len(flat)
-    assert stats.symmetric_saturation(y, 1.0, 0.05).item() == pytest.approx(ref)
+    assert activation_stats.symmetric_saturation(y, 1.0, 0.05).item() == pytest.approx(ref)
     h = torch.clamp(torch.randn(100) * 2, -1.5, 2.0)
     ref2 = sum(1 for v in h.tolist() if v <= -1.5 + 0.01 or v >= 2.0 - 0.01) / 100
-    assert stats.interval_saturation(h, -1.5, 2.0, 0.01).item() == pytest.approx(ref2)
+    assert activation_stats.interval_saturation(h, -1.5, 2.0, 0.01).item() == pytest.approx(ref2)
     ref3 = sum(1 for v in h.tolist() if v >= 2.0 - 0.01) / 100
-    assert stats.interval_saturation(h, None, 2.0, 0.01).item() == pytest.approx(ref3)
+    assert activation_stats.interval_saturation(h, None, 2.0, 0.01).item() == pytest.approx(ref3)
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1], ids=["dim0", "dim1", "dimlast"])
@@ -134,17 +134,17 @@ def test_softmax_saturation_counts_rows(dim: int) -> None:
     p = torch.softmax(logits, dim=dim)
     a = np.moveaxis(p.numpy(), dim, -1).reshape(-1, p.shape[dim])
     ref = float(np.mean(a.max(axis=1) >= 1 - 0.01))
-    assert stats.softmax_saturation(p, dim, 0.01).item() == pytest.approx(ref)
+    assert activation_stats.softmax_saturation(p, dim, 0.01).item() == pytest.approx(ref)
 
 
 def test_resolve_unit_dim_defaults_and_errors() -> None:
-    assert stats.resolve_unit_dim(2, None) == 1
-    assert stats.resolve_unit_dim(3, None) == 2  # (batch, seq, features)
-    assert stats.resolve_unit_dim(4, None) == 1  # (batch, channels, H, W)
-    assert stats.resolve_unit_dim(3, 1) == 1
-    assert stats.resolve_unit_dim(3, -2) == 1
+    assert activation_stats.resolve_unit_dim(2, None) == 1
+    assert activation_stats.resolve_unit_dim(3, None) == 2  # (batch, seq, features)
+    assert activation_stats.resolve_unit_dim(4, None) == 1  # (batch, channels, H, W)
+    assert activation_stats.resolve_unit_dim(3, 1) == 1
+    assert activation_stats.resolve_unit_dim(3, -2) == 1
     with pytest.raises(ValueError, match="unit_dim=5"):
-        stats.resolve_unit_dim(2, 5)
+        activation_stats.resolve_unit_dim(2, 5)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_resolve_unit_dim_defaults_and_errors() -> None:
 def test_dead_fraction_matches_loop(shape: tuple[int, ...], unit_dim: int | None,
                                     path: bool) -> None:
     y = torch.relu(torch.randn(*shape) - 1.2)
-    ud = stats.resolve_unit_dim(len(shape), unit_dim)
+    ud = activation_stats.resolve_unit_dim(len(shape), unit_dim)
     assert hot(y, nn.ReLU(), unit_dim)["dead_units"] == pytest.approx(
         loop_dead_fraction(y.numpy(), ud))
 

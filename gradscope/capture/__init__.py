@@ -7,6 +7,7 @@
   windows, histograms), whoever saw it run;
 * :mod:`~gradscope.capture.nancheck`: the every-step NaN/Inf check of unsampled steps
   (held activation outputs, the model's outputs);
+* :mod:`~gradscope.capture.site`: the activation call-site (:class:`Site`) both of them hold;
 * :mod:`~gradscope.capture.forward`: the forward in progress (call indices, the
   running modules, the layouts that decide unit dimensions);
 * :mod:`~gradscope.capture.modules`: hooks on activation modules;
@@ -18,10 +19,15 @@
 * :mod:`~gradscope.capture.params`: parameters and the optimizer (gradient and
   weight norms, update ratios);
 * :mod:`~gradscope.capture.recurrent`: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` and
-  recurrent cells (the gradient through time, gates and hidden states);
+  recurrent cells (the gradient through time, gates and hidden states), the cells'
+  hooks in :mod:`~gradscope.capture.cells`;
 * :mod:`~gradscope.capture.scaler`: a ``torch.amp.GradScaler`` (the scale, skipped steps);
 * :mod:`~gradscope.capture.step`: what a step is (the root, backward and optimizer
-  hooks the monitor registers, and the step's end).
+  hooks the monitor registers); what happens at its end is :mod:`gradscope.flush`'s.
+
+Captures only hook, reduce and defer to the queue (:attr:`Context.queue
+<gradscope.capture.base.Context.queue>`, layers declared there too): none writes to a
+sink or to the history.
 
 These are internal: use :func:`gradscope.watch`.
 """

@@ -18,7 +18,7 @@
   takes the unit dimension of the most recent such function. So a GELU after a
   ``Linear`` on a channels-last ``(N, H, W, C)`` tensor (ConvNeXt, Swin) has ``C``
   units, a ReLU after ``Conv1d`` on ``(N, C, L)`` has ``C``. Inputs of a shape no such
-  function produced fall back to the rank rule (:func:`gradscope.stats.resolve_unit_dim`).
+  function produced fall back to the rank rule (:func:`gradscope.activation_stats.resolve_unit_dim`).
 """
 
 from __future__ import annotations

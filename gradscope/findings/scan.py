@@ -7,7 +7,8 @@ applies the rules at every flush, reads only the points added since the last
 flush (:meth:`gradscope.History.since`): the cost of a flush does not grow with
 the run. :attr:`Scan.reads` counts the values read (the soak test checks it stays
 flat). A fresh :class:`Scan` (what :func:`gradscope.findings.analyze` uses by
-default) reads every point once.
+default) reads every point once. The small readers the rules share (``_derived``,
+``_layer_numel``, ``_family``, ...) are at the end of this module.
 
 A run also remembers its **episodes**: an episode opens when the condition has
 held on ``window`` points in a row (when the rule fires), keeps its first and
@@ -204,3 +205,51 @@ class Scan:
         maps = [dict(zip(st, vs)) for st, vs in series]
         common = [s for s in steps if all(s in d for d in maps)]
         return common, [[d[s] for d in maps] for s in common]
+
+
+# ------------------------------------------------- helpers of the rules
+def _grew(v: float, *, start: float, by: float) -> bool:
+    return v - start >= by
+
+
+def _pct(v: float) -> str:
+    return f"{v:.0%}"
+
+
+def _layer_numel(history: History) -> dict[str, int]:
+    """Parameters per layer, from the parameters' shapes (empty when unknown)."""
+    out: dict[str, int] = {}
+    for name in history.layers("parameter"):
+        info = history.info(name)
+        if info.shape is None:
+            continue
+        layer = info.module or "(root)"
+        out[layer] = out.get(layer, 0) + math.prod(info.shape)
+    return out
+
+
+def _has(history: History, layer: str, metric: str) -> bool:
+    return metric in history.metrics(layer)
+
+
+def _family(history: History, layer: str) -> Optional[str]:
+    try:
+        return history.info(layer).family
+    except KeyError:
+        return None
+
+
+def _derived(scan: Scan, key: object, history: History, layers: Sequence[str], metric: str,
+             fn: Callable[[list[float]], float], tests: Sequence[Callable[[float], bool]],
+             lows: Sequence[bool] = ()) -> list[Run]:
+    """Runs of ``fn(row)`` over the new rows of ``layers/metric``, one run per test
+    (``lows[i]``: smaller values are worse for test ``i``)."""
+    steps, rows = scan.rows(history, key, layers, metric)
+    derived = [fn(row) for row in rows]
+    lows = tuple(lows) + (False,) * (len(tests) - len(lows))
+    runs = [scan.run((key, i), low=low) for i, low in zip(range(len(tests)), lows)]
+    for r, bad in zip(runs, tests):
+        r.feed(steps, derived, bad)
+    if steps:
+        scan.run(key).last = steps[-1]
+    return runs
