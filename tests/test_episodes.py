@@ -191,3 +191,15 @@ def test_the_report_and_the_tensorboard_text_list_episodes(
     last = texts[-1].tensor_proto.string_val[0].decode()
     assert "Held before (resolved)" in last  # the text kept is what the run ends with
     assert last == findings_markdown(mon.findings())
+
+
+def test_grid_results_mark_what_resolved() -> None:
+    from gradscope.experiments.results import _findings
+    from gradscope.findings import Finding
+
+    class Mon:
+        def findings(self) -> list[Finding]:
+            return [Finding("warning", "saturation", "act", 5, "m"),
+                    Finding("warning", "vanishing_gradients", "fc1", 0, "m", resolved=True)]
+
+    assert _findings(Mon()) == ["saturation (act)", "vanishing_gradients resolved (fc1)"]
