@@ -71,12 +71,14 @@ from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.layers import parameter_shapes
 from gradscope.capture.scaler import ScalerCapture
 from gradscope.capture.step import StepHooks, training_mode
-from gradscope.findings import Finding, FindingsSink, Thresholds, analyze
+from gradscope.findings import Finding, Thresholds
+from gradscope.findings.sink import findings_of
 from gradscope.flush import Flush
 from gradscope.history import History, Retention
 from gradscope.options import Options, check_model
 from gradscope.queue import Queue
 from gradscope.reductions import combine_op
+from gradscope.sinks import make_sinks
 from gradscope.writers.base import Record, Sink, SinkFanout
 from gradscope.writers.resume import resume_step
 
@@ -141,7 +143,8 @@ class Monitor:
                                             gradients=options.gradients)
         #: this process writes the sinks and prints (rank 0 when ranks are combined)
         self.writes = writes
-        self._sinks, self.writer = _make_sinks(options) if self.writes else (SinkFanout([]), None)
+        self._sinks, self.writer = make_sinks(options, model, optimizer) \
+            if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
         self._ctx = Context(options, self._queue, self._handles.append,
@@ -282,11 +285,10 @@ class Monitor:
         return self._flush.flush()
 
     def findings(self, thresholds: Optional[Thresholds] = None) -> list[Finding]:
-        """Apply the rules of :mod:`gradscope.findings` to the history so far.
+        """The findings so far (:mod:`gradscope.findings`): those holding, then those resolved.
 
         Args:
-            thresholds: override the monitor's thresholds (its ``findings=``
-                argument, or the defaults).
+            thresholds: override the monitor's (``findings=``, or the defaults).
 
         Example:
             >>> import torch, torch.nn as nn, gradscope
@@ -296,7 +298,7 @@ class Monitor:
             >>> mon.findings()
             []
         """
-        return analyze(self.history, thresholds or self.options.thresholds or Thresholds())
+        return findings_of(self._sinks.sinks, self.history, thresholds)
 
     def coverage(self) -> Coverage:
         """What gradscope sees of the model's activations: call-sites captured by module and
@@ -361,29 +363,6 @@ def _checked(options: Options, model: nn.Module, optimizer: Any) -> Options:
         options.logdir, start_step=options.start_step,
         parameters=parameter_shapes(model, options.include_fn),
         modules={n: type(m).__name__ for n, m in model.named_modules()}))
-
-
-def _make_sinks(options: Options) -> tuple[SinkFanout, Optional[Any]]:
-    """The sinks (findings first, the user's, then the ``logdir`` writer) and the TensorBoard writer."""
-    sinks: list[Sink] = list(options.sinks)
-    if options.logdir is not None:
-        from gradscope.writers import TensorBoardWriter
-
-        tb = TensorBoardWriter(options.logdir, resume=options.resume)  # raises on a bad logdir
-        sinks.append(tb)
-        writer: Optional[Any] = tb
-    else:
-        writer = next((s for s in sinks if hasattr(s, "summary_writer")), None)
-    fanout = SinkFanout(sinks)
-    thresholds = options.thresholds
-    if thresholds is not None:
-        where = f"; dashboard: tensorboard --logdir {writer.logdir}" \
-            if writer is not None and hasattr(writer, "logdir") else ""
-        deliver = (lambda found, step: fanout.emit("write_findings", found, step)) \
-            if fanout.wants("write_findings") else None
-        fanout.sinks.insert(0, FindingsSink(thresholds, deliver=deliver,
-                                            summary=options.summary, where=where))
-    return fanout, writer
 
 
 def _weak(method: Any) -> Any:

@@ -39,19 +39,33 @@ _tuple_new = tuple.__new__
 
 @dataclass(frozen=True)
 class Finding:
-    """One diagnosis.
+    """One diagnosis: an episode of a rule's condition, holding now or resolved.
+
+    A finding is kept for the whole run: when its condition stops holding (on
+    ``Thresholds.window`` points in a row) it stays in ``mon.findings()``, the
+    closing summary and ``gradscope report``, marked ``resolved``, with the steps it
+    held over and its worst value.
 
     Args:
         severity: ``"error"`` (training is broken), ``"warning"`` (likely hurts
             training) or ``"info"`` (a trend worth watching).
         rule: the rule that fired (a key of :data:`gradscope.findings.RULES`).
         layer: the layer or call-site it concerns (``None`` for the whole model).
-        first_step: the step the condition has held since (for ``nonfinite``, the
-            first step a non-finite value was seen).
+        first_step: the step the condition has held since -- the first step of the
+            episode (for ``nonfinite``, the first step a non-finite value was seen).
         message: one line: what is wrong, where, since when, and the usual remedy.
         remedy: the remedy part of the message on its own.
         value: the measured value the rule compared with its threshold.
-        last_step: the latest step the rule looked at.
+        last_step: the latest step the rule looked at; for a resolved finding, the
+            last step the condition held.
+        resolved: the condition held from ``first_step`` to ``last_step`` and no
+            longer holds.
+        worst: the value furthest past the threshold over the episode (NaN when
+            the rule does not track one).
+        worst_step: the step of ``worst`` (-1 when not tracked).
+        episodes: how many episodes this finding stands for: a resolved finding
+            tells every episode of its rule and layer that no longer holds (from
+            ``first_step`` to ``last_step``, each listed in the message).
     """
 
     severity: str
@@ -62,6 +76,10 @@ class Finding:
     remedy: str = ""
     value: float = math.nan
     last_step: int = -1
+    resolved: bool = False
+    worst: float = math.nan
+    worst_step: int = -1
+    episodes: int = 1
 
     def __str__(self) -> str:
         return f"[{self.severity}] {self.rule}: {self.message}"

@@ -12,9 +12,11 @@ was read is reported; nothing in the input makes the command fail with a traceba
 
 Per run it prints a table of activation call-sites, one of parameterised layers
 and one of recurrent layers (when there are any) at the last step (or the one
-given by ``--step``), then the findings of :mod:`gradscope.findings`. With
+given by ``--step``), then the findings of :mod:`gradscope.findings`: those that
+hold at the report step, then those that held before and resolved (episodes: the
+steps they held over and their worst value, from the scalars the writer stored). With
 several runs, a ranked table comes first: one row per run, worst first (most
-error findings, then warnings, then infos), with the run-level health values
+error findings holding, then warnings, then infos), with the run-level health values
 (:mod:`gradscope.runlevel`) and the rules that fired; the per-run detail follows
 in that order. Up to :data:`SIDE_BY_SIDE` runs, comparison tables then put the
 runs side by side, one per key metric.
@@ -206,11 +208,17 @@ def run_health(r: RunReport) -> dict[str, float]:
 
 
 def rank(runs: list[RunReport]) -> list[RunReport]:
-    """The runs worst first: most error findings, then warnings, then infos; then by name."""
+    """The runs worst first: most error findings holding, then warnings, then infos; then
+    by name (resolved findings do not count)."""
     def key(r: RunReport) -> tuple[Any, ...]:
-        return (*(-sum(f.severity == s for f in r.findings) for s in SEVERITIES), r.name)
+        return (*(-_count(r, s) for s in SEVERITIES), r.name)
 
     return sorted(runs, key=key)
+
+
+def _count(r: RunReport, severity: str) -> int:
+    """Findings of ``severity`` holding at the report step."""
+    return sum(f.severity == severity and not f.resolved for f in r.findings)
 
 
 def _cell(values: dict[str, float], name: str) -> Any:
@@ -226,9 +234,9 @@ def _ranked(runs: list[RunReport], md: bool) -> str:
     rows, rules = [], []
     for r in runs:
         health = run_health(r)
-        rows.append([r.name, *(sum(f.severity == s for f in r.findings) for s in SEVERITIES),
+        rows.append([r.name, *(_count(r, s) for s in SEVERITIES),
                      *(_cell(health, c[0]) for _, c in RUN_COLUMNS)])
-        counts = Counter(f.rule for f in r.findings)
+        counts = Counter(f.rule + (" (resolved)" if f.resolved else "") for f in r.findings)
         rules.append(", ".join(rule + (f" ×{n}" if n > 1 else "") for rule, n in counts.items())
                      or "-")
     if md:
@@ -269,8 +277,9 @@ def render(runs: list[RunReport], fmt: str) -> str:
         parts.append("**findings**" if md else "findings:")
         if not r.findings:
             parts.append("no findings" if md else "  no findings")
-        lines = [f"- **{f.severity}** `{f.rule}`: {f.message}" if md
-                 else f"  {f.severity:<7} {f.rule:<20} {f.message}" for f in r.findings]
+        lines = [f"- **{f.severity}** `{f.rule}`{' (resolved)' if f.resolved else ''}: "
+                 f"{f.message}" if md else f"  {f.severity:<7} {f.rule:<20} {f.message}"
+                 for f in r.findings]
         if lines:
             parts.append("\n".join(lines))
         parts.append("")

@@ -92,3 +92,15 @@ def test_gpu_check_smoke_runs_the_gpu_benchmark_and_counts(tmp_path: Path) -> No
     assert {r["approach"] for r in rows} >= {"gradscope", "gradscope fused"}
     tests = (tmp_path / "tests_cuda.txt").read_text()
     assert "skipped" in tests or "passed" in tests, tests
+
+
+def test_findings_story_tells_each_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/findings_story.py at tiny size, on the synthetic data."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "findings_story.py"
+    spec = importlib.util.spec_from_file_location("findings_story", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--steps", "20", "--seeds", "0", "1", "--synthetic"])
+    out = capsys.readouterr().out
+    assert "20 steps, synthetic" in out
+    assert out.count("test accuracy") == 2 and "of 20 steps" in out

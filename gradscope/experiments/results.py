@@ -105,7 +105,8 @@ def _peak(history: History, metric: str) -> Optional[float]:
 
 
 def _findings(monitor: Any) -> list[str]:
-    """The monitor's findings, one entry per rule: ``"rule (layer, layer)"``, in first-seen order.
+    """The monitor's findings, one entry per rule: ``"rule (layer, layer)"``, in first-seen order
+    (holding ones first; those that held and resolved as ``"rule resolved (layer)"``).
 
     Empty when the installed gradscope has no ``Monitor.findings`` (gradscope.findings).
     """
@@ -114,7 +115,7 @@ def _findings(monitor: Any) -> list[str]:
         return []
     by_rule: dict[str, list[str]] = {}
     for f in get():
-        rule = str(getattr(f, "rule", f))
+        rule = str(getattr(f, "rule", f)) + (" resolved" if getattr(f, "resolved", False) else "")
         layer = getattr(f, "layer", None)
         layers = by_rule.setdefault(rule, [])
         if layer is not None and str(layer) not in layers:

@@ -7,8 +7,13 @@
   :mod:`~gradscope.findings.forward` (activation call-sites) and
   :mod:`~gradscope.findings.amp` (a GradScaler's skipped steps);
 * :mod:`gradscope.findings.scan`: what the rules have read so far, and their readers;
+  :mod:`gradscope.findings.episodes`: the episodes they remember (a finding that
+  held and resolved is still told at the end, marked ``resolved``);
 * :mod:`gradscope.findings.sink`: :class:`FindingsSink`, the sink that runs the
-  rules at each flush for the other sinks and prints the summary at close.
+  rules at each flush for the other sinks and prints the summary at close;
+* :mod:`gradscope.findings.remedies`: remedies that fit the run (what the run
+  already applies -- optimizer, activations, normalisation, weight scale -- is
+  left out and said).
 
 Example:
     >>> from gradscope.findings import Thresholds, analyze

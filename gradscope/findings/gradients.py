@@ -8,6 +8,9 @@ import math
 import statistics
 from typing import Callable, Optional
 
+from gradscope.findings.episodes import holding as _now
+from gradscope.findings.episodes import resolved as _resolved
+from gradscope.findings.remedies import remedy_text
 from gradscope.findings.scan import Scan, _derived, _has, _layer_numel
 from gradscope.findings.thresholds import Finding, Thresholds
 from gradscope.history import History
@@ -32,23 +35,24 @@ def _gradient_depth(history: History, t: Thresholds, scan: Optional[Scan] = None
 
         vanish, explode = _derived(
             scan, ("depth", first_l, last_l), history, [first_l, last_l], "grad_norm", ratio,
-            (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio))
-        if vanish.holds(t.window):
-            remedy = ("use ReLU/LeakyReLU instead of sigmoid/tanh, Xavier/He initialisation, "
-                      "BatchNorm or residual connections; Adam/RMSProp rescale small gradients")
-            out.append(Finding(
-                "warning", "vanishing_gradients", first_l, vanish.start,  # type: ignore[arg-type]
-                f"gradient RMS at the first layer {first_l} is {vanish.value:.1e}× the last "
-                f"layer's ({last_l}) since step {vanish.start}: the early layers barely learn; "
-                f"{remedy}", remedy, vanish.value, vanish.step))
-        if explode.holds(t.window):
-            remedy = ("lower the learning rate, clip gradients (clip_grad_norm_), use a smaller "
-                      "initialisation or BatchNorm")
-            out.append(Finding(
-                "error", "exploding_gradients", first_l, explode.start,  # type: ignore[arg-type]
-                f"gradient RMS at the first layer {first_l} is {explode.value:.1e}× the last "
-                f"layer's ({last_l}) since step {explode.start}: gradients grow towards the "
-                f"input; {remedy}", remedy, explode.value, explode.step))
+            (lambda r: r < t.vanishing_ratio, lambda r: r > t.exploding_ratio), (True, False))
+        for run, severity, rule, side, effect in (
+            (vanish, "warning", "vanishing_gradients", f"below {t.vanishing_ratio:g}×",
+             "the early layers barely learn"),
+            (explode, "error", "exploding_gradients", f"above {t.exploding_ratio:g}×",
+             "gradients grow towards the input"),
+        ):
+            remedy = remedy_text(rule)
+            if run.holds(t.window):
+                since, worst, at = _now(run)
+                out.append(Finding(
+                    severity, rule, first_l, since,
+                    f"gradient RMS at the first layer {first_l} is {run.value:.1e}× the last "
+                    f"layer's ({last_l}) since step {since} (worst {worst:.1e} at step {at}): "
+                    f"{effect}; {remedy}", remedy, run.value, run.step, worst=worst,
+                    worst_step=at))
+            out += _resolved(run, severity, rule, first_l, f"gradient RMS at the first layer "
+                             f"{side} the last layer's ({last_l})", remedy)
     out += _growth(history, t, scan, layers)
     return out
 
@@ -69,15 +73,18 @@ def _growth(history: History, t: Thresholds, scan: Scan, layers: list[str]) -> l
 
     (run,) = _derived(scan, key, history, layers, "grad_norm", growth,
                       (lambda g: g > t.exploding_growth,))
+    remedy = remedy_text("gradient_growth")
+    out = _resolved(run, "error", "exploding_gradients", None,
+                    f"total gradient norm above {t.exploding_growth:g}× its start", remedy)
     if not run.holds(t.window):
-        return []
+        return out
     base = statistics.median(start)
-    remedy = "lower the learning rate, clip gradients (clip_grad_norm_), or use Adam/RMSProp"
+    since, worst, at = _now(run)
     return [Finding(
-        "error", "exploding_gradients", None, run.start,  # type: ignore[arg-type]
+        "error", "exploding_gradients", None, since,
         f"total gradient norm grew {run.value:.1e}× since the start ({base:.2e} → "
         f"{run.value * base:.2e}) and has stayed above {t.exploding_growth:g}× since step "
-        f"{run.start}; {remedy}", remedy, run.value, run.step)]
+        f"{since}; {remedy}", remedy, run.value, run.step, worst=worst, worst_step=at), *out]
 
 
 def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
@@ -86,26 +93,27 @@ def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) 
     layers = [n for n in history.layers("layer") if _has(history, n, "update_ratio")]
     out = []
     bad: Callable[[float], bool]
-    for rule, bad, word, remedy in (
-        ("update_ratio_low", lambda v: v < t.update_ratio_low, "below",
-         "raise the learning rate, or check for vanishing gradients upstream"),
-        ("update_ratio_high", lambda v: v > t.update_ratio_high, "above",
-         "lower the learning rate, add warmup or gradient clipping"),
+    for rule, bad, word in (
+        ("update_ratio_low", lambda v: v < t.update_ratio_low, "below"),
+        ("update_ratio_high", lambda v: v > t.update_ratio_high, "above"),
     ):
+        remedy = remedy_text(rule)
+        bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         hits = []
         for layer in layers:
-            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad)
+            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad, low=word == "below")
+            out += _resolved(run, "warning", rule, layer,
+                             f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g}", remedy)
             if run.holds(t.window):
-                hits.append((layer, run.start, run.value, run.step))
+                hits.append((layer, _now(run)[0], run.value, run.step))
         if not hits:
             continue
-        bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         worst = min(hits, key=lambda h: h[2]) if word == "below" else max(hits, key=lambda h: h[2])
         names = ", ".join(f"{h[0]} ({h[2]:.1e})" for h in hits[:4])
         more = f" and {len(hits) - 4} more" if len(hits) > 4 else ""
-        since = min(h[1] for h in hits)  # type: ignore[type-var]
+        since = min(h[1] for h in hits)
         out.append(Finding(
-            "warning", rule, worst[0], since,  # type: ignore[arg-type]
+            "warning", rule, worst[0], since,
             f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g} (rule of thumb ~1e-3) in "
             f"{len(hits)} of {len(layers)} layers since step {since}: {names}{more}; {remedy}",
             remedy, worst[2], max(h[3] for h in hits)))

@@ -5,10 +5,12 @@
 the usual remedy). The thresholds are the fields of :class:`Thresholds`; each is
 documented there and can be changed (``Thresholds(dead_units=0.5)``).
 
-A condition must hold on the last ``Thresholds.window`` recorded steps of a series
+A condition must hold on ``Thresholds.window`` recorded steps in a row of a series
 to fire (one bad batch is not a finding, and a series needs at least ``window``
-records), and ``first_step`` is where the current uninterrupted run of bad steps
-began ("dead since step 400"). ``nonfinite`` fires on the first NaN/Inf.
+records), and ``first_step`` is where its episode began ("dead since step 400").
+The episode resolves when the condition fails on ``window`` steps in a row: the
+finding stays, marked ``resolved``, with the steps it held over and its worst value
+(:mod:`gradscope.findings.episodes`). ``nonfinite`` fires on the first NaN/Inf.
 
 The rules read a history through a :class:`~gradscope.findings.scan.Scan`: the
 findings sink keeps one across flushes, so each flush reads only the new points.
@@ -59,6 +61,7 @@ from typing import Callable, Optional
 from gradscope.findings.amp import scaler_skipped, skipped_steps
 from gradscope.findings.forward import _activation_scale, _dead, _saturation
 from gradscope.findings.gradients import _gradient_depth, _update_ratio
+from gradscope.findings.remedies import RunFacts, fit_remedy
 from gradscope.findings.scan import Scan, _has
 from gradscope.findings.thresholds import SEVERITIES, Finding, Thresholds
 from gradscope.history import History
@@ -149,8 +152,9 @@ RULES: dict[str, Rule] = {
 
 
 def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
-            scan: Optional[Scan] = None) -> list[Finding]:
-    """Apply every rule to ``history``; findings sorted by severity, then first step.
+            scan: Optional[Scan] = None, facts: Optional[RunFacts] = None) -> list[Finding]:
+    """Apply every rule to ``history``; findings that hold now first, then the resolved
+    ones (each sorted by severity, then first step).
 
     Args:
         history: a monitor's :attr:`~gradscope.Monitor.history` (or one read back
@@ -159,9 +163,14 @@ def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
         scan: what earlier calls with the same thresholds read of this history
             (:class:`~gradscope.findings.scan.Scan`); then only new points are read.
             ``None`` reads the whole history.
+        facts: what the run already applies (optimizer, normalisation, weight
+            scales: :class:`~gradscope.findings.remedies.RunFacts`, measured by
+            ``watch()``); the remedies leave it out and say it. The activation
+            families and normalisation layers are read from ``history`` too.
 
     Returns:
-        The findings; an empty list for a healthy run.
+        The findings that hold now and those that held before (``resolved``); an
+        empty list for a healthy run.
     """
     if thresholds is None:
         thresholds = Thresholds()
@@ -169,12 +178,14 @@ def analyze(history: History, thresholds: Optional[Thresholds] = None, *,
         raise TypeError(f"analyze(thresholds={thresholds!r}): pass a gradscope.findings."
                         "Thresholds or None for the defaults")
     scan = scan if scan is not None else Scan()
-    scan.bind(history)
+    scan.bind(history, thresholds.window)
     found: list[Finding] = []
     for rule in RULES.values():
         found.extend(rule(history, thresholds, scan))
+    facts = RunFacts.of_history(history, facts)
+    found = [fit_remedy(f, facts) for f in found]
     order = {n: i for i, n in enumerate(history.layers())}
-    found.sort(key=lambda f: (SEVERITIES.index(f.severity), f.first_step,
+    found.sort(key=lambda f: (f.resolved, SEVERITIES.index(f.severity), f.first_step,
                               order.get(f.layer or "", -1)))
     return found
 

@@ -311,5 +311,12 @@ def findings_markdown(findings: Sequence[Any]) -> str:
     """The findings as a markdown list (the ``gradscope/findings`` text)."""
     if not findings:
         return "No findings: no rule of `gradscope.findings` fires on this run so far."
-    # The message already names the layer and the first step.
-    return "\n".join(f"- **{f.severity}** · `{f.rule}`: {f.message}" for f in findings)
+    # The message already names the layer and the steps.
+    now = [f for f in findings if not getattr(f, "resolved", False)]
+    before = [f for f in findings if getattr(f, "resolved", False)]
+    parts = []
+    for title, group in (("Holding now", now), ("Held before (resolved)", before)):
+        if group:
+            parts.append(f"**{title}**\n\n"
+                         + "\n".join(f"- **{f.severity}** · `{f.rule}`: {f.message}" for f in group))
+    return "\n\n".join(parts)

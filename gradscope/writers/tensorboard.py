@@ -219,10 +219,12 @@ class TensorBoardWriter(Sink):
         self._submit(self._write_histograms, list(histograms), kind="histograms")
 
     def write_findings(self, findings: Sequence[Any], step: int) -> None:
-        """Write the findings as markdown text when they differ from the last ones written."""
+        """Write the findings as markdown text when they differ from the last ones written
+        (an episode began or resolved, or a message's figures moved; the findings sink
+        delivers the final ones at close)."""
         if self._closed:
             return
-        key = tuple((f.rule, f.layer, f.severity) for f in findings)
+        key = tuple((f.severity, f.rule, f.layer, f.message) for f in findings)
         if key == self._findings_key:
             return
         self._findings_key = key
