@@ -50,13 +50,7 @@ def run(scaler: Optional[torch.amp.GradScaler], *, inject: dict[int, float] | No
             it[0] = i
             opt.zero_grad()
             loss = model(x).pow(2).mean() * (inject or {}).get(i, 1.0)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            _backward_and_step(loss, opt, scaler)
     finally:
         if mon is not None:
             mon.close()
@@ -308,13 +302,18 @@ def test_a_forgotten_scaler_is_said_once_at_the_first_step(given: str) -> None:
                 other(torch.randn(3, 2)).sum().backward()
                 opt_other.step()
                 loss = model(x).pow(2).mean()
-                if given == "no-scaler-used":
-                    loss.backward()
-                    opt.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                _backward_and_step(loss, opt, None if given == "no-scaler-used" else scaler)
     said = [str(w.message) for w in caught if "GradScaler" in str(w.message)]
     assert len(said) == (1 if given in ("optimizer", "nothing") else 0), said
     assert all("scaler=scaler" in m for m in said)
+
+
+def _backward_and_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: Any) -> None:
+    """``loss.backward(); opt.step()``, through ``scaler`` when there is one."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
