@@ -38,7 +38,7 @@ def run_values(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
     has a value (or ``first/last`` has one layer).
 
     Example:
-        >>> v = run_values({"saturation": [0.1, 0.4], "grad_out_rms": [1e-3, 1e-1],
+        >>> v = run_values({"saturation": [0.1, 0.4], "grad_out_norm": [1e-3, 1e-1],
         ...                 "update_ratio": [1e-4, 2e-3], "nonfinite": [0, 2]})
         >>> v["worst_saturation"], v["backprop_log10_ratio"], v["max_update_ratio"]
         (0.4, -2.0, 0.002)

@@ -171,11 +171,18 @@ _SPECS = (
     Metric("worst_dead_units", "run", "largest dead_units_window over the call-sites",
            ("dead_units_window",), _value("dead_units_window"), section="run", report=1,
            aggregate="max", header="dead", label="worst dead units over call-sites"),
+    # Per-example norms, not per-element RMS: a convolution's output has hundreds of
+    # times more elements per example than a classifier's, so a healthy CNN's RMS ratio
+    # reads as vanishing. ‖∂L/∂y‖ over the batch is sqrt(batch) times the per-example
+    # norm (RMS over the examples) at every call-site, so its ratio is the per-example
+    # ratio with no batch size to know; with equal per-example sizes at both ends (an
+    # MLP of equal hidden widths, Glorot's setting) it is the RMS ratio unchanged.
     Metric("backprop_log10_ratio", "run",
-           "log10 of grad_out_rms at the first call-site over the last (network order): 0 "
-           "even, -2 the gradient reaching the input is 100x weaker (needs two call-sites)",
-           ("grad_out_rms",), _log10("grad_out_rms"), section="run", report=2,
-           aggregate="first/last", header="log10 bp", label="log10 backprop RMS first/last"),
+           "log10 of grad_out_norm at the first call-site over the last (network order): "
+           "the per-example gradient norms' ratio, whatever the layers' shapes; 0 even, -2 "
+           "the gradient reaching the input is 100x weaker (needs two call-sites)",
+           ("grad_out_norm",), _log10("grad_out_norm"), section="run", report=2,
+           aggregate="first/last", header="log10 bp", label="log10 backprop norm first/last"),
     Metric("min_update_ratio", "run", "smallest update_ratio over the layers",
            ("update_ratio",), _value("update_ratio"), section="run", report=3, aggregate="min",
            header="min upd", label="smallest update ratio over layers"),
