@@ -138,6 +138,9 @@ def test_old_runs_with_a_layer_index_but_no_marker(tmp_path: Path,
             w.add_scalar("grad_norm/fc2", 1.0, step)
             w.add_scalar("dead_units/relu1", 0.8, step)
             w.add_scalar("loss/train", 2.0, step)
+            # run-level tags, as earlier versions and this one write them: neither is a layer
+            w.add_scalar("run/worst_saturation", 0.9, step)
+            w.add_scalar("0_health/min_update_ratio_log10", -3.0, step)
     code, out, _ = _report(capsys, tmp_path, "--format", "json")
     assert code == 0
     (r,) = json.loads(out)["runs"]
