@@ -123,6 +123,14 @@ def test_histograms_images_layout_and_layer_index(
     infos = parse_layers_text(text)
     assert [i.name for i in infos] == mon.history.layers()
     assert infos[0] == mon.history.info(infos[0].name)
+    # The Text tab shows a table, one row per layer, and not the JSON read back.
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    with warnings.catch_warnings():  # bleach's html5lib sanitizer warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        html = markdown_to_safe_html(text)
+    assert html.count("<tr>") == 1 + len(infos) and "{" not in html
+    assert "<td><code>3</code></td>\n<td>activation</td>\n<td>Sigmoid</td>\n<td>sigmoid</td>" in html
 
 
 def test_run_health_tags_sort_first_in_log10_with_thresholds_in_titles(tmp_path: Path) -> None:

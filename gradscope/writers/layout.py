@@ -8,8 +8,8 @@ uses: :func:`run_chart_title`), then one category per per-layer health metric (t
 ``health`` position), then one section per ``section`` (forward, backward,
 update). Per-layer charts are grouped by module block so that none draws more
 than about :data:`CHART_LINES` lines (:func:`group_layers`, :func:`chart_lines`).
-The layer index (``gradscope/layers``) is the text ``gradscope report`` reads
-back to know each series' kind and order.
+The layer index (``gradscope/layers``) is a table in the Text tab and the text
+``gradscope report`` reads back to know each series' kind and order.
 
 Example:
     >>> layout = custom_scalars_layout({"grad_out_norm": ["act1", "act2"]})
@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Any, Optional, Union
 
 from gradscope import metrics
 from gradscope.findings.thresholds import Thresholds
-from gradscope.history import LayerInfo
+from gradscope.writers.layer_index import layers_text, parse_layers_text
 from gradscope.writers.paths import dir_problem
 
 __all__ = [
@@ -161,34 +160,6 @@ def run_chart_title(metric: str, thresholds: Optional[Thresholds] = None) -> str
     if not bounds:
         return name
     return f"{name} · " + ", ".join(f"{rule} {word} {value:.3g}" for rule, word, value in bounds)
-
-
-def layers_text(infos: Sequence[LayerInfo]) -> str:
-    """The ``gradscope/layers`` text: one JSON object per layer, as a markdown code block."""
-    lines = ["gradscope layer index (read by `gradscope report`):", ""]
-    for info in infos:
-        d = {"name": info.name, "kind": info.kind, "order": info.order, "type": info.type,
-             "family": info.family, "module": info.module, "call": info.call,
-             "shape": list(info.shape) if info.shape is not None else None}
-        lines.append("    " + json.dumps(d))
-    return "\n".join(lines)
-
-
-def parse_layers_text(text: str) -> list[LayerInfo]:
-    """Inverse of :func:`layers_text` (lines that are not layer objects are skipped)."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-            if d.get("shape") is not None:
-                d["shape"] = tuple(d["shape"])
-            out.append(LayerInfo(**d))
-        except (ValueError, TypeError):
-            continue
-    return out
 
 
 def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -> Path:

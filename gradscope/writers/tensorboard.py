@@ -32,8 +32,9 @@ custom scalars                  the run-level charts first (one line per run, ea
 ``gradscope/findings``          text, rewritten when the findings change
 ``gradscope/coverage``          text, once: activation call-sites captured by module and by
                                 function, what no hook can see, unknown activation modules
-``gradscope/layers``            text: the layer index (kind, order, type, family, shape)
-                                that ``gradscope report`` reads back
+``gradscope/layers``            text: the layer index, a table (order, name, kind, type,
+                                family, module, call, shape) and, hidden in an HTML
+                                comment, the JSON lines that ``gradscope report`` reads back
 ==============================  ==========================================================
 
 Scalars use ``add_scalar`` only: ``add_scalars`` would create one run per key.
@@ -135,8 +136,7 @@ class TensorBoardWriter(Sink):
         chart_lines: the most lines a per-layer custom-scalars chart should draw.
         resume: add to the gradscope run already in ``logdir`` (its run id is
             kept) instead of refusing the directory.
-        thresholds: the findings' thresholds shown in the run-level charts' titles
-            (``watch()`` passes its own; default: :class:`gradscope.findings.Thresholds`).
+        thresholds: the findings' thresholds named in the run-health charts' titles.
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -189,8 +189,7 @@ class TensorBoardWriter(Sink):
         self.parameters = parameters
         self.image_steps = image_steps
         if thresholds is not None and not isinstance(thresholds, Thresholds):
-            raise TypeError(f"TensorBoardWriter(thresholds={thresholds!r}): pass a "
-                            "gradscope.findings.Thresholds, e.g. Thresholds(saturation=0.5)")
+            raise TypeError(f"TensorBoardWriter(thresholds={thresholds!r}): pass a Thresholds")
         self.runs, self.chart_lines, self.thresholds = runs, chart_lines, thresholds
         self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
