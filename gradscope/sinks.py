@@ -23,7 +23,8 @@ def make_sinks(options: Options, model: nn.Module, optimizer: Optional[torch.opt
     if options.logdir is not None:
         from gradscope.writers import TensorBoardWriter
 
-        tb = TensorBoardWriter(options.logdir, resume=options.resume)  # raises on a bad logdir
+        tb = TensorBoardWriter(options.logdir, resume=options.resume,  # raises on a bad logdir
+                               thresholds=options.thresholds)
         sinks.append(tb)
         writer: Optional[Any] = tb
     else:

@@ -24,6 +24,7 @@ from gradscope.report import report
 from gradscope.writers.figures import gradient_flow_figure, unit_health_figure
 from gradscope.writers.layout import (
     CHART_LINES,
+    HEALTH_PREFIX,
     RUN_SECTION,
     chart_lines,
     custom_scalars_layout,
@@ -86,7 +87,7 @@ def _charted_once(layout: dict[str, Any], tags: dict[str, list[str]]) -> None:
     regexes = [re.compile(r) for charts in layout.values() for _, rs in charts.values() for r in rs]
     for run_tags in tags.values():
         for tag in run_tags:
-            if tag.split("/")[0] in metrics.METRICS or tag.startswith("run/"):
+            if tag.split("/")[0] in metrics.METRICS or tag.startswith(f"{HEALTH_PREFIX}/"):
                 assert sum(1 for r in regexes if r.match(tag)) == 1, tag
 
 
@@ -96,9 +97,12 @@ def test_30_run_grid_charts_hold_one_line_per_run(quick_grid: Path, lines: Any) 
     counts = chart_lines(layout, tags)
     # The run-level charts come first: one line per run that has the metric.
     assert next(iter(layout)) == RUN_SECTION
-    run = {title: n for (category, title), n in counts.items() if category == RUN_SECTION}
+    # Each titled by its tag's name, then the threshold of its finding.
+    run = {title.split(" · ")[0]: n for (category, title), n in counts.items()
+           if category == RUN_SECTION}
     assert run == {"worst_saturation": 12, "worst_dead_units": 6, "backprop_log10_ratio": 30,
-                   "min_update_ratio": 30, "max_update_ratio": 30, "nonfinite_count": 30}
+                   "min_update_ratio_log10": 30, "max_update_ratio_log10": 30,
+                   "nonfinite_count": 30}
     # Per-layer charts: one layer each (12 lines // 30 runs), so one line per run at most.
     per_layer = {k: n for k, n in counts.items() if k[0] != RUN_SECTION}
     assert max(per_layer.values()) == 30 == max(counts.values())
@@ -112,7 +116,8 @@ def test_resnet50_charts_hold_at_most_12_lines(resnet50: Path, lines: Any) -> No
     layout, tags = lines.read_runs(resnet50)
     counts = chart_lines(layout, tags)
     assert max(counts.values()) == CHART_LINES
-    assert all(n == 1 for (c, t), n in counts.items() if c == RUN_SECTION and t != "worst_saturation")
+    assert all(n == 1 for (c, t), n in counts.items()
+               if c == RUN_SECTION and not t.startswith("worst_saturation"))
     grad = {t: n for (c, t), n in counts.items() if c == health_title(metrics.METRICS["grad_norm"])}
     assert sum(grad.values()) == RESNET_LAYERS and "grad_norm · layer1.1–layer1.2" in grad
     dead = metrics.METRICS["dead_units_window"]

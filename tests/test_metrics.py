@@ -20,6 +20,7 @@ from gradscope.writers.layout import (
     SECTION_TITLES,
     custom_scalars_layout,
     health_title,
+    run_chart_title,
 )
 from tests.fixtures.models import SmallCNN, mlp
 
@@ -57,7 +58,7 @@ def test_layout_and_report_are_derived_from_the_specs() -> None:
     layout = custom_scalars_layout({m.name: ["fc1"] for m in METRICS.values() if m.kind != "run"})
     health = [m for m in METRICS.values() if m.health is not None]
     assert list(layout)[:1 + len(health)] == [RUN_SECTION, *map(health_title, metrics.health())]
-    assert list(layout[RUN_SECTION]) == [m.name for m in metrics.by_kind("run")]
+    assert list(layout[RUN_SECTION]) == [run_chart_title(m.name) for m in metrics.by_kind("run")]
     for m in METRICS.values():
         if m.kind == "run":
             assert m.section == "run" and m.health is None

@@ -127,17 +127,22 @@ def test_markdown_report_and_step(runs: tuple[Path, dict[str, gradscope.Monitor]
 def test_old_runs_with_a_layer_index_but_no_marker(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Files of earlier versions (a layer index, no run marker) are still read."""
-    from gradscope.history import LayerInfo
-    from gradscope.writers.layout import LAYERS_TAG, layers_text
+    from gradscope.writers.layout import LAYERS_TAG
 
+    # The layer index as earlier versions wrote it: JSON lines in a code block, no table.
+    old_index = ('gradscope layer index (read by `gradscope report`):\n\n    {"name": "relu1", '
+                 '"kind": "activation", "order": 0, "type": "ReLU", "family": "relu", '
+                 '"module": null, "call": 0, "shape": null}')
     with SummaryWriter(str(tmp_path / "old")) as w:
-        w.add_text(LAYERS_TAG, layers_text([LayerInfo("relu1", kind="activation", order=0,
-                                                       type="ReLU", family="relu")]), 0)
+        w.add_text(LAYERS_TAG, old_index, 0)
         for step in range(4):
             w.add_scalar("grad_norm/fc1", 1e-7, step)
             w.add_scalar("grad_norm/fc2", 1.0, step)
             w.add_scalar("dead_units/relu1", 0.8, step)
             w.add_scalar("loss/train", 2.0, step)
+            # run-level tags, as earlier versions and this one write them: neither is a layer
+            w.add_scalar("run/worst_saturation", 0.9, step)
+            w.add_scalar("0_health/min_update_ratio_log10", -3.0, step)
     code, out, _ = _report(capsys, tmp_path, "--format", "json")
     assert code == 0
     (r,) = json.loads(out)["runs"]

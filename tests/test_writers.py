@@ -22,7 +22,7 @@ from gradscope.histograms import decode_histogram, histogram_vector
 from gradscope.history import History, LayerInfo
 from gradscope.writers import MemoryWriter, TensorBoardWriter, scalar_tag
 from gradscope.writers.figures import gradient_flow_image, unit_health_image
-from gradscope.writers.layout import parse_layers_text
+from gradscope.writers.layout import RUN_SECTION, parse_layers_text
 
 BATCH, WIDTH = 16, 12
 
@@ -123,6 +123,52 @@ def test_histograms_images_layout_and_layer_index(
     infos = parse_layers_text(text)
     assert [i.name for i in infos] == mon.history.layers()
     assert infos[0] == mon.history.info(infos[0].name)
+    # The Text tab shows a table, one row per layer, and not the JSON read back.
+    from tensorboard.plugin_util import markdown_to_safe_html
+
+    with warnings.catch_warnings():  # bleach's html5lib sanitizer warns that it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        html = markdown_to_safe_html(text)
+    assert html.count("<tr>") == 1 + len(infos) and "{" not in html
+    assert "<td><code>3</code></td>\n<td>activation</td>\n<td>Sigmoid</td>\n<td>sigmoid</td>" in html
+
+
+def test_run_health_tags_sort_first_in_log10_with_thresholds_in_titles(tmp_path: Path) -> None:
+    """The run-level series are ``0_health/...`` (before every other group), update ratios
+    as log10, and each run-health chart's title carries the threshold its finding uses."""
+    from tensorboard.plugins.custom_scalar.layout_pb2 import Layout
+
+    from gradscope.events import event_files, read_events, scalars
+    from gradscope.findings import Thresholds
+
+    _train(_model(), 4, logdir=tmp_path, flush_every=2,
+           findings=Thresholds(saturation=0.5, update_ratio_low=1e-4))
+    events = [e for f in event_files(tmp_path) for e in read_events(f)]
+    values: dict[str, dict[int, float]] = {}
+    for s in scalars(events):
+        values.setdefault(s.tag, {})[s.step] = s.value
+    health = sorted(t for t in values if t.startswith("0_health/"))
+    assert {"0_health/worst_saturation", "0_health/backprop_log10_ratio",
+            "0_health/min_update_ratio_log10", "0_health/max_update_ratio_log10",
+            "0_health/nonfinite_count"} <= set(health)
+    others = [t for t in values if not t.startswith("0_health/")]
+    assert not any(t.startswith("run/") for t in values)
+    assert max(health) < min(others)  # TensorBoard sorts by name: the health group first
+    ratios = {t: v for t, v in values.items() if t.startswith("update_ratio/")}
+    for step, v in values["0_health/min_update_ratio_log10"].items():
+        assert v == pytest.approx(math.log10(min(r[step] for r in ratios.values())), abs=1e-5)
+    for step, v in values["0_health/max_update_ratio_log10"].items():
+        assert v == pytest.approx(math.log10(max(r[step] for r in ratios.values())), abs=1e-5)
+    layout = [Layout.FromString(v.tensor.string_val[0]) for e in events if e.HasField("summary")
+              for v in e.summary.value if v.tag == "custom_scalars__config__"][-1]
+    assert layout.category[0].title == RUN_SECTION
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    assert charts["worst_saturation · saturation above 0.5"] == [r"^(?:0_health/worst_saturation)$"]
+    assert charts["min_update_ratio_log10 · update_ratio_low below -4"] == [
+        r"^(?:0_health/min_update_ratio_log10)$"]
+    assert "max_update_ratio_log10 · update_ratio_high above -1" in charts  # the default
+    assert "backprop_log10_ratio · vanishing_gradients below -2, exploding_gradients above 2" \
+        in charts
 
 
 def test_histogram_vector_matches_numpy() -> None:

@@ -27,7 +27,7 @@ Kinds (where the values come from):
 ``run``         one value per run and step from that step's per-layer values
                 (:func:`gradscope.runlevel.run_values`: ``aggregate`` combines a
                 need over the layers, ``finish`` the combined needs); written by
-                the TensorBoard writer as ``run/<name>``, first in the layout
+                the TensorBoard writer as ``0_health/<name>``, first in the layout
 ``gates``       a recurrent layer's gates and hidden states, replayed on sampled
                 steps (:mod:`gradscope.recurrence`)
 ``through_time`` a recurrent layer's profile ``‖∂L/∂h_t‖`` over its time steps,

@@ -2,12 +2,14 @@
 
 The custom-scalars layout is derived from the metric specs of
 :mod:`gradscope.metrics` and the run's series: first the ``run`` metrics (one
-line per run), then one category per per-layer health metric (those with a
+line per run, tagged ``0_health/<metric>`` so that they also sort first in the
+Scalars and Time Series tabs, each chart titled with the threshold its finding
+uses: :func:`run_chart_title`), then one category per per-layer health metric (those with a
 ``health`` position), then one section per ``section`` (forward, backward,
 update). Per-layer charts are grouped by module block so that none draws more
 than about :data:`CHART_LINES` lines (:func:`group_layers`, :func:`chart_lines`).
-The layer index (``gradscope/layers``) is the text ``gradscope report`` reads
-back to know each series' kind and order.
+The layer index (``gradscope/layers``) is a table in the Text tab and the text
+``gradscope report`` reads back to know each series' kind and order.
 
 Example:
     >>> layout = custom_scalars_layout({"grad_out_norm": ["act1", "act2"]})
@@ -19,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from gradscope import metrics
-from gradscope.history import LayerInfo
+from gradscope.findings.thresholds import Thresholds
+from gradscope.writers.layer_index import layers_text, parse_layers_text
 from gradscope.writers.paths import dir_problem
 
 __all__ = [
@@ -36,7 +39,9 @@ __all__ = [
     "COVERAGE_TAG",
     "FINDINGS_TAG",
     "GRADIENT_FLOW_TAG",
+    "HEALTH_PREFIX",
     "LAYERS_TAG",
+    "LOG10_RUN",
     "OTHER_SECTION",
     "RUN_SECTION",
     "SECTION_TITLES",
@@ -51,6 +56,8 @@ __all__ = [
     "layers_text",
     "layout_summary",
     "parse_layers_text",
+    "run_chart_title",
+    "run_value",
     "scalar_tag",
 ]
 
@@ -81,8 +88,19 @@ GRADIENT_FLOW_TAG = "gradscope/gradient_flow"
 UNIT_HEALTH_TAG = "gradscope/unit_health"
 TIME_GRADIENT_TAG = "gradscope/time_gradient"
 
+#: Group of the run-level health tags. TensorBoard's Scalars and Time Series tabs sort
+#: groups by name, and a digit sorts before every letter, so these come first (before
+#: ``activations/`` and ``dead_units/``). Runs written by earlier versions used ``run/``;
+#: neither is read back (``gradscope report`` recomputes the run-level values from the layers).
+HEALTH_PREFIX = "0_health"
+#: Run-level metrics that span decades, written as their log10 (tag ``<metric>_log10``)
+#: so that 3e-5 is not drawn as 0 next to a healthy 1e-3 on a linear axis.
+LOG10_RUN = frozenset({"min_update_ratio", "max_update_ratio"})
+
+
 def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
-    """The TensorBoard tag of one series: ``metric/layer``, ``param/metric/name`` or ``run/metric``.
+    """The TensorBoard tag of one series: ``metric/layer``, ``param/metric/name`` or
+    ``0_health/metric`` (``0_health/metric_log10`` for :data:`LOG10_RUN`).
 
     Example:
         >>> scalar_tag("features.3", "dead_units", "activation")
@@ -90,41 +108,58 @@ def scalar_tag(layer: str, metric: str, kind: Optional[str] = None) -> str:
         >>> scalar_tag("fc1.weight", "grad_norm", "parameter")
         'param/grad_norm/fc1.weight'
         >>> scalar_tag("", "worst_saturation", "run")
-        'run/worst_saturation'
+        '0_health/worst_saturation'
+        >>> scalar_tag("", "min_update_ratio", "run")
+        '0_health/min_update_ratio_log10'
     """
     if kind == "parameter":
         return f"param/{metric}/{layer}"
     if kind == "run":
-        return f"run/{metric}"
+        return f"{HEALTH_PREFIX}/{metric}_log10" if metric in LOG10_RUN \
+            else f"{HEALTH_PREFIX}/{metric}"
     return f"{metric}/{layer}"
 
 
-def layers_text(infos: Sequence[LayerInfo]) -> str:
-    """The ``gradscope/layers`` text: one JSON object per layer, as a markdown code block."""
-    lines = ["gradscope layer index (read by `gradscope report`):", ""]
-    for info in infos:
-        d = {"name": info.name, "kind": info.kind, "order": info.order, "type": info.type,
-             "family": info.family, "module": info.module, "call": info.call,
-             "shape": list(info.shape) if info.shape is not None else None}
-        lines.append("    " + json.dumps(d))
-    return "\n".join(lines)
+def run_value(metric: str, value: float) -> float:
+    """The value written for a run-level metric: its log10 for :data:`LOG10_RUN`
+    (``-inf`` for 0, as ``backprop_log10_ratio``), else the value itself.
+
+    Example:
+        >>> run_value("min_update_ratio", 1e-3), run_value("worst_saturation", 0.25)
+        (-3.0, 0.25)
+    """
+    if metric not in LOG10_RUN:
+        return value
+    if value > 0:
+        return math.log10(value)
+    return -math.inf if value == 0 else math.nan
 
 
-def parse_layers_text(text: str) -> list[LayerInfo]:
-    """Inverse of :func:`layers_text` (lines that are not layer objects are skipped)."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-            if d.get("shape") is not None:
-                d["shape"] = tuple(d["shape"])
-            out.append(LayerInfo(**d))
-        except (ValueError, TypeError):
-            continue
-    return out
+def run_chart_title(metric: str, thresholds: Optional[Thresholds] = None) -> str:
+    """The title of a run-level chart: its tag's name and the bounds of the findings
+    that watch it (:class:`gradscope.findings.Thresholds`, in the chart's units).
+
+    Example:
+        >>> run_chart_title("min_update_ratio")
+        'min_update_ratio_log10 · update_ratio_low below -5'
+        >>> run_chart_title("backprop_log10_ratio", Thresholds(vanishing_ratio=1e-3))
+        'backprop_log10_ratio · vanishing_gradients below -3, exploding_gradients above 2'
+    """
+    t = thresholds if thresholds is not None else Thresholds()
+    log = math.log10
+    bounds = {
+        "worst_saturation": [("saturation", "above", t.saturation)],
+        "worst_dead_units": [("dead_units", "above", t.dead_units)],
+        "backprop_log10_ratio": [("vanishing_gradients", "below", log(t.vanishing_ratio)),
+                                 ("exploding_gradients", "above", log(t.exploding_ratio))],
+        "min_update_ratio": [("update_ratio_low", "below", log(t.update_ratio_low))],
+        "max_update_ratio": [("update_ratio_high", "above", log(t.update_ratio_high))],
+        "nonfinite_count": [("nonfinite", "above", 0.0)],
+    }.get(metric, [])
+    name = scalar_tag("", metric, "run").partition("/")[2]
+    if not bounds:
+        return name
+    return f"{name} · " + ", ".join(f"{rule} {word} {value:.3g}" for rule, word, value in bounds)
 
 
 def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -> Path:
@@ -139,7 +174,8 @@ def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -
 
 
 def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
-                          chart_lines: int = CHART_LINES) -> dict[str, dict[str, list[Any]]]:
+                          chart_lines: int = CHART_LINES,
+                          thresholds: Optional[Thresholds] = None) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout: ``{category: {chart title: ["Multiline", [regex]]}}``.
 
     A ``Multiline`` chart draws one line per run shown and per tag its regex matches
@@ -148,8 +184,9 @@ def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
     :func:`group_layers`: a chart then draws at most ``max(chart_lines, runs)``
     lines. Categories, in order:
 
-    * :data:`RUN_SECTION`: one chart per ``run`` metric (``run/<name>``, one line per
-      run), every one listed whatever the run has;
+    * :data:`RUN_SECTION`: one chart per ``run`` metric (``0_health/<name>``, one line
+      per run), every one listed whatever the run has, titled by
+      :func:`run_chart_title` with ``thresholds``;
     * one category per per-layer health metric (:func:`health_title`), listed even
       when empty: TensorBoard merges the layouts of the runs it shows in the order
       it meets them, so every run lists them to keep their order;
@@ -160,13 +197,16 @@ def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
         series: each metric's series (layer and call-site names) in network order.
         runs: how many runs will be viewed side by side (a grid's size).
         chart_lines: the most lines a per-layer chart should draw.
+        thresholds: the findings' thresholds shown in the run-level charts' titles
+            (default: :class:`gradscope.findings.Thresholds`'s defaults).
     """
     if not isinstance(runs, int) or runs < 1 or not isinstance(chart_lines, int) or chart_lines < 1:
         raise ValueError(f"custom_scalars_layout(runs={runs!r}, chart_lines={chart_lines!r}): "
                          "both must be ints >= 1")
     size = max(1, chart_lines // runs)
     layout: dict[str, dict[str, list[Any]]] = {RUN_SECTION: {
-        m.name: _chart([scalar_tag("", m.name, "run")]) for m in metrics.by_kind("run")}}
+        run_chart_title(m.name, thresholds): _chart([scalar_tag("", m.name, "run")])
+        for m in metrics.by_kind("run")}}
     for m in metrics.health():
         layout[health_title(m)] = _charts(m.name, series.get(m.name, ()), size)
     for section in metrics.SECTIONS[1:]:
@@ -292,9 +332,9 @@ def chart_lines(layout: Mapping[str, Mapping[str, Sequence[Any]]],
 
     Example:
         >>> layout = custom_scalars_layout({"grad_norm": ["fc1", "fc2"]})
-        >>> lines = chart_lines(layout, {"a": ["grad_norm/fc1", "grad_norm/fc2", "run/nonfinite_count"],
-        ...                              "b": ["grad_norm/fc1", "run/nonfinite_count"]})
-        >>> lines[(RUN_SECTION, "nonfinite_count")], max(lines.values())
+        >>> lines = chart_lines(layout, {"a": ["grad_norm/fc1", "grad_norm/fc2", "0_health/nonfinite_count"],
+        ...                              "b": ["grad_norm/fc1", "0_health/nonfinite_count"]})
+        >>> lines[(RUN_SECTION, run_chart_title("nonfinite_count"))], max(lines.values())
         (2, 3)
     """
     out = {}

@@ -9,11 +9,14 @@ tag                             content
                                 one group per metric (``saturation/3``, ``grad_norm/fc1``)
 ``param/<metric>/<parameter>``  the same per parameter (``param/grad_norm/fc1.weight``);
                                 only with ``TensorBoardWriter(parameters=True)``
-``run/<metric>``                run-level health: one value per step for the whole network
+``0_health/<metric>``           run-level health: one value per step for the whole network
                                 (worst saturation, worst dead units, log10 first/last
-                                backprop RMS, smallest/largest update ratio, non-finite
-                                count; :mod:`gradscope.runlevel`)
-custom scalars                  the run-level charts first (one line per run), then one
+                                backprop RMS, log10 of the smallest/largest update ratio
+                                as ``min_update_ratio_log10``/``max_update_ratio_log10``,
+                                non-finite count; :mod:`gradscope.runlevel`); the digit
+                                sorts the group first in the Scalars and Time Series tabs
+custom scalars                  the run-level charts first (one line per run, each titled
+                                with the threshold of its finding), then one
                                 category per per-layer health metric, then the forward,
                                 backward and update sections (closed); per-layer charts
                                 grouped by module block, at most ``chart_lines // runs``
@@ -29,8 +32,9 @@ custom scalars                  the run-level charts first (one line per run), t
 ``gradscope/findings``          text, rewritten when the findings change
 ``gradscope/coverage``          text, once: activation call-sites captured by module and by
                                 function, what no hook can see, unknown activation modules
-``gradscope/layers``            text: the layer index (kind, order, type, family, shape)
-                                that ``gradscope report`` reads back
+``gradscope/layers``            text: the layer index, a table (order, name, kind, type,
+                                family, module, call, shape) and, hidden in an HTML
+                                comment, the JSON lines that ``gradscope report`` reads back
 ==============================  ==========================================================
 
 Scalars use ``add_scalar`` only: ``add_scalars`` would create one run per key.
@@ -72,6 +76,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 from gradscope.events import claim_run
+from gradscope.findings.thresholds import Thresholds
 from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
 from gradscope.runlevel import run_records
@@ -89,6 +94,7 @@ from gradscope.writers.layout import (
     findings_markdown,
     layers_text,
     layout_summary,
+    run_value,
     scalar_tag,
 )
 from gradscope.writers.worker import EventWorker
@@ -130,6 +136,7 @@ class TensorBoardWriter(Sink):
         chart_lines: the most lines a per-layer custom-scalars chart should draw.
         resume: add to the gradscope run already in ``logdir`` (its run id is
             kept) instead of refusing the directory.
+        thresholds: the findings' thresholds named in the run-health charts' titles.
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -159,6 +166,7 @@ class TensorBoardWriter(Sink):
         runs: int = 1,
         chart_lines: int = CHART_LINES,
         resume: bool = False,
+        thresholds: Optional[Thresholds] = None,
     ) -> None:
         if not isinstance(flush_secs, int) or flush_secs < 1:
             raise ValueError(f"TensorBoardWriter(flush_secs={flush_secs!r}): must be an int >= 1")
@@ -180,7 +188,9 @@ class TensorBoardWriter(Sink):
         self._image_pending: Optional[tuple[History, int]] = None
         self.parameters = parameters
         self.image_steps = image_steps
-        self.runs, self.chart_lines = runs, chart_lines
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise TypeError(f"TensorBoardWriter(thresholds={thresholds!r}): pass a Thresholds")
+        self.runs, self.chart_lines, self.thresholds = runs, chart_lines, thresholds
         self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
         self._findings_key: Optional[tuple[Any, ...]] = None
@@ -273,7 +283,7 @@ class TensorBoardWriter(Sink):
         network order within a step."""
         kinds = {n: infos[n].kind for n in names if n in infos}
         rank = {n: i for i, n in enumerate(names)}
-        out = [(step, scalar_tag("", metric, "run"), value)
+        out = [(step, scalar_tag("", metric, "run"), run_value(metric, value))
                for step, metric, value in run_records(records, kinds)]
         for step, layer, metric, value in sorted(
                 records, key=lambda r: (r[0], r[2], rank.get(r[1], len(rank)))):
@@ -316,7 +326,8 @@ class TensorBoardWriter(Sink):
             last = len(rank)
             series = {m: sorted(have, key=lambda n: (rank.get(n, last), n))
                       for m, have in self._series.items()}
-            layout = custom_scalars_layout(series, runs=self.runs, chart_lines=self.chart_lines)
+            layout = custom_scalars_layout(series, runs=self.runs, chart_lines=self.chart_lines,
+                                           thresholds=self.thresholds)
             self.summary_writer._get_file_writer().add_summary(layout_summary(layout))
 
     def _write_histograms(self, histograms: Sequence[Histogram]) -> None:
