@@ -24,10 +24,10 @@ from torch import nn
 import gradscope
 from gradscope import kernels, stats
 from gradscope.kernels.engine import LAUNCHES
+from tests.fixtures.triton import needs_triton
 
 pytestmark = [
-    pytest.mark.skipif(kernels.missing(True) is not None,
-                       reason=f"triton cannot be imported: {kernels.missing(True)}"),
+    needs_triton,
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
 ]
 

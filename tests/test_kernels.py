@@ -9,6 +9,7 @@ defines them with ``TRITON_INTERPRET=1``). The reference is the eager statistics
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import pytest
@@ -23,15 +24,21 @@ from gradscope.activations import family_of
 from gradscope.kernels import config
 from gradscope.kernels.engine import NEVER, FusedStats
 from gradscope.plan import Plan, summarize
+from tests.fixtures.triton import needs_triton
 
 pytestmark = [
-    pytest.mark.skipif(kernels.missing(True) is not None,
-                       reason=f"triton cannot be imported: {kernels.missing(True)}"),
+    needs_triton,
     # the interpreter evaluates GELU's y / x at x = 0 in NumPy (NaN, then 1/2 as on the eager path)
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
 ]
 
 EPS = DELTA = 0.01
+
+
+def test_the_kernels_load_where_triton_is_installed() -> None:
+    """Triton is installed here, so the kernels must load (a broken kernel module is a
+    failure, never a skip of the fused path's tests)."""
+    assert kernels.missing(True) is None
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 MODULES: dict[str, nn.Module] = {
@@ -336,12 +343,15 @@ def _compile_for_hopper(fn: object, signature: dict[str, str], constants: dict[s
                    target=GPUTarget("cuda", 90, 32))
 
 
-def _can_compile_for_hopper() -> bool:
+def _why_no_hopper_compile() -> Optional[str]:
+    """Why the compiled kernels cannot be built here (``None``: they must be)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "TRITON_INTERPRET=1 process-wide: every Triton function is interpreted"
     try:
         from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-        return kernels.load() is not None
-    except Exception:
-        return False
+    except Exception as e:
+        return f"no Triton CUDA backend to compile with ({type(e).__name__}: {e})"
+    return None
 
 
 _FORWARD_SIGNATURE = {
@@ -367,7 +377,7 @@ def _variants() -> list[tuple[str, dict[str, object]]]:
     return [(name, dict(key)) for key, name in seen.items()]
 
 
-@pytest.mark.skipif(not _can_compile_for_hopper(), reason="no Triton CUDA backend to compile with")
+@pytest.mark.skipif(_why_no_hopper_compile() is not None, reason=str(_why_no_hopper_compile()))
 def test_every_kernel_compiles_for_a_hopper_gpu() -> None:
     k = kernels.load()
     assert k is not None

@@ -56,8 +56,11 @@ def _load(interpret: bool) -> Optional[ModuleType]:
     try:
         # triton's own library compiled first, whichever copy is asked for: the kernels use
         # only its combines, which the interpreter recognises, and a compiled copy cannot
-        # reference interpreted functions (gluon is imported lazily at the first launch)
-        os.environ.pop("TRITON_INTERPRET", None)
+        # reference interpreted functions (gluon is imported lazily at the first launch).
+        # Under a process-wide TRITON_INTERPRET=1 (set before triton was first imported, so
+        # triton's library is already interpreted) everything stays interpreted.
+        if before != "1":
+            os.environ.pop("TRITON_INTERPRET", None)
         importlib.import_module("triton.language")
         importlib.import_module("triton.experimental.gluon")
         if interpret:
