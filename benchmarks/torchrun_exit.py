@@ -13,7 +13,10 @@ Scenarios:
 * ``ddp-worker``: ``tests/distributed_worker.py`` (DDP with counted collectives);
 * ``user-open`` / ``user-close`` / ``user-destroy``: ``tests/torchrun_user_script.py``,
   a user's script that ends without ``mon.close()`` or ``destroy_process_group()``,
-  with ``mon.close()`` only, or with ``destroy_process_group()`` while the monitor is open.
+  with ``mon.close()`` only, or with ``destroy_process_group()`` while the monitor is open;
+* ``torch-destroy`` (not run by default, never gated): ``user-destroy``'s script without
+  gradscope, the control that shows PyTorch's own exit abort with gloo (see
+  ``gradscope/lifecycle.py``) and how often it happens on this machine.
 
 Usage::
 
@@ -51,10 +54,14 @@ def scenario_args(name: str, work: Path) -> list[str]:
         return [str(ROOT / "tests" / "distributed_worker.py"), str(work)]
     if name.startswith("user-"):
         return [str(ROOT / "tests" / "torchrun_user_script.py"), name.removeprefix("user-")]
+    if name in CONTROLS:
+        return [str(ROOT / "tests" / "torchrun_user_script.py"), name]
     raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
 
 
 SCENARIOS = ("compare", "ddp-worker", "user-open", "user-close", "user-destroy")
+#: Runs without gradscope: reported, never a failure of this check.
+CONTROLS = ("torch-destroy",)
 
 
 def free_port() -> int:
@@ -93,8 +100,10 @@ def run_once(name: str, python: str, gradscope_root: Path, timeout: float) -> di
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
-                   help="which jobs to repeat (default: all)")
+    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS + CONTROLS,
+                   default=list(SCENARIOS),
+                   help="which jobs to repeat (default: every gradscope scenario; "
+                        "torch-destroy is the control without gradscope)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each scenario (default 5)")
     p.add_argument("--python", default=sys.executable,
                    help="the interpreter of the jobs (e.g. a fresh virtualenv's)")
@@ -124,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'scenario':<14} {'runs':>5} {'failed':>7} {'aborted':>8} {'s/run':>6}")
     for name, s in summary.items():
         print(f"{name:<14} {s['runs']:>5} {s['failed']:>7} {s['aborted']:>8} "
-              f"{s['seconds_per_run']:>6}")
+              f"{s['seconds_per_run']:>6}{'  (control: no gradscope)' if name in CONTROLS else ''}")
     if args.out is not None:
         args.out.write_text(json.dumps({"python": args.python, "root": str(args.root),
                                         "scenarios": summary}, indent=1))
-    return 1 if any(s["failed"] for s in summary.values()) else 0
+    return 1 if any(s["failed"] for n, s in summary.items() if n not in CONTROLS) else 0
 
 
 if __name__ == "__main__":

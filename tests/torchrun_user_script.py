@@ -5,7 +5,10 @@ how the script ends:
 
 * ``open`` (default): neither ``mon.close()`` nor ``destroy_process_group()``;
 * ``close``: ``mon.close()``, no ``destroy_process_group()``;
-* ``destroy``: ``destroy_process_group()`` while the monitor is still open.
+* ``destroy``: ``destroy_process_group()`` while the monitor is still open;
+* ``torch-destroy``: ``destroy``'s script without gradscope (``watch`` is not called): the
+  control, PyTorch's own exit with a DDP model alive (it aborts intermittently, see
+  :mod:`gradscope.lifecycle`), run by ``benchmarks/torchrun_exit.py`` but not gated.
 
 Each rank prints ``rank R done`` as its last line of Python. Every mode must exit 0 on
 every rank (``tests/test_distributed.py``, ``benchmarks/torchrun_exit.py``).
@@ -29,13 +32,14 @@ if __name__ == "__main__":  # module-level names, as in a script (pytest imports
     model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(),
                                                               nn.Linear(16, 2)))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = gradscope.watch(model, optimizer=opt, flush_every=5, summary=False)
+    mon = None if mode == "torch-destroy" else gradscope.watch(model, optimizer=opt,
+                                                               flush_every=5, summary=False)
     for _ in range(12):  # 2 flushes, and 2 steps still queued at the end
         opt.zero_grad()
         model(torch.randn(32, 8)).pow(2).mean().backward()
         opt.step()
-    if mode == "close":
+    if mode == "close" and mon is not None:
         mon.close()
-    elif mode == "destroy":
+    elif mode in ("destroy", "torch-destroy"):
         dist.destroy_process_group()
     print(f"rank {rank} done", flush=True)
