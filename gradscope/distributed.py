@@ -17,10 +17,13 @@ finishes them) instead of records, and at the flush :class:`RankCombiner`
    sums of squares exactly with the ranks' means, per-unit masks OR-ed / AND-ed),
    then finishes the metrics as one process seeing the union of the batches would.
 
-Parameter statistics are not combined: the monitor reads them in the optimizer's
-step pre-hook, after DDP's all-reduce, where every rank holds the same gradients
-and weights. Histograms are rank 0's. Every rank's history ends up the same; only
-rank 0 writes the sinks and prints (:func:`world`).
+Parameter statistics: under DDP the monitor reads them in the optimizer's step
+pre-hook, after DDP's all-reduce, where every rank holds the same gradients and
+weights, so they are not combined. Sharded parameters (FSDP2 ``fully_shard``,
+tensor-parallel DTensors) are read from each rank's local shard as sums over the
+ranks (:mod:`gradscope.shards`): their :class:`SumPartial` values travel in the
+same collective and are added. Histograms are rank 0's. Every rank's history ends
+up the same; only rank 0 writes the sinks and prints (:func:`world`).
 
 The layout must be the same on every rank: the same call-sites recorded at the
 same steps, which DDP's own requirement of one graph on every rank gives. The
@@ -28,9 +31,8 @@ payload is padded to a power of two and carries its length and a checksum, so a
 rank whose layout differs is reported (one warning; that flush keeps each rank's
 own values) rather than combined into wrong numbers.
 
-Sharded parameters (FSDP, ``fully_shard``, DTensors) are refused by
-:func:`check_model`: a rank holds a shard of each parameter, so its norms would
-be a shard's.
+FSDP1 (``FullyShardedDataParallel``) is refused by :func:`check_model`: its flat
+parameters mix the layers' parameters.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import nn
 
 from gradscope.records import Record
 
-__all__ = ["MaskPart", "Partial", "RankCombiner", "check_model", "roles", "world"]
+__all__ = ["MaskPart", "Partial", "RankCombiner", "SumPartial", "check_model", "roles", "world"]
 
 #: Floats before the payload: its length and the checksum of its layout.
 HEADER = 2
@@ -65,7 +67,7 @@ def roles(model: nn.Module, optimizer: Optional[Any], *, combine_ranks: bool,
           gradients: bool) -> tuple[bool, bool]:
     """``(combine, writes)`` for a monitor of ``model``: whether it combines ranks, whether it writes.
 
-    Refuses sharded models (:func:`check_model`), and, when ranks are combined,
+    Refuses FSDP1 (:func:`check_model`), and, when ranks are combined,
     parameter gradients without an optimizer: they must be read in its step
     pre-hook, after DDP's all-reduce, not when this rank's backward ends.
     """
@@ -81,38 +83,18 @@ def roles(model: nn.Module, optimizer: Optional[Any], *, combine_ranks: bool,
 
 
 def check_model(model: nn.Module) -> None:
-    """Refuse models whose parameters are sharded across ranks (FSDP, ``fully_shard``, DTensor)."""
-    if not torch.distributed.is_available():
+    """Refuse FSDP1 (``FullyShardedDataParallel``): its flat parameters mix the layers'."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch without torch.distributed
         return
-    sharded = _sharded_types()
     for name, module in model.named_modules():
-        if isinstance(module, sharded):
-            _refuse(f"module {name or '(root)'!r} is {type(module).__name__}")
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - older torch
-        return
-    for name, p in model.named_parameters():
-        if isinstance(p, DTensor):
-            _refuse(f"parameter {name!r} is a DTensor (sharded)")
-
-
-def _sharded_types() -> tuple[type, ...]:
-    out: list[type] = []
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-        out += [FSDPModule, FullyShardedDataParallel]
-    except ImportError:  # pragma: no cover - older torch
-        pass
-    return tuple(out)
-
-
-def _refuse(what: str) -> None:
-    raise ValueError(
-        f"watch(model=...): {what}: gradscope does not support sharded parameters (FSDP, "
-        "fully_shard, tensor parallel) yet: each rank holds a shard of each parameter, so its "
-        "gradient and weight norms would be a shard's. Watch the model before sharding it on "
-        "one process, or use DDP (DistributedDataParallel), whose ranks hold whole parameters")
+        if isinstance(module, FullyShardedDataParallel):
+            raise ValueError(
+                f"watch(model=...): module {name or '(root)'!r} is FullyShardedDataParallel "
+                "(FSDP1), whose flat parameters mix the layers' parameters. Shard the model "
+                "with FSDP2 instead (torch.distributed.fsdp.fully_shard), which gradscope "
+                "reads per layer, or use DDP")
 
 
 @dataclass
@@ -128,6 +110,17 @@ class Partial:
     units: int
     finish: Callable[[int, str, dict[str, float], int, int], list[Record]]
     masks: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class SumPartial:
+    """Values summed over the ranks, then finished (sharded parameters' sums of squares and
+    counts, each weighted by its rank's share: :mod:`gradscope.shards`)."""
+
+    step: int
+    key: str
+    values: list[float]
+    finish: Callable[[list[float]], list[Record]]
 
 
 @dataclass
@@ -216,8 +209,8 @@ class RankCombiner:
         self._work: Optional[Any] = None  # the last collective's work (see _all_gather)
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
-        partials = _merge(items)
-        payload, layout = self._payload(partials)
+        partials, sums = _merge(items)
+        payload, layout = self._payload(partials, sums)
         if not torch.distributed.is_initialized():
             self._warn("destroyed", "the process group was destroyed before this flush; it "
                        "keeps this rank's own values. Close the monitor (mon.close()) before "
@@ -234,13 +227,17 @@ class RankCombiner:
         out: list[Record] = []
         for p, (start, sizes) in zip(partials, layout):
             out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered], sizes)
+        for s, (start, sizes) in zip(sums, layout[len(partials):]):
+            end = start + sizes[0]
+            out += s.finish([math.fsum(col) for col in zip(*(g[start:end] for g in gathered))])
         return out
 
     # ------------------------------------------------------------ the payload
     def _mask_needs(self, p: Partial) -> list[str]:
         return [n for n in p.needs if self.ops(n) in ("any", "all")]
 
-    def _payload(self, partials: list[Partial]) -> tuple[list[float], list[tuple[int, list[int]]]]:
+    def _payload(self, partials: list[Partial], sums: list[SumPartial]
+                 ) -> tuple[list[float], list[tuple[int, list[int]]]]:
         body: list[float] = []
         layout: list[tuple[int, list[int]]] = []
         signature = []
@@ -257,6 +254,10 @@ class RankCombiner:
                 sizes.append(p.units)
             layout.append((start, sizes))
             signature.append(f"{p.step}:{p.layer}:{p.kind}:{p.units}:{len(p.needs)}")
+        for s in sums:
+            layout.append((HEADER + len(body), [len(s.values)]))
+            body += s.values
+            signature.append(f"{s.step}:{s.key}:{len(s.values)}")
         check = float(zlib.crc32("|".join(signature).encode()))
         payload = [float(len(body)), check, *body]
         size = 16
@@ -309,17 +310,20 @@ class RankCombiner:
             warnings.warn(f"gradscope: {message}", RuntimeWarning, stacklevel=4)
 
 
-def _merge(items: Sequence[Any]) -> list[Partial]:
-    """Partials in first-seen order, with their masks attached."""
+def _merge(items: Sequence[Any]) -> tuple[list[Partial], list[SumPartial]]:
+    """Partials in first-seen order, with their masks attached; the summed values in order."""
     partials: dict[tuple[int, str, str], Partial] = {}
     masks: list[MaskPart] = []
+    sums: list[SumPartial] = []
     for it in items:
         if isinstance(it, Partial):
             partials.setdefault((it.step, it.layer, it.kind), it)
+        elif isinstance(it, SumPartial):
+            sums.append(it)
         else:
             masks.append(it)
     for m in masks:
         p = partials.get((m.step, m.layer, m.kind))
         if p is not None:
             p.masks[m.need] = m.mask
-    return list(partials.values())
+    return list(partials.values()), sums

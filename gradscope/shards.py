@@ -1,0 +1,150 @@
+"""Sharded parameters (FSDP2 ``fully_shard``, tensor-parallel DTensors): full statistics from shards.
+
+A rank of a sharded model holds a shard of each parameter (a ``DTensor`` whose
+``to_local()`` is the rank's piece) and of its gradient. gradscope reads only the
+local pieces (a ``DTensor`` operation would start collectives of its own) and
+turns each parameter statistic into a **sum over ranks**: a sum of squares for a
+norm, a count for the non-finite gradients. Each rank's sum is weighted by
+:func:`share` so that adding every rank's value gives the full parameter's:
+
+* a ``DTensor``: ``1 / copies``, where ``copies`` is how many ranks hold each element
+  (the world size over the product of the mesh sizes of its ``Shard(d)`` dims):
+  ``Shard(d)`` pieces add up, a ``Replicate()`` dim (HSDP's replicas, a replicated
+  tensor-parallel weight) is not counted twice, and a sub-mesh (the tensor-parallel
+  dim of a 2-D mesh) counts the other groups' copies;
+* a plain parameter (not sharded; under DDP or unsynchronised): rank 0's value.
+
+At the flush these sums travel in the same single collective as the activation
+statistics (:class:`gradscope.distributed.SumPartial`); norms are the roots of the
+summed squares, then the decoder finishes the layer values as one process would.
+A ``Partial()`` placement (a pending reduction) has no such sum: said once, that
+parameter keeps rank 0's local value.
+
+Example:
+    >>> import torch
+    >>> share(torch.zeros(3), rank=1, world=2)  # a plain tensor: rank 0's value
+    0.0
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from gradscope.distributed import SumPartial
+from gradscope.queue import Decoder
+
+__all__ = ["activations_combine", "is_sharded", "local", "module_type", "share", "summed_decoder",
+           "tensor_parallel"]
+
+
+def _dtensor() -> Optional[type]:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        return None
+    return DTensor
+
+
+_DTENSOR = _dtensor()
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` (its values are spread over ranks)."""
+    return _DTENSOR is not None and isinstance(t, _DTENSOR)
+
+
+def local(t: Tensor) -> Tensor:
+    """The rank's own piece of a ``DTensor`` (``to_local()``), or ``t`` itself."""
+    return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
+def share(t: Tensor, *, rank: int, world: int) -> Optional[float]:
+    """The weight of this rank's sum for ``t``: adding every rank's weighted sum gives the
+    full tensor's (module docstring); ``None`` for a ``Partial()`` placement."""
+    if not is_sharded(t):
+        return 1.0 if rank == 0 else 0.0
+    mesh, placements = t.device_mesh, t.placements  # type: ignore[attr-defined]
+    if any(p.is_partial() for p in placements):
+        return None
+    pieces = math.prod(mesh.size(d) for d, p in enumerate(placements) if p.is_shard())
+    return pieces / world  # 1 / copies
+
+
+def module_type(module: nn.Module) -> str:
+    """The user's class name of ``module``: ``Linear``, not FSDP2's ``FSDPLinear``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        return type(module).__name__
+    for cls in type(module).__mro__:
+        if not issubclass(cls, FSDPModule):
+            return cls.__name__
+    return type(module).__name__  # pragma: no cover - FSDPModule itself
+
+
+def summed_decoder(decode: Decoder, parts: Sequence[str], shares: Sequence[float],
+                   key: str) -> Decoder:
+    """A parameter decoder whose values are summed over the ranks before ``decode`` reads them.
+
+    ``parts`` name the vectors of one value per parameter (norm parts end in ``_norm``);
+    ``shares`` are the parameters' :func:`share` weights. The decoder returns one
+    :class:`SumPartial`: each norm squared and each count, times its share; once summed
+    over the ranks the norms' roots are taken and ``decode`` finishes the records.
+    """
+    n = len(shares)
+    norms = [p.endswith("_norm") for p in parts]
+
+    def decode_sum(step: int, values: Sequence[float]) -> list[Any]:
+        mine = [(v * v if norms[i // n] else v) * shares[i % n] for i, v in enumerate(values)]
+
+        def finish(summed: Sequence[float]) -> list[Any]:
+            full = [math.sqrt(v) if norms[i // n] and v >= 0 else v for i, v in enumerate(summed)]
+            return list(decode(step, full))
+
+        return [SumPartial(step, key, mine, finish)]
+
+    return decode_sum
+
+
+def tensor_parallel(model: nn.Module) -> bool:
+    """Whether some parameter is sharded over a tensor-parallel mesh dim: a ``DTensor`` that no
+    ``fully_shard`` manages, or one whose placements go on after FSDP's ``Shard`` (FSDP x TP:
+    ``(Shard(0), Shard(1))``; HSDP's ``(Replicate(), Shard(0))`` is data parallel only)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        return False
+    managed = {id(p) for m in model.modules() if isinstance(m, FSDPModule) for p in m.parameters()}
+    for p in model.parameters():
+        if not is_sharded(p):
+            continue
+        if id(p) not in managed:
+            return True
+        kinds = [pl.is_shard() for pl in p.placements]  # type: ignore[attr-defined]
+        if True in kinds and kinds.index(True) < len(kinds) - 1:
+            return True
+    return False
+
+
+#: Said once when a tensor-parallel model's activation statistics are not combined.
+TP_ACTIVATIONS = (
+    "gradscope: this model is tensor parallel (parameters sharded over a tensor-parallel mesh "
+    "dim): parameter statistics are those of the full parameters, combined from the shards, "
+    "but activation and backprop statistics are not combined across ranks: an activation's "
+    "units may be split over the tensor-parallel group (after ColwiseParallel) or replicated "
+    "(after RowwiseParallel), which the hooks cannot tell apart. Rank 0's own are written "
+    "(its shard of the units). Said once.")
+
+
+def activations_combine(model: nn.Module, combine: bool) -> bool:
+    """Whether activation statistics combine across ranks: as under DDP, unless the model is
+    tensor parallel (:func:`tensor_parallel`; then said once, :data:`TP_ACTIVATIONS`)."""
+    if not combine or not tensor_parallel(model):
+        return combine
+    warnings.warn(TP_ACTIVATIONS, RuntimeWarning, stacklevel=4)
+    return False
