@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.distributed_worker import WORLD, build, global_batches, options  # noqa: E402
+from tests.distributed_worker import WORLD, build, global_batches, options
 
 CASES = ("fsdp", "fsdp_keep", "fsdp_bf16", "fsdp_offload", "tp")
 
@@ -65,8 +65,11 @@ def sharded(case: str) -> nn.Module:
     mesh = init_device_mesh("cpu", (WORLD,))
     model = build().to(dtype(case))
     if case == "tp":
-        from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
-                                                       parallelize_module)
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            RowwiseParallel,
+            parallelize_module,
+        )
         return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
     kw: dict[str, Any] = {"mesh": mesh}
     if case == "fsdp_keep":
@@ -153,7 +156,7 @@ def case_result(case: str, out: Path, rank: int) -> dict[str, Any]:
                 mon = run(sharded(case), data, watched=True)
         result["history"] = mon.history.to_dict()
         result["warnings"] = [str(w.message) for w in said if "gradscope" in str(w.message)]
-    except Exception as err:  # noqa: BLE001 - reported to the test, which fails on it
+    except Exception as err:  # reported to the test, which fails on it
         result["error"] = f"{type(err).__name__}: {err}"
     gc.collect()
     return result

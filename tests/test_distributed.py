@@ -105,11 +105,11 @@ def test_parameter_statistics_are_identical_on_every_rank(ddp_run: Any) -> None:
 
 
 @needs_torchrun
-def test_fsdp2_and_a_missing_optimizer_are_refused_with_clear_messages(ddp_run: Any) -> None:
+def test_fsdp1_and_a_missing_optimizer_are_refused_with_clear_messages(ddp_run: Any) -> None:
     ranks, _ = ddp_run
-    for r in ranks:
-        assert "does not support sharded parameters (FSDP, fully_shard" in r["fsdp"]
-        assert "use DDP" in r["fsdp"]
+    for r in ranks:  # FSDP2 (fully_shard) is watched: tests/test_sharded.py
+        assert "is FullyShardedDataParallel (FSDP1), whose flat parameters" in r["fsdp"]
+        assert "fully_shard" in r["fsdp"]
         # without an optimizer parameter gradients would be read before DDP's all-reduce
         assert "under torch.distributed (2 ranks) pass optimizer=..." in r["no_optimizer"]
 

@@ -1,0 +1,138 @@
+"""Sharded models under torchrun (2 ranks, gloo, CPU): FSDP2 ``fully_shard`` and tensor parallel.
+
+One launch of ``tests/sharded_worker.py`` runs every case; each is compared with the
+same model unsharded in this process, on the union of the ranks' batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from gradscope.history import History
+from gradscope.metrics import METRICS
+from tests import distributed_worker as ddp
+from tests import sharded_worker as worker
+from tests.test_distributed import ROOT, needs_torchrun, torchrun
+
+Series = dict[tuple[str, str], dict[int, float]]
+#: the worst relative difference allowed between a sharded run and one process
+EXACT = 1e-6
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("sharded")
+    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out)
+    runs = {case: [json.loads((out / f"{case}.rank{r}.json").read_text())
+                   for r in range(ddp.WORLD)] for case in worker.CASES}
+    for case, ranks in runs.items():
+        for r in ranks:
+            assert "error" not in r, (case, r.get("error"))
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
+    return runs
+
+
+@pytest.fixture(scope="module")
+def union() -> dict[str, History]:
+    """One process, unsharded, on the union of the batches: float64, and float32 for bf16."""
+    return {case: ddp.train(ddp.build().to(worker.dtype(case)), worker.batches(case),
+                            summary=False).history for case in ("fsdp", "fsdp_bf16")}
+
+
+def series(h: History, kinds: tuple[str, ...] = ()) -> Series:
+    """Every series of ``h`` (of those metric kinds only, when given)."""
+    return {(layer, m): dict(zip(*h.series(layer, m))) for layer in h.layers()
+            for m in h.metrics(layer) if not kinds or METRICS[m].kind in kinds}
+
+
+def worst(got: Series, want: Series) -> dict[str, float]:
+    """The largest relative difference per metric (every step of every layer compared)."""
+    assert got.keys() == want.keys()
+    out: dict[str, float] = {}
+    for (layer, metric), s in want.items():
+        assert got[(layer, metric)].keys() == s.keys() == set(range(ddp.STEPS)), (layer, metric)
+        for step, v in s.items():
+            g = got[(layer, metric)][step]
+            d = 0.0 if g == v else abs(g - v) / max(abs(v), 1e-12)
+            out[metric] = max(out.get(metric, 0.0), d)
+    return out
+
+
+def histories(ranks: list[dict[str, Any]]) -> list[History]:
+    return [History.from_dict(r["history"]) for r in ranks]
+
+
+PARAMETER = ("parameter",)
+EVERY_PARAMETER_METRIC = {"grad_norm", "weight_norm", "grad_nonfinite", "update_norm",
+                          "update_ratio", "grad_weight_ratio"}
+
+
+@needs_torchrun
+@pytest.mark.parametrize("case", ["fsdp", "fsdp_keep", "fsdp_offload"])
+def test_fsdp2_statistics_equal_one_process_on_the_union(sharded_run: Any, union: Any,
+                                                         case: str) -> None:
+    """Parameter statistics from the shards, activations from each rank's rows: every series
+    at every step equals the unsharded model's on the union (float64, so the difference
+    is the combination's, not float32 training noise)."""
+    h0, h1 = histories(sharded_run[case])
+    assert series(h1) == series(h0)  # every rank: the same history
+    diff = worst(series(h0), series(union["fsdp"]))
+    assert EVERY_PARAMETER_METRIC | {"dead_units", "dead_units_window", "saturation", "mean",
+                                     "std", "min", "max", "grad_out_norm"} <= diff.keys()
+    assert max(diff.values()) <= EXACT, diff
+    assert sharded_run[case][0]["warnings"] == []
+
+
+@needs_torchrun
+def test_fsdp2_layers_are_named_and_typed_as_the_users(sharded_run: Any, union: Any) -> None:
+    h = histories(sharded_run["fsdp"])[0]
+    assert h.layers() == union["fsdp"].layers()  # no FSDP prefix
+    assert {h.info(n).type for n in h.layers("layer")} == {"Linear"}  # not FSDPLinear
+    assert h.info("0.weight").shape == (16, 6)  # the full parameter's, not the shard's (8, 6)
+
+
+@needs_torchrun
+def test_fsdp2_one_collective_per_flush_and_only_rank_0_writes(sharded_run: Any) -> None:
+    """FSDP's own all-gathers and reduce-scatters (not made through ``dist.*``) aside,
+    gradscope adds exactly one ``all_gather`` per flush and no other collective."""
+    flushes = math.ceil(ddp.STEPS / ddp.FLUSH_EVERY)
+    for r in sharded_run["fsdp"]:
+        extra = {k: v - r["baseline"].get(k, 0) for k, v in r["counted"].items()}
+        assert extra == {"flushes": flushes, "all_gather": flushes}
+    assert [(r["writes"], r["writer"]) for r in sharded_run["fsdp"]] == [(True, True),
+                                                                         (False, False)]
+
+
+@needs_torchrun
+def test_fsdp2_bf16_mixed_precision_runs_close_to_float32(sharded_run: Any, union: Any) -> None:
+    """bfloat16 compute on float32 weights: every series within bf16 rounding of float32's."""
+    h0, _ = histories(sharded_run["fsdp_bf16"])
+    diff = worst(series(h0, PARAMETER), series(union["fsdp_bf16"], PARAMETER))
+    assert EVERY_PARAMETER_METRIC <= diff.keys()
+    assert max(diff.values()) <= 0.05, diff
+
+
+@needs_torchrun
+def test_tensor_parallel_parameters_equal_the_unsharded_model(sharded_run: Any, union: Any) -> None:
+    """Colwise (Shard(0)), rowwise (Shard(1), its bias Replicate()) and a plain Linear: the
+    full parameters' norms (every TP rank sees the whole batch: the union is that batch)."""
+    h0, h1 = histories(sharded_run["tp"])
+    got, want = series(h0, PARAMETER), series(union["fsdp"], PARAMETER)
+    assert series(h1, PARAMETER) == got
+    diff = worst(got, want)
+    assert EVERY_PARAMETER_METRIC <= diff.keys()
+    assert max(diff.values()) <= EXACT, diff
+    # the plain last layer is there too, unsharded
+    assert ("4.weight", "grad_norm") in got and ("2.bias", "grad_norm") in got
+
+
+@needs_torchrun
+def test_tensor_parallel_activations_are_rank_0s_said_once(sharded_run: Any) -> None:
+    for r in sharded_run["tp"]:
+        said = [w for w in r["warnings"] if "tensor parallel" in w]
+        assert len(said) == 1 and "Rank 0's own are written" in said[0], r["warnings"]
+        assert len(r["warnings"]) == 1, r["warnings"]
