@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.distributed_worker import WORLD, build, global_batches, options
 
 CASES = ("fsdp", "fsdp_keep", "fsdp_bf16", "fsdp_offload", "tp")
+#: run with ``--nproc_per_node 4``: HSDP, ``fully_shard`` on a 2 x 2 mesh (replicate x shard)
+CASES_4 = ("hsdp",)
 
 
 def dtype(case: str) -> torch.dtype:
@@ -43,10 +45,11 @@ def dtype(case: str) -> torch.dtype:
     return torch.float32 if case == "fsdp_bf16" else torch.float64
 
 
-def batches(case: str, rank: Optional[int] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(case: str, rank: Optional[int] = None, world: int = WORLD
+            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The global batches in ``case``'s dtype; with ``rank``, that rank's rows."""
     out = [(x.to(dtype(case)), y) for x, y in global_batches()]
-    return out if rank is None else [(x[rank::WORLD], y[rank::WORLD]) for x, y in out]
+    return out if rank is None else [(x[rank::world], y[rank::world]) for x, y in out]
 #: the collectives a rank can call, by module (``dist`` and DTensor's functional ones)
 _COLLECTIVES = {
     "dist": ("all_gather", "all_reduce", "broadcast", "gather", "all_gather_object",
@@ -62,7 +65,8 @@ def sharded(case: str) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh("cpu", (WORLD,))
+    mesh = (init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+            if case == "hsdp" else init_device_mesh("cpu", (WORLD,)))
     model = build().to(dtype(case))
     if case == "tp":
         from torch.distributed.tensor.parallel import (
@@ -125,7 +129,8 @@ def counting(counts: dict[str, int]) -> Callable[[], None]:
 
 def case_result(case: str, out: Path, rank: int) -> dict[str, Any]:
     """Run ``case`` on this rank; what the test reads back."""
-    data = batches(case, None if case == "tp" else rank)  # data parallel: this rank's rows
+    # data parallel: this rank's rows
+    data = batches(case, None if case == "tp" else rank, dist.get_world_size())
     result: dict[str, Any] = {"case": case}
     try:
         with warnings.catch_warnings(record=True) as said:
@@ -165,7 +170,7 @@ def case_result(case: str, out: Path, rank: int) -> dict[str, Any]:
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    for case in CASES:
+    for case in CASES_4 if dist.get_world_size() == 4 else CASES:
         (out / f"{case}.rank{rank}.json").write_text(json.dumps(case_result(case, out, rank)))
         dist.barrier()
     gc.collect()

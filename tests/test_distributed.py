@@ -26,11 +26,12 @@ needs_torchrun = pytest.mark.skipif(
     reason="needs torch.distributed and torchrun")
 
 
-def torchrun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc_per_node 2 ARGS`` with gradscope importable and one thread per rank."""
+def torchrun(args: list[str], cwd: Path, timeout: int = 240, nproc: int = 2
+             ) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node NPROC ARGS`` with gradscope importable and one thread per rank."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +137,18 @@ def test_tensor_parallel_activations_are_rank_0s_said_once(sharded_run: Any) -> 
         said = [w for w in r["warnings"] if "tensor parallel" in w]
         assert len(said) == 1 and "Rank 0's own are written" in said[0], r["warnings"]
         assert len(r["warnings"]) == 1, r["warnings"]
+
+
+@needs_torchrun
+def test_hsdp_on_a_2x2_mesh_equals_one_process_on_the_union(tmp_path: Path, union: Any) -> None:
+    """4 ranks, ``fully_shard`` on a (replicate, shard) mesh: each parameter's shards add up
+    over the shard dim and its replicas are not counted twice; activations over 4 ranks' rows."""
+    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(tmp_path)], cwd=tmp_path, nproc=4)
+    ranks = [json.loads((tmp_path / f"hsdp.rank{r}.json").read_text()) for r in range(4)]
+    assert "error" not in ranks[0], ranks[0]["error"]
+    h = histories(ranks)
+    assert all(series(other) == series(h[0]) for other in h[1:])
+    diff = worst(series(h[0]), series(union["fsdp"]))
+    assert EVERY_PARAMETER_METRIC | {"dead_units", "std", "grad_out_norm"} <= diff.keys()
+    assert max(diff.values()) <= EXACT, diff
+    assert ranks[0]["warnings"] == []
