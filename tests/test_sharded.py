@@ -60,6 +60,8 @@ def worst(got: Series, want: Series) -> dict[str, float]:
             g = got[(layer, metric)][step]
             d = 0.0 if g == v else abs(g - v) / max(abs(v), 1e-12)
             out[metric] = max(out.get(metric, 0.0), d)
+    print("largest relative difference per metric:",  # the figures docs/integrations.md cites
+          {m: f"{d:.1e}" for m, d in sorted(out.items())})
     return out
 
 
