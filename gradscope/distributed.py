@@ -53,6 +53,9 @@ __all__ = ["MaskPart", "Partial", "RankCombiner", "SumPartial", "check_model", "
 
 #: Floats before the payload: its length and the checksum of its layout.
 HEADER = 2
+#: Reductions that count units without a mask: they add up when the ranks hold different
+#: units (tensor parallel, units split), else their combine op stands.
+UNIT_COUNTS = frozenset({"bad_units"})
 
 
 def world() -> tuple[int, int]:
@@ -207,6 +210,11 @@ class RankCombiner:
         self.collectives = 0
         self._warned: set[str] = set()
         self._work: Optional[Any] = None  # the last collective's work (see _all_gather)
+        #: tensor parallel (:func:`gradscope.shards.activations_combine`): each call-site's
+        #: layout over the ranks (``units``, ``rows``, ``replicate``, ``unknown``); ``None``:
+        #: every rank sees its own rows of the batch (DDP, FSDP)
+        self.layouts: Optional[dict[str, str]] = None
+        self._me = 0  # this rank's index in the gathered payloads
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
         partials, sums = _merge(items)
@@ -219,11 +227,12 @@ class RankCombiner:
         else:
             gathered = self._all_gather(payload)
             mine = gathered[torch.distributed.get_rank()]
+        self._me = torch.distributed.get_rank() if len(gathered) > 1 else 0
         if any(g[:HEADER] != mine[:HEADER] for g in gathered):
             self._warn("layout", "the ranks recorded different call-sites or steps in this "
                        "flush (a hook failed on one rank, or the graphs differ); this flush "
                        "keeps each rank's own values")
-            gathered = [mine]
+            gathered, self._me = [mine], 0
         out: list[Record] = []
         for p, (start, sizes) in zip(partials, layout):
             out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered], sizes)
@@ -286,15 +295,24 @@ class RankCombiner:
 
     # ------------------------------------------------------------ combining
     def _combine(self, p: Partial, ranks: list[list[float]], sizes: list[int]) -> list[Record]:
+        layout = self._layout(p.layer) if self.layouts is not None else "batch"
+        if layout in ("replicate", "unknown"):  # every rank the same, or no exact combination
+            ranks = [ranks[self._me]]
         numels = [int(r[0]) for r in ranks]
         cols = {n: [r[1 + i] for r in ranks] for i, n in enumerate(p.needs)}
         values: dict[str, float] = {}
         pos = sizes[0]
+        units = p.units * len(ranks) if layout == "units" else p.units
         for n in p.needs:
             op = self.ops(n)
+            if op == "grad" and layout != "batch":  # the ranks' gradients are not averaged
+                op = "norm"
+            if layout == "units" and n in UNIT_COUNTS:
+                op = "sum"
             if op in ("any", "all"):
-                assert op is not None
-                values[n] = combine_masks(op, [r[pos:pos + p.units] for r in ranks])
+                masks = [r[pos:pos + p.units] for r in ranks]
+                values[n] = (math.fsum(combine_masks(op, [m]) for m in masks) if layout == "units"
+                             else combine_masks(op, masks))  # units split: each rank's own
                 pos += p.units
             elif op is None:
                 self._warn(n, f"the reduction {n!r} declares no combine op; its metrics show "
@@ -302,7 +320,17 @@ class RankCombiner:
                 values[n] = p.values[n]
             else:
                 values[n] = combine_values(op, cols[n], numels, cols.get("sum"))
-        return p.finish(p.step, p.layer, values, sum(numels), p.units)
+        return p.finish(p.step, p.layer, values, sum(numels), units)
+
+    def _layout(self, layer: str) -> str:
+        """A tensor-parallel call-site's layout; an unknown one is said once."""
+        layout = (self.layouts or {}).get(layer, "unknown")
+        if layout == "unknown":
+            self._warn(f"tp:{layer}", f"tensor parallel: the layout of {layer!r} over the ranks "
+                       "(units split, or replicated) could not be read from its input (no "
+                       "ColwiseParallel/RowwiseParallel output just before it, or no autograd "
+                       "graph); its activation and backprop statistics are this rank's own")
+        return layout
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -148,7 +148,7 @@ class Monitor:
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
         self._ctx = Context(options, self._queue, self._handles.append, combine_params=combine,
                             histograms_on=self._sinks.wants("write_histograms"),
-                            combine=shards.activations_combine(model, combine))
+                            combine=shards.activations_combine(model, self._queue.combine))
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step, first=True)
         self._recorder = ActivationRecorder(self._ctx)

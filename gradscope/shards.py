@@ -33,13 +33,14 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
 from gradscope.distributed import SumPartial
 from gradscope.queue import Decoder
 
-__all__ = ["activations_combine", "is_sharded", "local", "module_type", "share", "summed_decoder",
-           "tensor_parallel"]
+__all__ = ["activations_combine", "is_sharded", "local", "module_type", "pure_tensor_parallel",
+           "share", "summed_decoder", "tensor_parallel", "tp_layout"]
 
 
 def _dtensor() -> Optional[type]:
@@ -131,20 +132,68 @@ def tensor_parallel(model: nn.Module) -> bool:
     return False
 
 
-#: Said once when a tensor-parallel model's activation statistics are not combined.
+#: Said once when a model with tensor-parallel parameters on a multi-dim mesh (FSDP x TP,
+#: DDP x TP) has its activation statistics left uncombined.
 TP_ACTIVATIONS = (
-    "gradscope: this model is tensor parallel (parameters sharded over a tensor-parallel mesh "
-    "dim): parameter statistics are those of the full parameters, combined from the shards, "
-    "but activation and backprop statistics are not combined across ranks: an activation's "
-    "units may be split over the tensor-parallel group (after ColwiseParallel) or replicated "
-    "(after RowwiseParallel), which the hooks cannot tell apart. Rank 0's own are written "
-    "(its shard of the units). Said once.")
+    "gradscope: this model is tensor parallel on a mesh with other dims (FSDP x TP, DDP x "
+    "TP): parameter statistics are those of the full parameters, combined from the shards, "
+    "but activation and backprop statistics are not combined across ranks (combining them "
+    "over the tensor-parallel group and the data-parallel one at once is not supported): "
+    "rank 0's own are written (its shard of the units). Said once.")
 
 
-def activations_combine(model: nn.Module, combine: bool) -> bool:
-    """Whether activation statistics combine across ranks: as under DDP, unless the model is
-    tensor parallel (:func:`tensor_parallel`; then said once, :data:`TP_ACTIVATIONS`)."""
-    if not combine or not tensor_parallel(model):
-        return combine
+def pure_tensor_parallel(model: nn.Module, world: int) -> bool:
+    """Whether every sharded parameter is tensor parallel on one 1-D mesh of all the ranks
+    (no ``fully_shard``): the ranks see the same batch, each activation's units split or
+    replicated over them (:func:`tp_layout`)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without torch.distributed
+        return False
+    if any(isinstance(m, FSDPModule) for m in model.modules()):
+        return False
+    meshes = [p.device_mesh for p in model.parameters() if is_sharded(p)]  # type: ignore[attr-defined]
+    return all(m.ndim == 1 and m.size() == world for m in meshes)
+
+
+def activations_combine(model: nn.Module, combiner: Any) -> bool:
+    """Whether activation statistics combine across ranks (``combiner``: the queue's
+    :class:`~gradscope.distributed.RankCombiner`, ``None`` when ranks are not combined): as
+    under DDP; under tensor parallelism on the ranks' one mesh, each site by its layout
+    (``combiner.layouts``: site -> :func:`tp_layout`, filled by the hooks); not with other
+    mesh dims (said once)."""
+    if combiner is None or not tensor_parallel(model):
+        return combiner is not None
+    if pure_tensor_parallel(model, torch.distributed.get_world_size()):
+        combiner.layouts = {}
+        return True
     warnings.warn(TP_ACTIVATIONS, RuntimeWarning, stacklevel=4)
     return False
+
+
+#: How far back from an activation's input the autograd graph is followed to find the
+#: ``to_local()`` of a tensor-parallel module's output (through single-input nodes only).
+TP_SEARCH = 4
+
+
+def tp_layout(node: Any, unit_dim: int) -> str:
+    """How a tensor-parallel activation is spread over the ranks, read from the autograd node of
+    its input (``to_local()`` of a ``ColwiseParallel``/``RowwiseParallel`` output keeps the
+    ``DTensor``'s spec): ``"units"`` (``Shard`` of the unit dim ``unit_dim``, non-negative),
+    ``"rows"`` (``Shard`` of another dim: sequence parallel), ``"replicate"``, or
+    ``"unknown"`` (no such node within :data:`TP_SEARCH` single-input steps, a ``Partial()``)."""
+    for _ in range(TP_SEARCH):
+        if node is None:
+            break
+        spec = getattr(node, "dtensor_spec", None)
+        if spec is not None:
+            ndim = len(spec.shape)
+            shards = [p.dim % ndim for p in spec.placements if p.is_shard()]
+            if any(p.is_partial() for p in spec.placements):
+                return "unknown"
+            if not shards:
+                return "replicate"
+            return "units" if unit_dim in shards else "rows"
+        inputs = [f for f, _ in node.next_functions if f is not None]
+        node = inputs[0] if len(inputs) == 1 else None
+    return "unknown"

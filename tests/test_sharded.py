@@ -120,25 +120,22 @@ def test_fsdp2_bf16_mixed_precision_runs_close_to_float32(sharded_run: Any, unio
 
 
 @needs_torchrun
-def test_tensor_parallel_parameters_equal_the_unsharded_model(sharded_run: Any, union: Any) -> None:
-    """Colwise (Shard(0)), rowwise (Shard(1), its bias Replicate()) and a plain Linear: the
-    full parameters' norms (every TP rank sees the whole batch: the union is that batch)."""
+def test_tensor_parallel_equals_the_unsharded_model(sharded_run: Any, union: Any) -> None:
+    """Colwise (Shard(0)), rowwise (Shard(1), its bias Replicate()) and a plain Linear
+    (sharded and plain parameters mixed); every TP rank sees the whole batch, so the union
+    is that batch. Parameters: the full ones' norms. Activations: the ReLU after the colwise
+    layer has its units split over the ranks (combined as units), the sigmoid after the
+    rowwise one is replicated (each rank's own, not counted twice)."""
     h0, h1 = histories(sharded_run["tp"])
-    got, want = series(h0, PARAMETER), series(union["fsdp"], PARAMETER)
-    assert series(h1, PARAMETER) == got
-    diff = worst(got, want)
-    assert EVERY_PARAMETER_METRIC <= diff.keys()
+    assert series(h1) == series(h0)
+    diff = worst(series(h0), series(union["fsdp"]))
+    assert EVERY_PARAMETER_METRIC | {"dead_units", "dead_units_window", "saturation", "mean",
+                                     "std", "min", "max", "grad_out_norm"} <= diff.keys()
     assert max(diff.values()) <= EXACT, diff
-    # the plain last layer is there too, unsharded
-    assert ("4.weight", "grad_norm") in got and ("2.bias", "grad_norm") in got
-
-
-@needs_torchrun
-def test_tensor_parallel_activations_are_rank_0s_said_once(sharded_run: Any) -> None:
+    assert ("4.weight", "grad_norm") in series(h0)  # the plain layer, unsharded
     for r in sharded_run["tp"]:
-        said = [w for w in r["warnings"] if "tensor parallel" in w]
-        assert len(said) == 1 and "Rank 0's own are written" in said[0], r["warnings"]
-        assert len(r["warnings"]) == 1, r["warnings"]
+        assert r["layouts"] == {"1": "units", "3": "replicate"}
+        assert r["warnings"] == []
 
 
 @needs_torchrun
@@ -154,3 +151,64 @@ def test_hsdp_on_a_2x2_mesh_equals_one_process_on_the_union(tmp_path: Path, unio
     assert EVERY_PARAMETER_METRIC | {"dead_units", "std", "grad_out_norm"} <= diff.keys()
     assert max(diff.values()) <= EXACT, diff
     assert ranks[0]["warnings"] == []
+
+
+# ---------------------------------------------------------------- in one process
+def _partial(units: int = 3) -> Any:
+    from gradscope.distributed import Partial
+
+    def finish(step: int, layer: str, values: dict[str, float], numel: int, n: int) -> list[Any]:
+        return [(step, layer, "values", {**values, "numel": numel, "units": n})]
+
+    needs = ("sum", "norm", "bad_units", "active_units")
+    return Partial(0, "act", "activation", needs, {}, 0, units, finish)
+
+
+def _ranks() -> tuple[list[list[float]], list[int]]:
+    # per rank: numel, then sum, norm, bad_units, then the active-units mask
+    return [[6.0, 1.0, 3.0, 1.0, 1, 0, 0], [6.0, 2.0, 4.0, 1.0, 1, 0, 1]], [4, 3]
+
+
+@pytest.mark.parametrize("layout, want", [
+    ("batch", dict(sum=3.0, norm=2.5, bad_units=1.0, active_units=2.0, numel=12, units=3)),
+    ("units", dict(sum=3.0, norm=5.0, bad_units=2.0, active_units=3.0, numel=12, units=6)),
+    ("rows", dict(sum=3.0, norm=5.0, bad_units=1.0, active_units=2.0, numel=12, units=3)),
+    ("replicate", dict(sum=2.0, norm=4.0, bad_units=1.0, active_units=2.0, numel=6, units=3)),
+], ids=["ddp-fsdp", "tp-units-split", "tp-rows-split", "tp-replicated"])
+def test_tensor_parallel_layouts_combine_as_one_process(layout: str, want: dict[str, float]) -> None:
+    """Units split over the ranks: masks counted per rank, unit counts added, gradient norms
+    not averaged; rows split: masks OR-ed; replicated: this rank's own (here rank 1)."""
+    from gradscope.distributed import RankCombiner
+    from gradscope.reductions import combine_op
+
+    c = RankCombiner(combine_op)
+    if layout != "batch":
+        c.layouts = {"act": layout}
+    c._me = 1
+    ranks, sizes = _ranks()
+    [(_, _, _, got)] = c._combine(_partial(), ranks, sizes)
+    assert got == want
+
+
+def test_an_unknown_tensor_parallel_layout_keeps_the_ranks_own_said_once() -> None:
+    from gradscope.distributed import RankCombiner
+    from gradscope.reductions import combine_op
+
+    c = RankCombiner(combine_op)
+    c.layouts, c._me = {}, 0
+    with pytest.warns(RuntimeWarning, match="the layout of 'act' over the ranks") as said:
+        for _ in range(2):
+            [(_, _, _, got)] = c._combine(_partial(), *_ranks())
+    assert len(said) == 1 and got["sum"] == 1.0 and got["numel"] == 6
+
+
+def test_tp_layout_and_shares_of_plain_tensors() -> None:
+    import torch
+
+    from gradscope import shards
+
+    x = torch.randn(2, 3, requires_grad=True)
+    assert shards.tp_layout((x * 2).relu().grad_fn, 1) == "unknown"  # no DTensor behind it
+    assert shards.tp_layout(None, 1) == "unknown"
+    assert (shards.share(x, rank=0, world=2), shards.share(x, rank=1, world=2)) == (1.0, 0.0)
+    assert shards.local(x) is x and not shards.is_sharded(x)
