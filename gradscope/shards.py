@@ -59,6 +59,12 @@ def is_sharded(t: Any) -> bool:
     return _DTENSOR is not None and isinstance(t, _DTENSOR)
 
 
+def _is_shard(placement: Any) -> bool:
+    """``Shard(d)``, and FSDP x TP's ``_StridedShard`` (neither a ``Shard`` nor ``is_shard()``
+    in torch 2.14): a placement that splits a dim."""
+    return placement.is_shard() or isinstance(getattr(placement, "dim", None), int)
+
+
 def local(t: Tensor) -> Tensor:
     """The rank's own piece of a ``DTensor`` (``to_local()``), or ``t`` itself."""
     return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
@@ -72,7 +78,7 @@ def share(t: Tensor, *, rank: int, world: int) -> Optional[float]:
     mesh, placements = t.device_mesh, t.placements  # type: ignore[attr-defined]
     if any(p.is_partial() for p in placements):
         return None
-    pieces = math.prod(mesh.size(d) for d, p in enumerate(placements) if p.is_shard())
+    pieces = math.prod(mesh.size(d) for d, p in enumerate(placements) if _is_shard(p))
     return pieces / world  # 1 / copies
 
 
@@ -126,7 +132,7 @@ def tensor_parallel(model: nn.Module) -> bool:
             continue
         if id(p) not in managed:
             return True
-        kinds = [pl.is_shard() for pl in p.placements]  # type: ignore[attr-defined]
+        kinds = [_is_shard(pl) for pl in p.placements]  # type: ignore[attr-defined]
         if True in kinds and kinds.index(True) < len(kinds) - 1:
             return True
     return False

@@ -34,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.distributed_worker import WORLD, build, global_batches, options
 
 CASES = ("fsdp", "fsdp_keep", "fsdp_bf16", "fsdp_offload", "tp")
-#: run with ``--nproc_per_node 4``: HSDP, ``fully_shard`` on a 2 x 2 mesh (replicate x shard)
-CASES_4 = ("hsdp",)
+#: run with ``--nproc_per_node 4``: HSDP, ``fully_shard`` on a 2 x 2 mesh (replicate x shard);
+#: FSDP x TP on a 2 x 2 (dp, tp) mesh
+CASES_4 = ("hsdp", "fsdp_tp")
 
 
 def dtype(case: str) -> torch.dtype:
@@ -64,17 +65,23 @@ def sharded(case: str) -> nn.Module:
     """The shared model, sharded as ``case`` says."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
-    mesh = (init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-            if case == "hsdp" else init_device_mesh("cpu", (WORLD,)))
+    mesh = init_device_mesh("cpu", (WORLD,))
+    if case in CASES_4:
+        names = ("replicate", "shard") if case == "hsdp" else ("dp", "tp")
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=names)
     model = build().to(dtype(case))
-    if case == "tp":
-        from torch.distributed.tensor.parallel import (
-            ColwiseParallel,
-            RowwiseParallel,
-            parallelize_module,
-        )
-        return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    if case in ("tp", "fsdp_tp"):
+        model = parallelize_module(model, mesh["tp"] if case == "fsdp_tp" else mesh,
+                                   {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        if case == "tp":
+            return model
+        mesh = mesh["dp"]
     kw: dict[str, Any] = {"mesh": mesh}
     if case == "fsdp_keep":
         kw["reshard_after_forward"] = False
@@ -129,8 +136,10 @@ def counting(counts: dict[str, int]) -> Callable[[], None]:
 
 def case_result(case: str, out: Path, rank: int) -> dict[str, Any]:
     """Run ``case`` on this rank; what the test reads back."""
-    # data parallel: this rank's rows
-    data = batches(case, None if case == "tp" else rank, dist.get_world_size())
+    # data parallel: this rank's rows (FSDP x TP: its data-parallel group's)
+    world = dist.get_world_size()
+    data = (batches(case) if case == "tp" else batches(case, rank // 2, 2) if case == "fsdp_tp"
+            else batches(case, rank, world))
     result: dict[str, Any] = {"case": case}
     try:
         with warnings.catch_warnings(record=True) as said:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,19 +137,40 @@ def test_tensor_parallel_equals_the_unsharded_model(sharded_run: Any, union: Any
         assert r["warnings"] == []
 
 
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("sharded4")
+    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out, nproc=4)
+    runs = {case: [json.loads((out / f"{case}.rank{r}.json").read_text()) for r in range(4)]
+            for case in worker.CASES_4}
+    for case, ranks in runs.items():
+        assert "error" not in ranks[0], (case, ranks[0]["error"])
+    return runs
+
+
 @needs_torchrun
-def test_hsdp_on_a_2x2_mesh_equals_one_process_on_the_union(tmp_path: Path, union: Any) -> None:
+def test_hsdp_on_a_2x2_mesh_equals_one_process_on_the_union(four_ranks: Any, union: Any) -> None:
     """4 ranks, ``fully_shard`` on a (replicate, shard) mesh: each parameter's shards add up
     over the shard dim and its replicas are not counted twice; activations over 4 ranks' rows."""
-    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(tmp_path)], cwd=tmp_path, nproc=4)
-    ranks = [json.loads((tmp_path / f"hsdp.rank{r}.json").read_text()) for r in range(4)]
-    assert "error" not in ranks[0], ranks[0]["error"]
-    h = histories(ranks)
+    h = histories(four_ranks["hsdp"])
     assert all(series(other) == series(h[0]) for other in h[1:])
     diff = worst(series(h[0]), series(union["fsdp"]))
     assert EVERY_PARAMETER_METRIC | {"dead_units", "std", "grad_out_norm"} <= diff.keys()
     assert max(diff.values()) <= EXACT, diff
-    assert ranks[0]["warnings"] == []
+    assert four_ranks["hsdp"][0]["warnings"] == []
+
+
+@needs_torchrun
+def test_fsdp_x_tp_parameters_exact_activations_said_once(four_ranks: Any, union: Any) -> None:
+    """A (dp, tp) mesh: tensor parallel on ``tp``, ``fully_shard`` on ``dp`` (placements such as
+    ``(_StridedShard(0), Shard(0))``, ``(Shard(0), Replicate())``): the parameters' statistics
+    are exact; the activations are rank 0's own, said once on each rank."""
+    h0 = histories(four_ranks["fsdp_tp"])[0]
+    diff = worst(series(h0, PARAMETER), series(union["fsdp"], PARAMETER))
+    assert EVERY_PARAMETER_METRIC <= diff.keys()
+    assert max(diff.values()) <= EXACT, diff
+    for r in four_ranks["fsdp_tp"]:
+        assert len(r["warnings"]) == 1 and "FSDP x TP" in r["warnings"][0], r["warnings"]
 
 
 # ---------------------------------------------------------------- in one process
