@@ -22,7 +22,9 @@ pre-hook, after DDP's all-reduce, where every rank holds the same gradients and
 weights, so they are not combined. Sharded parameters (FSDP2 ``fully_shard``,
 tensor-parallel DTensors) are read from each rank's local shard as sums over the
 ranks (:mod:`gradscope.shards`): their :class:`SumPartial` values travel in the
-same collective and are added. Histograms are rank 0's. Every rank's history ends
+same collective and are added. Under tensor parallelism every rank sees the whole
+batch: each call-site is combined by its layout over the ranks (``layouts``: units
+split, rows split, replicated; :func:`gradscope.shards.tp_layout`). Histograms are rank 0's. Every rank's history ends
 up the same; only rank 0 writes the sinks and prints (:func:`world`).
 
 The layout must be the same on every rank: the same call-sites recorded at the
