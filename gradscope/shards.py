@@ -36,10 +36,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from gradscope import stats
 from gradscope.distributed import SumPartial
-from gradscope.queue import Decoder
+from gradscope.queue import Decoder, Entry
+from gradscope.records import Record
 
-__all__ = ["activations_combine", "is_sharded", "local", "module_type", "pure_tensor_parallel",
+__all__ = ["activations_combine", "check_entries", "checked_decoder", "is_sharded", "local", "module_type", "pure_tensor_parallel",
            "share", "summed_decoder", "tensor_parallel", "tp_layout"]
 
 
@@ -116,6 +118,43 @@ def summed_decoder(decode: Decoder, parts: Sequence[str], shares: Sequence[float
         return [SumPartial(step, key, mine, finish)]
 
     return decode_sum
+
+
+def check_entries(step: int, live: Sequence[tuple[str, Optional[Tensor]]], rank: int
+                  ) -> Optional[list[Entry]]:
+    """The every-step NaN/Inf check of a sharded model's checked parameters (``(layer,
+    parameter)``), ranks combined: each gradient's local piece probed on every rank, one
+    vector per device (:func:`gradscope.stats.foreach_finite_probe`: nothing read back), decoded
+    by :func:`checked_decoder`; ``None`` when no parameter is sharded."""
+    if not any(is_sharded(p) for _, p in live):
+        return None
+    got = [(layer, local(p.grad), is_sharded(p)) for layer, p in live
+           if p is not None and p.grad is not None and p.grad.is_floating_point()]
+    out = []
+    for device in dict.fromkeys(g.device for _, g, _ in got):
+        mine = [x for x in got if x[1].device == device]
+        vec = stats.foreach_finite_probe([g for _, g, _ in mine])
+        out.append(Entry(step, vec, checked_decoder([x[0] for x in mine], [x[2] for x in mine],
+                                                    rank)))
+    return out
+
+
+def checked_decoder(layers: Sequence[str], sharded: Sequence[bool], rank: int) -> Decoder:
+    """Decoder of the every-step NaN/Inf check of a sharded model (one probe per layer: 0, or
+    NaN when its gradient's local piece is not finite): ``grad_nonfinite_check`` = 1 for the
+    layers that any rank finds not finite (a plain parameter: rank 0's), summed over the ranks."""
+    weights = [1.0 if s or rank == 0 else 0.0 for s in sharded]
+
+    def decode(step: int, values: Sequence[float]) -> list[Any]:
+        mine = [w if v - v != 0.0 else 0.0 for v, w in zip(values, weights)]  # NaN or ±Inf
+
+        def finish(summed: Sequence[float]) -> list[Any]:
+            return [Record(step, layer, "grad_nonfinite_check", 1.0)
+                    for layer, n in zip(layers, summed) if n > 0]
+
+        return [SumPartial(step, "check", mine, finish)]
+
+    return decode
 
 
 def tensor_parallel(model: nn.Module) -> bool:

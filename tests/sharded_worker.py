@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +34,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.distributed_worker import WORLD, build, global_batches, options
 
-CASES = ("fsdp", "fsdp_keep", "fsdp_bf16", "fsdp_offload", "tp")
+CASES = ("fsdp", "fsdp_keep", "fsdp_bf16", "fsdp_offload", "tp", "fsdp_nan")
+#: ``fsdp_nan``: the step at which rank 1 puts a NaN in its piece of layer 2's bias gradient
+#: (an unsampled step with ``every=2``: the every-step check must see it)
+NAN_STEP = 5
 #: run with ``--nproc_per_node 4``: HSDP, ``fully_shard`` on a 2 x 2 mesh (replicate x shard);
 #: FSDP x TP on a 2 x 2 (dp, tp) mesh
 CASES_4 = ("hsdp", "fsdp_tp")
@@ -94,15 +98,18 @@ def sharded(case: str) -> nn.Module:
     return fully_shard(model, **kw)
 
 
-def run(model: nn.Module, data: list[Any], watched: bool, **watch: Any) -> Any:
-    """Train ``model`` on ``data`` (SGD), under ``gradscope.watch`` when ``watched``."""
+def run(model: nn.Module, data: list[Any], watched: bool, nan: bool = False, **watch: Any) -> Any:
+    """Train ``model`` on ``data`` (SGD), under ``gradscope.watch`` when ``watched``; with
+    ``nan``, rank 1 spoils its gradient piece at :data:`NAN_STEP`."""
     import gradscope
 
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    mon = gradscope.watch(model, optimizer=opt, **options(), **watch) if watched else None
-    for x, y in data:
+    mon = gradscope.watch(model, optimizer=opt, **{**options(), **watch}) if watched else None
+    for step, (x, y) in enumerate(data):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
+        if nan and step == NAN_STEP and dist.get_rank() == 1:
+            model[2].bias.grad.to_local()[0] = math.nan  # type: ignore[index]
         opt.step()
     if mon is not None:
         mon.close()
@@ -166,6 +173,8 @@ def case_result(case: str, out: Path, rank: int) -> dict[str, Any]:
                     undo()
                 result.update(baseline=base, counted=seen, writes=mon.writes,
                               writer=mon.writer is not None)
+            elif case == "fsdp_nan":
+                mon = run(sharded(case), data, watched=True, nan=True, every=2)
             else:
                 mon = run(sharded(case), data, watched=True)
                 result["layouts"] = mon._queue.combine.layouts  # tensor parallel: per site

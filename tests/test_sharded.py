@@ -137,6 +137,15 @@ def test_tensor_parallel_equals_the_unsharded_model(sharded_run: Any, union: Any
         assert r["warnings"] == []
 
 
+@needs_torchrun
+def test_the_every_step_check_sees_a_nan_in_another_ranks_piece(sharded_run: Any) -> None:
+    """A NaN in rank 1's piece of a gradient at an unsampled step: every rank records it
+    (the probes of the ranks' pieces travel in the flush's collective)."""
+    for h in histories(sharded_run["fsdp_nan"]):
+        assert h.series("2", "grad_nonfinite_check") == ([worker.NAN_STEP], [1.0])
+        assert "grad_nonfinite_check" not in h.metrics("0")  # its gradient is finite
+
+
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("sharded4")
