@@ -217,6 +217,10 @@ class RankCombiner:
         #: every rank sees its own rows of the batch (DDP, FSDP)
         self.layouts: Optional[dict[str, str]] = None
         self._me = 0  # this rank's index in the gathered payloads
+        #: tensor parallel: this rank's group (its first rank) and index in it, exchanged at
+        #: the head of the payload; the groups of ranks (indices in the gathered payloads)
+        self.tp_place: tuple[float, float] = (0.0, 0.0)
+        self._groups: list[list[int]] = []
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
         partials, sums = _merge(items)
@@ -230,11 +234,12 @@ class RankCombiner:
             gathered = self._all_gather(payload)
             mine = gathered[torch.distributed.get_rank()]
         self._me = torch.distributed.get_rank() if len(gathered) > 1 else 0
+        self._groups = _groups(gathered) if self.layouts is not None else []
         if any(g[:HEADER] != mine[:HEADER] for g in gathered):
             self._warn("layout", "the ranks recorded different call-sites or steps in this "
                        "flush (a hook failed on one rank, or the graphs differ); this flush "
                        "keeps each rank's own values")
-            gathered, self._me = [mine], 0
+            gathered, self._me, self._groups = [mine], 0, [[0]]
         out: list[Record] = []
         for p, (start, sizes) in zip(partials, layout):
             out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered], sizes)
@@ -249,7 +254,7 @@ class RankCombiner:
 
     def _payload(self, partials: list[Partial], sums: list[SumPartial]
                  ) -> tuple[list[float], list[tuple[int, list[int]]]]:
-        body: list[float] = []
+        body: list[float] = list(self.tp_place) if self.layouts is not None else []
         layout: list[tuple[int, list[int]]] = []
         signature = []
         for p in partials:
@@ -297,25 +302,23 @@ class RankCombiner:
 
     # ------------------------------------------------------------ combining
     def _combine(self, p: Partial, ranks: list[list[float]], sizes: list[int]) -> list[Record]:
-        layout = self._layout(p.layer) if self.layouts is not None else "batch"
-        if layout in ("replicate", "unknown"):  # every rank the same, or no exact combination
-            ranks = [ranks[self._me]]
-        numels = [int(r[0]) for r in ranks]
+        units = p.units
+        if self.layouts is not None:  # tensor parallel: within each group by the layout first
+            layout = self._layout(p.layer)
+            if layout == "unknown":
+                ranks = [ranks[self._me]]
+            else:
+                ranks = [self._within(p, [ranks[i] for i in g], layout) for g in self._groups]
+                units = p.units * len(self._groups[0]) if layout == "units" else p.units
+        numels = [int(r[0]) for r in ranks]  # then across the ranks' (or groups') rows
         cols = {n: [r[1 + i] for r in ranks] for i, n in enumerate(p.needs)}
         values: dict[str, float] = {}
-        pos = sizes[0]
-        units = p.units * len(ranks) if layout == "units" else p.units
+        pos = 1 + len(p.needs)
         for n in p.needs:
             op = self.ops(n)
-            if op == "grad" and layout != "batch":  # the ranks' gradients are not averaged
-                op = "norm"
-            if layout == "units" and n in UNIT_COUNTS:
-                op = "sum"
             if op in ("any", "all"):
-                masks = [r[pos:pos + p.units] for r in ranks]
-                values[n] = (math.fsum(combine_masks(op, [m]) for m in masks) if layout == "units"
-                             else combine_masks(op, masks))  # units split: each rank's own
-                pos += p.units
+                values[n] = combine_masks(op, [r[pos:pos + units] for r in ranks])
+                pos += units
             elif op is None:
                 self._warn(n, f"the reduction {n!r} declares no combine op; its metrics show "
                            "this rank's own values")
@@ -323,6 +326,35 @@ class RankCombiner:
             else:
                 values[n] = combine_values(op, cols[n], numels, cols.get("sum"))
         return p.finish(p.step, p.layer, values, sum(numels), units)
+
+    def _within(self, p: Partial, members: list[list[float]], layout: str) -> list[float]:
+        """One tensor-parallel group's payloads as one row (numel, values, masks): units split
+        (masks joined, unit counts added), rows split (masks OR-ed / AND-ed), replicated (the
+        first member's); gradient norms are not averaged within a group."""
+        if layout == "replicate":
+            return members[0]
+        numels = [int(r[0]) for r in members]
+        row, masks = [float(sum(numels))], []
+        pos = 1 + len(p.needs)
+        for i, n in enumerate(p.needs):
+            op = self.ops(n)
+            col = [r[1 + i] for r in members]
+            if op in ("any", "all"):
+                ms = [r[pos:pos + p.units] for r in members]
+                pos += p.units
+                test = any if op == "any" else all
+                masks += ([v for m in ms for v in m] if layout == "units"
+                          else [float(test(v > 0 for v in c)) for c in zip(*ms)])
+                row.append(0.0)  # (the mask carries it)
+            elif op is None:
+                row.append(col[0])
+            else:
+                op = "sum" if layout == "units" and n in UNIT_COUNTS else \
+                    "norm" if op == "grad" else op
+                row.append(combine_values(op, col, numels, [r[1 + p.needs.index("sum")]
+                                                            for r in members]
+                                          if "sum" in p.needs else None))
+        return row + masks
 
     def _layout(self, layer: str) -> str:
         """A tensor-parallel call-site's layout; an unknown one is said once."""
@@ -338,6 +370,15 @@ class RankCombiner:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(f"gradscope: {message}", RuntimeWarning, stacklevel=4)
+
+
+def _groups(gathered: list[list[float]]) -> list[list[int]]:
+    """The tensor-parallel groups of the gathered payloads (each rank's group and index in it
+    head its body), each in index order."""
+    by: dict[float, list[tuple[float, int]]] = {}
+    for i, g in enumerate(gathered):
+        by.setdefault(g[HEADER], []).append((g[HEADER + 1], i))
+    return [[i for _, i in sorted(v)] for v in by.values()]
 
 
 def _merge(items: Sequence[Any]) -> tuple[list[Partial], list[SumPartial]]:

@@ -41,8 +41,8 @@ from gradscope.distributed import SumPartial
 from gradscope.queue import Decoder, Entry
 from gradscope.records import Record
 
-__all__ = ["activations_combine", "check_entries", "checked_decoder", "is_sharded", "local", "module_type", "pure_tensor_parallel",
-           "share", "summed_decoder", "tensor_parallel", "tp_layout"]
+__all__ = ["activations_combine", "check_entries", "checked_decoder", "is_sharded", "local",
+           "module_type", "share", "summed_decoder", "tensor_parallel", "tp_layout", "tp_place"]
 
 
 def _dtensor() -> Optional[type]:
@@ -158,62 +158,64 @@ def checked_decoder(layers: Sequence[str], sharded: Sequence[bool], rank: int) -
 
 
 def tensor_parallel(model: nn.Module) -> bool:
-    """Whether some parameter is sharded over a tensor-parallel mesh dim: a ``DTensor`` that no
+    """Whether some parameter is sharded over a tensor-parallel mesh dim (:func:`_tp_params`)."""
+    return bool(_tp_params(model))
+
+
+def _tp_params(model: nn.Module) -> list[Tensor]:
+    """The parameters sharded over a tensor-parallel mesh dim: a ``DTensor`` that no
     ``fully_shard`` manages, or one whose placements go on after FSDP's ``Shard`` (FSDP x TP:
-    ``(Shard(0), Shard(1))``; HSDP's ``(Replicate(), Shard(0))`` is data parallel only)."""
+    ``(_StridedShard(0), Shard(1))``; HSDP's ``(Replicate(), Shard(0))`` is data parallel)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - torch without torch.distributed
-        return False
+        return []
     managed = {id(p) for m in model.modules() if isinstance(m, FSDPModule) for p in m.parameters()}
+    out: list[Tensor] = []
     for p in model.parameters():
         if not is_sharded(p):
             continue
-        if id(p) not in managed:
-            return True
         kinds = [_is_shard(pl) for pl in p.placements]  # type: ignore[attr-defined]
-        if True in kinds and kinds.index(True) < len(kinds) - 1:
-            return True
-    return False
+        if id(p) not in managed or (True in kinds and kinds.index(True) < len(kinds) - 1):
+            out.append(p)
+    return out
 
 
-#: Said once when a model with tensor-parallel parameters on a multi-dim mesh (FSDP x TP,
-#: DDP x TP) has its activation statistics left uncombined.
+#: Said once when a tensor-parallel model's mesh could not be read.
 TP_ACTIVATIONS = (
-    "gradscope: this model is tensor parallel on a mesh with other dims (FSDP x TP, DDP x "
-    "TP): parameter statistics are those of the full parameters, combined from the shards, "
-    "but activation and backprop statistics are not combined across ranks (combining them "
-    "over the tensor-parallel group and the data-parallel one at once is not supported): "
-    "rank 0's own are written (its shard of the units). Said once.")
+    "gradscope: this model is tensor parallel, but its tensor-parallel mesh dim could not be "
+    "read from its parameters: parameter statistics are those of the full parameters, "
+    "combined from the shards, but activation and backprop statistics are not combined "
+    "across ranks: rank 0's own are written (its shard of the units). Said once.")
 
 
-def pure_tensor_parallel(model: nn.Module, world: int) -> bool:
-    """Whether every sharded parameter is tensor parallel on one 1-D mesh of all the ranks
-    (no ``fully_shard``): the ranks see the same batch, each activation's units split or
-    replicated over them (:func:`tp_layout`)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch without torch.distributed
-        return False
-    if any(isinstance(m, FSDPModule) for m in model.modules()):
-        return False
-    meshes = [p.device_mesh for p in model.parameters() if is_sharded(p)]  # type: ignore[attr-defined]
-    return all(m.ndim == 1 and m.size() == world for m in meshes)
+def tp_place(model: nn.Module, rank: int) -> Optional[tuple[float, float]]:
+    """``(group, index)``: this rank's tensor-parallel group (its first rank) and its index in
+    it, from a tensor-parallel parameter's mesh (its last dim: a 1-D mesh, or FSDP x TP's
+    (dp, tp)); ``None`` when no parameter shows it."""
+    for p in _tp_params(model):
+        grid = p.device_mesh.mesh  # type: ignore[attr-defined]
+        at = (grid == rank).nonzero()
+        if len(at):
+            group = grid[tuple(at[0][:-1].tolist())].tolist()
+            return float(min(group)), float(group.index(rank))
+    return None
 
 
 def activations_combine(model: nn.Module, combiner: Any) -> bool:
     """Whether activation statistics combine across ranks (``combiner``: the queue's
     :class:`~gradscope.distributed.RankCombiner`, ``None`` when ranks are not combined): as
-    under DDP; under tensor parallelism on the ranks' one mesh, each site by its layout
-    (``combiner.layouts``: site -> :func:`tp_layout`, filled by the hooks); not with other
-    mesh dims (said once)."""
+    under DDP; under tensor parallelism within each tensor-parallel group by each site's
+    layout (``combiner.layouts``: site -> :func:`tp_layout`, filled by the hooks), then
+    across the groups as under DDP; not when the mesh cannot be read (said once)."""
     if combiner is None or not tensor_parallel(model):
         return combiner is not None
-    if pure_tensor_parallel(model, torch.distributed.get_world_size()):
-        combiner.layouts = {}
-        return True
-    warnings.warn(TP_ACTIVATIONS, RuntimeWarning, stacklevel=4)
-    return False
+    place = tp_place(model, torch.distributed.get_rank())
+    if place is None:
+        warnings.warn(TP_ACTIVATIONS, RuntimeWarning, stacklevel=4)
+        return False
+    combiner.layouts, combiner.tp_place = {}, place
+    return True
 
 
 #: How far back from an activation's input the autograd graph is followed to find the
