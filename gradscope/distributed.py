@@ -242,7 +242,7 @@ class RankCombiner:
             gathered, self._me, self._groups = [mine], 0, [[0]]
         out: list[Record] = []
         for p, (start, sizes) in zip(partials, layout):
-            out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered], sizes)
+            out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered])
         for s, (start, sizes) in zip(sums, layout[len(partials):]):
             end = start + sizes[0]
             out += s.finish([math.fsum(col) for col in zip(*(g[start:end] for g in gathered))])
@@ -301,7 +301,7 @@ class RankCombiner:
         return torch.stack(out).tolist()  # ok-sync: the flush
 
     # ------------------------------------------------------------ combining
-    def _combine(self, p: Partial, ranks: list[list[float]], sizes: list[int]) -> list[Record]:
+    def _combine(self, p: Partial, ranks: list[list[float]]) -> list[Record]:
         units = p.units
         if self.layouts is not None:  # tensor parallel: within each group by the layout first
             layout = self._layout(p.layer)

@@ -236,8 +236,12 @@ class ParamCapture:
         max-abs values (``torch._foreach_norm(…, inf)``: one fused kernel, NaN
         propagates, nothing overflows) are queued and decoded at the flush.
         """
-        if self.ctx.combine_params and self._check_shards(step):
-            return
+        if self.ctx.combine_params:  # a sharded model: the ranks' pieces (shards.check_entries)
+            entries = shards.check_entries(step, [(r.layer, r.ref()) for r in self._checked],
+                                           distributed.world()[0])
+            if entries is not None:
+                self._staged = entries
+                return
         by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
         for r in self.refs if every_parameter else self._checked:
             p = r.ref()
@@ -252,14 +256,6 @@ class ParamCapture:
             names, vec = _check_gradients(grads)
             if names and vec is not None:
                 self._staged.append(Entry(step, vec, NonfiniteCheck(names, "grad_nonfinite_check")))
-
-    def _check_shards(self, step: int) -> bool:
-        """The every-step check of a sharded model, ranks combined
-        (:func:`gradscope.shards.check_entries`); whether the model is sharded."""
-        entries = shards.check_entries(step, [(r.layer, r.ref()) for r in self._checked],
-                                       distributed.world()[0])
-        self._staged = entries or []
-        return entries is not None
 
     def _groups(self) -> list[_Group]:
         """The live parameters that have a (dense) gradient, one group per device."""
