@@ -22,10 +22,11 @@ pre-hook, after DDP's all-reduce, where every rank holds the same gradients and
 weights, so they are not combined. Sharded parameters (FSDP2 ``fully_shard``,
 tensor-parallel DTensors) are read from each rank's local shard as sums over the
 ranks (:mod:`gradscope.shards`): their :class:`SumPartial` values travel in the
-same collective and are added. Under tensor parallelism every rank sees the whole
-batch: each call-site is combined by its layout over the ranks (``layouts``: units
-split, rows split, replicated; :func:`gradscope.shards.tp_layout`). Histograms are rank 0's. Every rank's history ends
-up the same; only rank 0 writes the sinks and prints (:func:`world`).
+same collective and are added. Under tensor parallelism the ranks of a group see the
+same rows: each call-site is combined within each group by its layout (units split,
+rows split, replicated: :func:`gradscope.shards.tp_layout`), then across the groups.
+Histograms are rank 0's. Every rank's history ends up the same; only rank 0 writes
+the sinks and prints (:func:`world`).
 
 The layout must be the same on every rank: the same call-sites recorded at the
 same steps, which DDP's own requirement of one graph on every rank gives. The
@@ -55,8 +56,7 @@ __all__ = ["MaskPart", "Partial", "RankCombiner", "SumPartial", "check_model", "
 
 #: Floats before the payload: its length and the checksum of its layout.
 HEADER = 2
-#: Reductions that count units without a mask: they add up when the ranks hold different
-#: units (tensor parallel, units split), else their combine op stands.
+#: Unit counts without a mask: added when the ranks hold different units (tensor parallel).
 UNIT_COUNTS = frozenset({"bad_units"})
 
 
