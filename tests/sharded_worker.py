@@ -11,7 +11,13 @@ batches of :mod:`tests.distributed_worker`, each rank writing ``OUT/<case>.rank<
   param_dtype=torch.bfloat16)``; ``fsdp_offload``: ``CPUOffloadPolicy``;
 * ``tp``: tensor parallel on the 2-rank mesh, ``ColwiseParallel`` then ``RowwiseParallel``
   and a plain last ``Linear`` (sharded and plain parameters mixed); every rank sees the
-  whole batch.
+  whole batch;
+* ``fsdp_nan``: as ``fsdp`` with ``every=2``; rank 1 puts a NaN in its piece of a gradient
+  at an unsampled step.
+
+With ``--nproc_per_node 4`` it runs :data:`CASES_4` instead: ``hsdp`` (``fully_shard`` on a
+2 x 2 (replicate, shard) mesh) and ``fsdp_tp`` (tensor parallel on the ``tp`` dim of a
+(dp, tp) mesh, ``fully_shard`` on ``dp``).
 
 ``tests/test_sharded.py`` runs it and compares with one process (unsharded model, the
 union of the batches).
