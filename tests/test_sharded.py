@@ -26,7 +26,8 @@ EXACT = 1e-6
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("sharded")
-    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out)
+    proc = torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out)
+    assert "terminate called" not in proc.stdout + proc.stderr  # every rank exits cleanly
     runs = {case: [json.loads((out / f"{case}.rank{r}.json").read_text())
                    for r in range(ddp.WORLD)] for case in worker.CASES}
     for case, ranks in runs.items():
@@ -149,7 +150,8 @@ def test_the_every_step_check_sees_a_nan_in_another_ranks_piece(sharded_run: Any
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("sharded4")
-    torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out, nproc=4)
+    proc = torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(out)], cwd=out, nproc=4)
+    assert "terminate called" not in proc.stdout + proc.stderr
     runs = {case: [json.loads((out / f"{case}.rank{r}.json").read_text()) for r in range(4)]
             for case in worker.CASES_4}
     for case, ranks in runs.items():
