@@ -20,6 +20,12 @@ summed squares, then the decoder finishes the layer values as one process would.
 A ``Partial()`` placement (a pending reduction) has no such sum: said once, that
 parameter keeps rank 0's local value.
 
+The every-step NaN/Inf check of unsampled steps probes each rank's pieces the same way
+(:func:`check_entries`). Under tensor parallelism the ranks of a group see the same
+rows, and an activation's units are split over them or replicated: each call-site's
+layout is read from its input's autograd node (:func:`tp_layout`) and each rank's group
+from a tensor-parallel parameter's mesh (:func:`tp_place`), for the rank combiner.
+
 Example:
     >>> import torch
     >>> share(torch.zeros(3), rank=1, world=2)  # a plain tensor: rank 0's value
