@@ -17,10 +17,16 @@ finishes them) instead of records, and at the flush :class:`RankCombiner`
    sums of squares exactly with the ranks' means, per-unit masks OR-ed / AND-ed),
    then finishes the metrics as one process seeing the union of the batches would.
 
-Parameter statistics are not combined: the monitor reads them in the optimizer's
-step pre-hook, after DDP's all-reduce, where every rank holds the same gradients
-and weights. Histograms are rank 0's. Every rank's history ends up the same; only
-rank 0 writes the sinks and prints (:func:`world`).
+Parameter statistics: under DDP the monitor reads them in the optimizer's step
+pre-hook, after DDP's all-reduce, where every rank holds the same gradients and
+weights, so they are not combined. Sharded parameters (FSDP2 ``fully_shard``,
+tensor-parallel DTensors) are read from each rank's local shard as sums over the
+ranks (:mod:`gradscope.shards`): their :class:`SumPartial` values travel in the
+same collective and are added. Under tensor parallelism the ranks of a group see the
+same rows: each call-site is combined within each group by its layout (units split,
+rows split, replicated: :func:`gradscope.shards.tp_layout`), then across the groups.
+Histograms are rank 0's. Every rank's history ends up the same; only rank 0 writes
+the sinks and prints (:func:`world`).
 
 The layout must be the same on every rank: the same call-sites recorded at the
 same steps, which DDP's own requirement of one graph on every rank gives. The
@@ -28,9 +34,8 @@ payload is padded to a power of two and carries its length and a checksum, so a
 rank whose layout differs is reported (one warning; that flush keeps each rank's
 own values) rather than combined into wrong numbers.
 
-Sharded parameters (FSDP, ``fully_shard``, DTensors) are refused by
-:func:`check_model`: a rank holds a shard of each parameter, so its norms would
-be a shard's.
+FSDP1 (``FullyShardedDataParallel``) is refused by :func:`check_model`: its flat
+parameters mix the layers' parameters.
 """
 
 from __future__ import annotations
@@ -47,10 +52,12 @@ from torch import nn
 
 from gradscope.records import Record
 
-__all__ = ["MaskPart", "Partial", "RankCombiner", "check_model", "roles", "world"]
+__all__ = ["MaskPart", "Partial", "RankCombiner", "SumPartial", "check_model", "roles", "world"]
 
 #: Floats before the payload: its length and the checksum of its layout.
 HEADER = 2
+#: Unit counts without a mask: added when the ranks hold different units (tensor parallel).
+UNIT_COUNTS = frozenset({"bad_units"})
 
 
 def world() -> tuple[int, int]:
@@ -65,7 +72,7 @@ def roles(model: nn.Module, optimizer: Optional[Any], *, combine_ranks: bool,
           gradients: bool) -> tuple[bool, bool]:
     """``(combine, writes)`` for a monitor of ``model``: whether it combines ranks, whether it writes.
 
-    Refuses sharded models (:func:`check_model`), and, when ranks are combined,
+    Refuses FSDP1 (:func:`check_model`), and, when ranks are combined,
     parameter gradients without an optimizer: they must be read in its step
     pre-hook, after DDP's all-reduce, not when this rank's backward ends.
     """
@@ -81,38 +88,18 @@ def roles(model: nn.Module, optimizer: Optional[Any], *, combine_ranks: bool,
 
 
 def check_model(model: nn.Module) -> None:
-    """Refuse models whose parameters are sharded across ranks (FSDP, ``fully_shard``, DTensor)."""
-    if not torch.distributed.is_available():
+    """Refuse FSDP1 (``FullyShardedDataParallel``): its flat parameters mix the layers'."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch without torch.distributed
         return
-    sharded = _sharded_types()
     for name, module in model.named_modules():
-        if isinstance(module, sharded):
-            _refuse(f"module {name or '(root)'!r} is {type(module).__name__}")
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - older torch
-        return
-    for name, p in model.named_parameters():
-        if isinstance(p, DTensor):
-            _refuse(f"parameter {name!r} is a DTensor (sharded)")
-
-
-def _sharded_types() -> tuple[type, ...]:
-    out: list[type] = []
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-        out += [FSDPModule, FullyShardedDataParallel]
-    except ImportError:  # pragma: no cover - older torch
-        pass
-    return tuple(out)
-
-
-def _refuse(what: str) -> None:
-    raise ValueError(
-        f"watch(model=...): {what}: gradscope does not support sharded parameters (FSDP, "
-        "fully_shard, tensor parallel) yet: each rank holds a shard of each parameter, so its "
-        "gradient and weight norms would be a shard's. Watch the model before sharding it on "
-        "one process, or use DDP (DistributedDataParallel), whose ranks hold whole parameters")
+        if isinstance(module, FullyShardedDataParallel):
+            raise ValueError(
+                f"watch(model=...): module {name or '(root)'!r} is FullyShardedDataParallel "
+                "(FSDP1), whose flat parameters mix the layers' parameters. Shard the model "
+                "with FSDP2 instead (torch.distributed.fsdp.fully_shard), which gradscope "
+                "reads per layer, or use DDP")
 
 
 @dataclass
@@ -128,6 +115,17 @@ class Partial:
     units: int
     finish: Callable[[int, str, dict[str, float], int, int], list[Record]]
     masks: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class SumPartial:
+    """Values summed over the ranks, then finished (sharded parameters' sums of squares and
+    counts, each weighted by its rank's share: :mod:`gradscope.shards`)."""
+
+    step: int
+    key: str
+    values: list[float]
+    finish: Callable[[list[float]], list[Record]]
 
 
 @dataclass
@@ -214,10 +212,19 @@ class RankCombiner:
         self.collectives = 0
         self._warned: set[str] = set()
         self._work: Optional[Any] = None  # the last collective's work (see _all_gather)
+        #: tensor parallel (:func:`gradscope.shards.activations_combine`): each call-site's
+        #: layout over the ranks (``units``, ``rows``, ``replicate``, ``unknown``); ``None``:
+        #: every rank sees its own rows of the batch (DDP, FSDP)
+        self.layouts: Optional[dict[str, str]] = None
+        self._me = 0  # this rank's index in the gathered payloads
+        #: tensor parallel: this rank's group (its first rank) and index in it, exchanged at
+        #: the head of the payload; the groups of ranks (indices in the gathered payloads)
+        self.tp_place: tuple[float, float] = (0.0, 0.0)
+        self._groups: list[list[int]] = []
 
     def __call__(self, items: Sequence[Any]) -> list[Record]:
-        partials = _merge(items)
-        payload, layout = self._payload(partials)
+        partials, sums = _merge(items)
+        payload, layout = self._payload(partials, sums)
         if not torch.distributed.is_initialized():
             self._warn("destroyed", "the process group was destroyed before this flush; it "
                        "keeps this rank's own values. Close the monitor (mon.close()) before "
@@ -226,22 +233,28 @@ class RankCombiner:
         else:
             gathered = self._all_gather(payload)
             mine = gathered[torch.distributed.get_rank()]
+        self._me = torch.distributed.get_rank() if len(gathered) > 1 else 0
+        self._groups = _groups(gathered) if self.layouts is not None else []
         if any(g[:HEADER] != mine[:HEADER] for g in gathered):
             self._warn("layout", "the ranks recorded different call-sites or steps in this "
                        "flush (a hook failed on one rank, or the graphs differ); this flush "
                        "keeps each rank's own values")
-            gathered = [mine]
+            gathered, self._me, self._groups = [mine], 0, [[0]]
         out: list[Record] = []
         for p, (start, sizes) in zip(partials, layout):
-            out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered], sizes)
+            out += self._combine(p, [g[start:start + sum(sizes)] for g in gathered])
+        for s, (start, sizes) in zip(sums, layout[len(partials):]):
+            end = start + sizes[0]
+            out += s.finish([math.fsum(col) for col in zip(*(g[start:end] for g in gathered))])
         return out
 
     # ------------------------------------------------------------ the payload
     def _mask_needs(self, p: Partial) -> list[str]:
         return [n for n in p.needs if self.ops(n) in ("any", "all")]
 
-    def _payload(self, partials: list[Partial]) -> tuple[list[float], list[tuple[int, list[int]]]]:
-        body: list[float] = []
+    def _payload(self, partials: list[Partial], sums: list[SumPartial]
+                 ) -> tuple[list[float], list[tuple[int, list[int]]]]:
+        body: list[float] = list(self.tp_place) if self.layouts is not None else []
         layout: list[tuple[int, list[int]]] = []
         signature = []
         for p in partials:
@@ -257,6 +270,10 @@ class RankCombiner:
                 sizes.append(p.units)
             layout.append((start, sizes))
             signature.append(f"{p.step}:{p.layer}:{p.kind}:{p.units}:{len(p.needs)}")
+        for s in sums:
+            layout.append((HEADER + len(body), [len(s.values)]))
+            body += s.values
+            signature.append(f"{s.step}:{s.key}:{len(s.values)}")
         check = float(zlib.crc32("|".join(signature).encode()))
         payload = [float(len(body)), check, *body]
         size = 16
@@ -284,24 +301,70 @@ class RankCombiner:
         return torch.stack(out).tolist()  # ok-sync: the flush
 
     # ------------------------------------------------------------ combining
-    def _combine(self, p: Partial, ranks: list[list[float]], sizes: list[int]) -> list[Record]:
-        numels = [int(r[0]) for r in ranks]
+    def _combine(self, p: Partial, ranks: list[list[float]]) -> list[Record]:
+        units = p.units
+        if self.layouts is not None:  # tensor parallel: within each group by the layout first
+            layout = self._layout(p.layer)
+            if layout == "unknown":
+                ranks = [ranks[self._me]]
+            else:
+                ranks = [self._within(p, [ranks[i] for i in g], layout) for g in self._groups]
+                units = p.units * len(self._groups[0]) if layout == "units" else p.units
+        numels = [int(r[0]) for r in ranks]  # then across the ranks' (or groups') rows
         cols = {n: [r[1 + i] for r in ranks] for i, n in enumerate(p.needs)}
         values: dict[str, float] = {}
-        pos = sizes[0]
+        pos = 1 + len(p.needs)
         for n in p.needs:
             op = self.ops(n)
             if op in ("any", "all"):
-                assert op is not None
-                values[n] = combine_masks(op, [r[pos:pos + p.units] for r in ranks])
-                pos += p.units
+                values[n] = combine_masks(op, [r[pos:pos + units] for r in ranks])
+                pos += units
             elif op is None:
                 self._warn(n, f"the reduction {n!r} declares no combine op; its metrics show "
                            "this rank's own values")
                 values[n] = p.values[n]
             else:
                 values[n] = combine_values(op, cols[n], numels, cols.get("sum"))
-        return p.finish(p.step, p.layer, values, sum(numels), p.units)
+        return p.finish(p.step, p.layer, values, sum(numels), units)
+
+    def _within(self, p: Partial, members: list[list[float]], layout: str) -> list[float]:
+        """One tensor-parallel group's payloads as one row (numel, values, masks): units split
+        (masks joined, unit counts added), rows split (masks OR-ed / AND-ed), replicated (the
+        first member's); gradient norms are not averaged within a group."""
+        if layout == "replicate":
+            return members[0]
+        numels = [int(r[0]) for r in members]
+        row, masks = [float(sum(numels))], []
+        pos = 1 + len(p.needs)
+        for i, n in enumerate(p.needs):
+            op = self.ops(n)
+            col = [r[1 + i] for r in members]
+            if op in ("any", "all"):
+                ms = [r[pos:pos + p.units] for r in members]
+                pos += p.units
+                test = any if op == "any" else all
+                masks += ([v for m in ms for v in m] if layout == "units"
+                          else [float(test(v > 0 for v in c)) for c in zip(*ms)])
+                row.append(0.0)  # (the mask carries it)
+            elif op is None:
+                row.append(col[0])
+            else:
+                op = "sum" if layout == "units" and n in UNIT_COUNTS else \
+                    "norm" if op == "grad" else op
+                row.append(combine_values(op, col, numels, [r[1 + p.needs.index("sum")]
+                                                            for r in members]
+                                          if "sum" in p.needs else None))
+        return row + masks
+
+    def _layout(self, layer: str) -> str:
+        """A tensor-parallel call-site's layout; an unknown one is said once."""
+        layout = (self.layouts or {}).get(layer, "unknown")
+        if layout == "unknown":
+            self._warn(f"tp:{layer}", f"tensor parallel: the layout of {layer!r} over the ranks "
+                       "(units split, or replicated) could not be read from its input (no "
+                       "ColwiseParallel/RowwiseParallel output just before it, or no autograd "
+                       "graph); its activation and backprop statistics are this rank's own")
+        return layout
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -309,17 +372,29 @@ class RankCombiner:
             warnings.warn(f"gradscope: {message}", RuntimeWarning, stacklevel=4)
 
 
-def _merge(items: Sequence[Any]) -> list[Partial]:
-    """Partials in first-seen order, with their masks attached."""
+def _groups(gathered: list[list[float]]) -> list[list[int]]:
+    """The tensor-parallel groups of the gathered payloads (each rank's group and index in it
+    head its body), each in index order."""
+    by: dict[float, list[tuple[float, int]]] = {}
+    for i, g in enumerate(gathered):
+        by.setdefault(g[HEADER], []).append((g[HEADER + 1], i))
+    return [[i for _, i in sorted(v)] for v in by.values()]
+
+
+def _merge(items: Sequence[Any]) -> tuple[list[Partial], list[SumPartial]]:
+    """Partials in first-seen order, with their masks attached; the summed values in order."""
     partials: dict[tuple[int, str, str], Partial] = {}
     masks: list[MaskPart] = []
+    sums: list[SumPartial] = []
     for it in items:
         if isinstance(it, Partial):
             partials.setdefault((it.step, it.layer, it.kind), it)
+        elif isinstance(it, SumPartial):
+            sums.append(it)
         else:
             masks.append(it)
     for m in masks:
         p = partials.get((m.step, m.layer, m.kind))
         if p is not None:
             p.masks[m.need] = m.mask
-    return list(partials.values())
+    return list(partials.values()), sums

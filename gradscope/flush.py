@@ -45,6 +45,7 @@ from gradscope.capture.compiled import CompiledSteps
 from gradscope.capture.coverage import CoverageTracker
 from gradscope.capture.params import ParamCapture
 from gradscope.capture.recurrent import RecurrentCapture
+from gradscope.distributed import world
 from gradscope.history import History
 from gradscope.metrics import METRICS, layer_values
 from gradscope.records import Record
@@ -95,8 +96,8 @@ class Flush:
         the first two (the parameters of a step in progress may still be read again)."""
         cov = self.coverage.end_step()
         if cov is not None:
-            if self.ctx.options.summary:
-                print(cov.line(), file=sys.stderr)
+            if self.ctx.options.summary and (not self.ctx.combine_params or world()[0] == 0):
+                print(cov.line(), file=sys.stderr)  # ranks combined: rank 0 prints
             self.sinks.emit("write_coverage", cov)
         self.recorder.end_step()
         if whole:

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from gradscope import distributed, lifecycle
+from gradscope import distributed, lifecycle, shards
 from gradscope.capture import (
     ActivationRecorder,
     Context,
@@ -141,14 +141,14 @@ class Monitor:
                             "gradients inside scaler.step(optimizer); pass that optimizer")
         combine, writes = distributed.roles(model, optimizer, combine_ranks=options.combine_ranks,
                                             gradients=options.gradients)
-        #: this process writes the sinks and prints (rank 0 when ranks are combined)
-        self.writes = writes
+        self.writes = writes  #: this process writes the sinks and prints (rank 0 when combined)
         self._sinks, self.writer = make_sinks(options, model, optimizer) \
             if self.writes else (SinkFanout([]), None)
 
         self._queue = Queue(distributed.RankCombiner(combine_op) if combine else None)
-        self._ctx = Context(options, self._queue, self._handles.append,
-                            histograms_on=self._sinks.wants("write_histograms"), combine=combine)
+        self._ctx = Context(options, self._queue, self._handles.append, combine_params=combine,
+                            histograms_on=self._sinks.wants("write_histograms"),
+                            combine=shards.activations_combine(model, self._queue.combine))
         self._ctx.state.step = options.start_step
         self._ctx.state.sampled = self._ctx.sample(options.start_step, first=True)
         self._recorder = ActivationRecorder(self._ctx)

@@ -5,8 +5,8 @@ each global batch (:func:`global_batches`, rows ``rank::2``) under
 ``gradscope.watch`` with a GradScaler-free SGD loop, counting the collectives that
 gradscope's flushes make (``torch.distributed.all_gather`` patched) and the
 flushes (``Queue.drain``). It writes ``OUT/rank<r>.json``: its history, the
-counts, whether it writes sinks. Then it checks that a model sharded with FSDP2's
-``fully_shard`` is refused with a clear message. ``tests/test_distributed.py``
+counts, whether it writes sinks. Then it checks that a model wrapped in FSDP1
+(``FullyShardedDataParallel``) is refused with a clear message. ``tests/test_distributed.py``
 runs it and compares with one process that sees the union of the batches.
 """
 
@@ -118,20 +118,22 @@ def no_optimizer_refusal() -> str:
 
 
 def fsdp_refusal() -> str:
-    """The error ``watch`` raises for a model sharded with FSDP2 (empty if it did not raise)."""
+    """The error ``watch`` raises for a model wrapped in FSDP1 (``FullyShardedDataParallel``,
+    whose flat parameters mix the layers'); empty if it did not raise. FSDP2's
+    ``fully_shard`` is watched (``tests/sharded_worker.py``)."""
     import gradscope
 
     try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import FullyShardedDataParallel
     except ImportError:  # pragma: no cover - older torch
-        return "no fully_shard in this torch"
-    model = build()
-    fully_shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+        return "no FullyShardedDataParallel in this torch"
+    model = FullyShardedDataParallel(build(), device_id=torch.device("cpu"))
     try:
         gradscope.watch(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     except ValueError as err:
         return str(err)
+    finally:
+        del model
     return ""
 
 

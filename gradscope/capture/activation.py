@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from gradscope import shards
+from gradscope.activation_stats import resolve_unit_dim
 from gradscope.activations import ActivationFamily, Source
 from gradscope.capture.base import Context
 from gradscope.capture.fused import FusedCapture
@@ -67,6 +69,8 @@ class ActivationRecorder:
         self._windows: list[tuple[Site, Tensor, int]] = []
         self.fused = FusedCapture(ctx)  # the Triton kernels, where they take a tensor
         self.checks = NonfiniteChecker(ctx, self.fused)  # the every-step check of unsampled steps
+        #: tensor parallel: each site's layout over the ranks, read by the rank combiner
+        self._layouts: Optional[dict[str, str]] = getattr(ctx.queue.combine, "layouts", None)
 
     def site(self, base: str, call: int, family: ActivationFamily, *, module_name: str,
              type_name: str, shape: tuple[int, ...], unit_dim: Optional[int],
@@ -106,6 +110,9 @@ class ActivationRecorder:
             return
         site.fwd_step = step
         try:
+            if self._layouts is not None and site.name not in self._layouts:
+                self._layouts[site.name] = shards.tp_layout(
+                    y.grad_fn if x_node is None else x_node, resolve_unit_dim(y.ndim, site.unit_dim))
             with torch._C.DisableTorchFunction():  # gradscope's own ops are not the model's
                 self._forward(site, source, x, y, step)
             if self.ctx.options.backprop and y.requires_grad and torch.is_grad_enabled():

@@ -108,6 +108,8 @@ class Context:
     #: statistics are combined across the ranks of torch.distributed at each flush:
     #: per-unit masks are queued too (:mod:`gradscope.distributed`)
     combine: bool = False
+    #: sharded parameters' sums are added across the ranks at each flush (:mod:`gradscope.shards`)
+    combine_params: bool = False
     #: module name -> what a capture sees inside it, for modules whose insides no
     #: module hook reaches (fused ``nn.LSTM``/``nn.GRU``/``nn.RNN``: their gates)
     covered: dict[str, str] = field(default_factory=dict)

@@ -27,12 +27,12 @@ import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from gradscope import stats
+from gradscope import distributed, shards, stats
 from gradscope.capture.base import Context, NonfiniteCheck
 from gradscope.capture.layers import layers
 from gradscope.history import LayerInfo
@@ -42,7 +42,7 @@ from gradscope.records import Record, record
 
 _NO_SHAPE = Shape(0)
 
-__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture", "read_gradients"]
+__all__ = ["CHECK_MAX_ELEMENTS", "ParamCapture"]
 
 #: The every-step check reads no parameter gradient larger than this (elements).
 CHECK_MAX_ELEMENTS = 1 << 20
@@ -69,10 +69,11 @@ class _Group:
     """Live parameters of one device that have a gradient, and what a step computes for them."""
 
     refs: list[_ParamRef]
-    params: list[Tensor]  # detached
+    params: list[Tensor]  # detached (a DTensor's local shard)
     layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> indices in refs
     wnorm: Optional[Tensor] = None  # weight norms before the update
     before: Optional[list[Tensor]] = None  # weight copies (update ratios)
+    shares: Optional[tuple[float, ...]] = None  # sharded, ranks combined: each rank's weight
 
 
 class ParamCapture:
@@ -104,7 +105,7 @@ class ParamCapture:
             layer = name or "(root)"
             self._layer_order.setdefault(layer, len(self._layer_order))
             declare(LayerInfo(layer, kind="layer", order=self._layer_order[layer],
-                              type=type(module).__name__, module=name))
+                              type=shards.module_type(module), module=name))
             for pname, p, holder, attr in own:
                 full = f"{name}.{pname}" if name else pname
                 self.refs.append(_ParamRef(layer, full, weakref.ref(p), weakref.ref(holder), attr))
@@ -172,12 +173,12 @@ class ParamCapture:
         staged = self._staged = []
         with torch.no_grad():
             for g in groups:
-                grads: list[Tensor] = [r.ref().grad for r in g.refs]  # type: ignore[misc,union-attr]
+                grads = [shards.local(r.ref().grad) for r in g.refs]  # type: ignore[union-attr,arg-type]
                 gnorm = stats.foreach_norms(grads)
                 if grad_scale is not None:
                     gnorm = gnorm / grad_scale.to(gnorm.device, non_blocking=True)
                 g.wnorm = stats.foreach_norms(g.params)
-                if stats.known_finite(gnorm):  # no NaN/Inf in any gradient: counts are 0
+                if g.shares is None and stats.known_finite(gnorm):  # no NaN/Inf: counts are 0
                     vec, counted = torch.cat([gnorm, g.wnorm]), False
                 else:
                     vec = torch.cat([gnorm, g.wnorm, stats.foreach_nonfinite_counts(grads)])
@@ -186,12 +187,13 @@ class ParamCapture:
                 parts = ("grad_norm", "weight_norm", "grad_nonfinite") if counted \
                     else ("grad_norm", "weight_norm")
                 consts = {} if counted else {"grad_nonfinite": 0.0}
-                staged.append(Entry(step, vec, self._decoder(names, g.layers, parts, consts)))
+                staged.append(Entry(step, vec, self._decoder(names, g.layers, parts, consts,
+                                                             shares=g.shares)))
             if self.ctx.histogram_step():
                 for g in groups:
                     for r, p in zip(g.refs, g.params):
-                        grad = r.ref().grad  # type: ignore[union-attr]
-                        staged.append(self.ctx.histogram_entry(step, "gradients", r.name, grad))  # type: ignore[arg-type]
+                        grad = shards.local(r.ref().grad)  # type: ignore[union-attr,arg-type]
+                        staged.append(self.ctx.histogram_entry(step, "gradients", r.name, grad))
                         staged.append(self.ctx.histogram_entry(step, "weights", r.name, p))
             if snapshot and groups:
                 bufs = self._snapshot_buffers([p for g in groups for p in g.params])
@@ -206,7 +208,7 @@ class ParamCapture:
         """After the optimizer step: queue ``‖w_after - w_before‖`` per parameter."""
         groups, self._pending_update = self._pending_update, None
         for g in groups or ():
-            params = [p for p in (r.ref() for r in g.refs) if p is not None]
+            params = [shards.local(p) for p in (r.ref() for r in g.refs) if p is not None]
             if len(params) != len(g.refs) or g.wnorm is None or g.before is None:
                 continue
             with torch.no_grad():
@@ -214,7 +216,8 @@ class ParamCapture:
                 vec = torch.cat([stats.foreach_norms(g.before), g.wnorm])
             names = [r.name for r in g.refs]
             self._staged.append(Entry(step, vec, self._decoder(
-                names, g.layers, ("update_norm", "weight_norm"), {}, context=("weight_norm",))))
+                names, g.layers, ("update_norm", "weight_norm"), {}, context=("weight_norm",),
+                shares=g.shares)))
 
     def check(self, step: int, every_parameter: bool = False) -> None:
         """The every-step NaN/Inf check of an unsampled step's gradients (when they are final).
@@ -233,10 +236,16 @@ class ParamCapture:
         max-abs values (``torch._foreach_norm(…, inf)``: one fused kernel, NaN
         propagates, nothing overflows) are queued and decoded at the flush.
         """
+        if self.ctx.combine_params:  # a sharded model: the ranks' pieces (shards.check_entries)
+            entries = shards.check_entries(step, [(r.layer, r.ref()) for r in self._checked],
+                                           distributed.world()[0])
+            if entries is not None:
+                self._staged = entries
+                return
         by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
         for r in self.refs if every_parameter else self._checked:
             p = r.ref()
-            grad = p.grad if p is not None else None
+            grad = shards.local(p.grad) if p is not None and p.grad is not None else None
             if grad is None or grad.is_sparse or not grad.is_floating_point():
                 continue
             if every_parameter and not r.checked and not stats.host_readable(grad):
@@ -260,7 +269,7 @@ class ParamCapture:
                 g = groups[p.device] = _Group([], [])
             g.layers.setdefault(r.layer, []).append(len(g.refs))
             g.refs.append(r)
-            g.params.append(p.detach())
+            g.params.append(shards.local(p).detach())
         self._graded.update(r.layer for g in groups.values() for r in g.refs)
         self._reads += 1
         seen: set[str] = set()
@@ -271,16 +280,41 @@ class ParamCapture:
         for g in groups.values():
             for layer in self._split & set(g.layers):
                 del g.layers[layer]
+            if self.ctx.combine_params:
+                g.shares = self._shares(g)
         return list(groups.values())
 
+    def _shares(self, g: _Group) -> Optional[tuple[float, ...]]:
+        """Each parameter's weight in the sum over ranks when some are sharded
+        (:func:`gradscope.shards.share`); ``None`` when none is (read after DDP's all-reduce)."""
+        live = [r.ref() for r in g.refs]
+        if not any(shards.is_sharded(p) for p in live):
+            return None
+        rank, world = distributed.world()
+        out = []
+        for r, p in zip(g.refs, live):
+            w = shards.share(p, rank=rank, world=world)  # type: ignore[arg-type]
+            if w is None:
+                self.ctx.once("partial", f"gradscope: parameter {r.name!r} is a DTensor with a "
+                              "Partial() placement (a pending sum): its norms cannot be combined "
+                              "from the ranks' pieces; rank 0's piece is shown (said once)")
+                w = 1.0 if rank == 0 else 0.0
+            out.append(w)
+        return tuple(out)
+
     def _decoder(self, names: list[str], layers: dict[str, list[int]], parts: Sequence[str],
-                 consts: dict[str, float], context: Sequence[str] = ()) -> Decoder:
-        """:func:`_decoder`, made once per layout (the same parameters step after step)."""
+                 consts: dict[str, float], context: Sequence[str] = (),
+                 shares: Optional[tuple[float, ...]] = None) -> Decoder:
+        """:func:`_decoder`, made once per layout (the same parameters step after step); with
+        ``shares``, its values summed over the ranks first (:func:`gradscope.shards.summed_decoder`)."""
         key = (tuple(names), tuple((k, tuple(v)) for k, v in layers.items()), tuple(parts),
-               tuple(consts.items()), tuple(context))
+               tuple(consts.items()), tuple(context), shares)
         dec = self._decoders.get(key)
         if dec is None:
-            dec = self._decoders[key] = _decoder(names, layers, parts, consts, context)
+            dec = _decoder(names, layers, parts, consts, context)
+            if shares is not None:
+                dec = shards.summed_decoder(dec, parts, shares, f"params:{','.join(parts)}")
+            self._decoders[key] = dec
         return dec
 
     def _snapshot_buffers(self, params: list[Tensor]) -> list[Tensor]:
@@ -291,30 +325,6 @@ class ParamCapture:
                 for b, p in zip(bufs, params)):
             bufs = self._snapshot = _flat_buffers(params)
         return bufs
-
-
-def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
-                   ) -> Optional[tuple[tuple[Any, ...], dict[str, Any]]]:
-    """In an optimizer's step pre-hook: ``read()`` the gradients when they are final.
-
-    Usually they are final already and ``read()`` runs now. Given a closure
-    (``opt.step(closure)``: Lightning, LBFGS), the optimizer runs the forward and
-    backward inside ``step()``: the closure is wrapped to read after it returns
-    (the last call wins), and the new arguments are returned for the hook to hand on.
-    """
-    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: the optimizer
-    if not callable(closure):
-        read()
-        return None
-
-    def read_after(*a: Any, **k: Any) -> Any:
-        loss = closure(*a, **k)
-        read()
-        return loss
-
-    if "closure" in kwargs:
-        return args, {**kwargs, "closure": read_after}
-    return (args[0], read_after, *args[2:]), kwargs
 
 
 def _decoder(names: list[str], layers: dict[str, list[int]], parts: Sequence[str],

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from gradscope.capture.activation import ActivationRecorder
 from gradscope.capture.base import Context, tensors
 from gradscope.capture.modules import ModuleCapture
-from gradscope.capture.params import ParamCapture, read_gradients
+from gradscope.capture.params import ParamCapture
 from gradscope.capture.recurrent import RecurrentCapture
 from gradscope.capture.scaler import ScalerCapture
 
@@ -173,3 +173,27 @@ def training_mode(training: bool) -> nn.Module:
 class _Mode:
     def __init__(self, training: bool) -> None:
         self.training = training
+
+
+def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable[[], None]
+                   ) -> Optional[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """In an optimizer's step pre-hook: ``read()`` the gradients when they are final.
+
+    Usually they are final already and ``read()`` runs now. Given a closure
+    (``opt.step(closure)``: Lightning, LBFGS), the optimizer runs the forward and
+    backward inside ``step()``: the closure is wrapped to read after it returns
+    (the last call wins), and the new arguments are returned for the hook to hand on.
+    """
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0]: the optimizer
+    if not callable(closure):
+        read()
+        return None
+
+    def read_after(*a: Any, **k: Any) -> Any:
+        loss = closure(*a, **k)
+        read()
+        return loss
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": read_after}
+    return (args[0], read_after, *args[2:]), kwargs
