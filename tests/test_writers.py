@@ -411,6 +411,9 @@ def test_a_full_disk_leaves_no_empty_files_no_tracebacks_and_warns_twice(
         with gradscope.watch(model, optimizer=opt, logdir=tmp_path, flush_every=2,
                              summary=False, histogram_every=None) as mon:
             for step in range(50):
+                if step in (10, 40):  # the disk fills (empties) after what came before is written
+                    mon.flush()
+                    mon.writer._events.wait()  # the writer thread runs late under load
                 full["on"] = 10 <= step < 40
                 opt.zero_grad()
                 model(torch.randn(4, 6)).sum().backward()
