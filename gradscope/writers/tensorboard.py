@@ -119,7 +119,7 @@ class TensorBoardWriter(Sink):
         images: write the gradient-flow and unit-health images at each flush.
         image_interval: seconds of wall time between two image flushes at least
             (drawing costs ~0.1-0.3 s on a CPU); the last state is always drawn at
-            :meth:`close`. ``0`` draws at every flush.
+            :meth:`close`. ``0`` draws at every flush, ``math.inf`` only at close.
         parameters: also write per-parameter scalars (``param/<metric>/<name>``);
             off by default: layers already aggregate their parameters, and this
             about doubles the number of values written.
@@ -214,7 +214,8 @@ class TensorBoardWriter(Sink):
         self._submit(self._write_scalars, list(records), names, infos, kind="scalars")
         if self.images:
             step = max(r[0] for r in records)
-            if time.monotonic() - self._last_image_time >= self.image_interval:
+            if (self.image_interval < math.inf
+                    and time.monotonic() - self._last_image_time >= self.image_interval):
                 self._write_images(history, step)
             else:
                 self._image_pending = (history, step)
