@@ -96,9 +96,9 @@ def _common(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--no-dashboard-images", action="store_true",
                         help="no gradient-flow/unit-health images in the TensorBoard runs (faster)")
     parser.add_argument("--jobs", type=_jobs_value, default=None, metavar="N",
-                        help="runs trained at once, in worker processes; the results are the "
-                        "same (default: the CPU cores on the CPU, up to 8 on a GPU; 1: one "
-                        "after another in this process)")
+                        help="runs trained at once, in worker processes, each with one torch "
+                        "thread; the results are the same (default: the CPU cores on the CPU, "
+                        "up to 8 on a GPU; 1: one after another in this process)")
     parser.add_argument("--synthetic", action="store_true",
                         help="train on a small synthetic data set instead of MNIST "
                         "(offline smoke test; the numbers mean nothing)")
@@ -125,8 +125,7 @@ def _jobs(args: argparse.Namespace, dev: torch.device, runs: int) -> int:
         return 1
     n = args.jobs if args.jobs is not None else jobs.default_jobs(dev, runs)
     if min(n, runs) > 1:
-        print(f"{min(n, runs)} runs at once (--jobs {n}), in worker processes with "
-              f"{jobs.threads_per_job(min(n, runs))} torch thread(s) each", file=sys.stderr)
+        print(f"{min(n, runs)} runs at once (--jobs {n}), in worker processes", file=sys.stderr)
     return n
 
 
@@ -238,7 +237,10 @@ def _setup(args: argparse.Namespace) -> torch.device:
         if rank != 0:
             return dev
     if dev.type == "cpu":
-        print(f"device: cpu ({torch.get_num_threads()} threads)", file=sys.stderr)
+        from gradscope.experiments.jobs import RUN_THREADS, cores
+
+        print(f"device: cpu ({cores()} cores; {RUN_THREADS} torch thread per run)",
+              file=sys.stderr)
     else:
         print(f"device: {dev} ({torch.cuda.get_device_name(dev)})", file=sys.stderr)
     return dev

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from gradscope.experiments import jobs as workers
 from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, load_result, train_run
@@ -193,7 +194,7 @@ def run_grid(
         dashboard_images: draw the monitor's dashboard images in each TensorBoard run.
         jobs: runs trained at once, in worker processes
             (:mod:`gradscope.experiments.jobs`); ``1`` trains them one after another
-            in this process. The results are the same either way.
+            in this process. Every run uses one torch thread: the results are the same.
 
     Returns:
         The results of the finished configs, in config order.
@@ -225,8 +226,9 @@ def run_grid(
 
     try:
         if jobs <= 1:
-            _train_in_turn(configs, names, data.to(device), out, device, rerun, progress,
-                           dashboard_images, finished)
+            with workers.one_thread():  # as in a worker: the same numbers whatever ``jobs``
+                _train_in_turn(configs, names, data.to(device), out, device, rerun, progress,
+                               dashboard_images, finished)
         else:
             _train_at_once(configs, names, data, out, torch.device(device), rerun, jobs,
                            dashboard_images, finished)
@@ -276,8 +278,6 @@ def _train_at_once(configs: Sequence[RunConfig], names: list[str], data: Dataset
                    device: torch.device, rerun: bool, jobs: int, dashboard_images: bool,
                    finished: Callable[[int, RunResult, bool], None]) -> None:
     """``jobs > 1``: the finished configs first, then the others in worker processes."""
-    from gradscope.experiments.jobs import train_parallel
-
     runs = [(i, c, n, out / "runs" / n) for i, (c, n) in enumerate(zip(configs, names))]
     done = {i: _done_before(cfg, name, run_dir, rerun) for i, cfg, name, run_dir in runs}
     for i, result in done.items():
@@ -285,8 +285,9 @@ def _train_at_once(configs: Sequence[RunConfig], names: list[str], data: Dataset
             finished(i, result, True)
     todo = [run for run in runs if done[run[0]] is None]
     if todo:
-        train_parallel(todo, data, device=device, jobs=jobs, dashboard_images=dashboard_images,
-                       grid=configs, on_done=lambda i, result: finished(i, result, False))
+        workers.train_parallel(todo, data, device=device, jobs=jobs,
+                               dashboard_images=dashboard_images, grid=configs,
+                               on_done=lambda i, result: finished(i, result, False))
 
 
 # ---- summary ------------------------------------------------------------------

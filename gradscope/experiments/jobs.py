@@ -8,9 +8,9 @@ interpreter: a process holding torch's threads is never forked). Each worker:
   (:class:`~gradscope.experiments.data.Dataset`: MNIST is read again from its
   verified files), else as tensors; it holds it on the run's device for every run it
   trains;
-* imports torch and gradscope once, and uses :func:`threads_per_job` threads, so that
-  ``jobs × threads ≤ cores`` (two processes each with every core's threads run ~10×
-  slower on 2 cores);
+* imports torch and gradscope once, and trains with :data:`RUN_THREADS` torch thread,
+  as the main process does with ``jobs=1`` (:func:`one_thread`): ``jobs`` workers
+  use ``jobs`` cores, and a run's numbers do not depend on ``jobs``;
 * ignores Ctrl-C: the main process takes it, keeps the finished runs and ends the
   workers (their unfinished run directories are cleared and trained again by a rerun).
 
@@ -21,19 +21,18 @@ raises is reported (:class:`RunsFailed`, after the others have finished); a work
 that dies (killed, out of memory) fails the runs it and the pool had left.
 
 Example:
-    >>> threads_per_job(2, ncores=8)
-    4
     >>> default_jobs("cpu", runs=30, ncores=2)
     2
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -43,10 +42,15 @@ import torch
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, train_run
 
-__all__ = ["GPU_JOBS", "GPU_JOB_BYTES", "RunsFailed", "cores", "default_jobs", "threads_per_job",
-           "train_parallel"]
+__all__ = ["GPU_JOBS", "GPU_JOB_BYTES", "RUN_THREADS", "RunsFailed", "cores", "default_jobs",
+           "one_thread", "train_parallel"]
 
 # ---- settings ---------------------------------------------------------------
+#: torch threads of every run of a grid, whatever ``jobs``: MKL splits small matrix
+#: products (a weight gradient over a batch of 64) by the thread count, so another
+#: count changes a run's last bits, and a chaotic run's third digit after a few hundred
+#: steps (docs/experiments.md). Runs are many and small: one thread each, one run per core.
+RUN_THREADS = 1
 #: At most this many runs share one GPU by default (not measured: no GPU was at hand
 #: when it was chosen; small MLP steps are bound by Python and kernel launches, so a
 #: few processes keep one device busier than one).
@@ -91,10 +95,15 @@ def default_jobs(device: Union[str, torch.device], runs: int, *,
     return max(1, min(n, runs))
 
 
-def threads_per_job(jobs: int, *, ncores: Optional[int] = None) -> int:
-    """torch threads for each of ``jobs`` workers: ``cores // jobs``, at least 1."""
-    total = ncores if ncores is not None else cores()
-    return max(1, total // max(jobs, 1))
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch uses :data:`RUN_THREADS` threads inside (the thread count is restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(RUN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---- the worker's side ------------------------------------------------------------
@@ -102,10 +111,10 @@ def threads_per_job(jobs: int, *, ncores: Optional[int] = None) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(data: Dataset, device: str, threads: int) -> None:
-    """A worker's initializer: Ctrl-C is the main process's, threads, the data on the device."""
+def _start_worker(data: Dataset, device: str) -> None:
+    """A worker's initializer: Ctrl-C is the main process's, one thread, the data on the device."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(RUN_THREADS)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -163,7 +172,7 @@ def train_parallel(
     workers = min(jobs, len(todo))
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                               initargs=(data.to("cpu"), str(device), threads_per_job(workers)))
+                               initargs=(data.to("cpu"), str(device)))
     failures: list[tuple[int, str, str]] = []
     try:
         pending: dict[Future[RunResult], tuple[int, str]] = {
