@@ -184,7 +184,7 @@ class TensorBoardWriter(Sink):
         self.run_id = claim_run(self.logdir, logdir, resume=resume)
         self.images = images
         self.image_interval = float(image_interval)
-        self._last_image_time = -math.inf
+        self._last_image_time = -math.inf if image_interval < math.inf else 0.0  # inf: at close
         self._image_pending: Optional[tuple[History, int]] = None
         self.parameters = parameters
         self.image_steps = image_steps
@@ -214,8 +214,7 @@ class TensorBoardWriter(Sink):
         self._submit(self._write_scalars, list(records), names, infos, kind="scalars")
         if self.images:
             step = max(r[0] for r in records)
-            if (self.image_interval < math.inf
-                    and time.monotonic() - self._last_image_time >= self.image_interval):
+            if time.monotonic() - self._last_image_time >= self.image_interval:
                 self._write_images(history, step)
             else:
                 self._image_pending = (history, step)
