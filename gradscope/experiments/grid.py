@@ -195,6 +195,7 @@ def run_grid(
         jobs: runs trained at once, in worker processes
             (:mod:`gradscope.experiments.jobs`); ``1`` trains them one after another
             in this process. Every run uses one torch thread: the results are the same.
+            With ``jobs > 1`` a script needs ``if __name__ == "__main__":`` (``spawn``).
 
     Returns:
         The results of the finished configs, in config order.

@@ -142,7 +142,10 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
         if p.is_alive():
             p.terminate()
     for p in procs:
-        p.join(timeout=5)
+        p.join(timeout=10)
+        if p.is_alive():  # SIGTERM not acted on yet (a heavily loaded machine)
+            p.kill()
+            p.join()
 
 
 def train_parallel(
