@@ -157,11 +157,12 @@ def test_compare_runs_data_parallel_under_torchrun(tmp_path: Path) -> None:
     grid = ["compare", "--synthetic", "--activations", "relu", "tanh", "--inits", "he",
             "--batchnorm", "off", "--depth", "2", "--width", "32", "--steps", "30", "--eval-every", "10",
             "--monitor-every", "1", "--no-plots", "--no-progress", "--no-dashboard-images"]
-    proc = torchrun(["-m", "gradscope", *grid, "--results-dir", str(tmp_path / "ddp")],
+    proc = torchrun(["-m", "gradscope", *grid, "--jobs", "2", "--results-dir", str(tmp_path / "ddp")],
                     cwd=tmp_path)
     assert proc.stdout.count("summary, plots and TensorBoard runs in") == 1  # rank 0 prints, once
     assert proc.stdout.count("every run: ") == 1  # the table's shared axes, once
-    assert main([*grid, "--results-dir", str(tmp_path / "one")]) == 0
+    assert proc.stderr.count("--jobs 2 ignored under torchrun") == 1  # rank 0 says it, once
+    assert main([*grid, "--jobs", "1", "--results-dir", str(tmp_path / "one")]) == 0
     ddp, one = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ddp", "one"))
     assert [r["name"] for r in ddp] == [r["name"] for r in one]
     for a, b in zip(ddp, one):

@@ -280,6 +280,15 @@ def test_write_errors_warn_once_and_training_goes_on(tmp_path: Path) -> None:
     assert mon.history.steps() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize(("interval", "steps"), [(0, [0, 4, 8]), (math.inf, [8])],
+                         ids=["every-flush", "only-at-close"])
+def test_image_interval_inf_draws_the_images_once_at_close(
+        tmp_path: Path, interval: float, steps: list[int]) -> None:
+    writer = TensorBoardWriter(tmp_path, image_interval=interval, background=False)
+    _train(_model(), 9, every=4, flush_every=4, sinks=[writer])
+    assert [e.step for e in _events(tmp_path).Images("gradscope/gradient_flow")] == steps
+
+
 def test_figures_are_images_and_none_without_data() -> None:
     h = History()
     assert gradient_flow_image(h) is None and unit_health_image(h) is None

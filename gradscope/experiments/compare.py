@@ -26,7 +26,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Union
 
 import torch
 
@@ -95,9 +95,38 @@ def _common(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-dashboard-images", action="store_true",
                         help="no gradient-flow/unit-health images in the TensorBoard runs (faster)")
+    parser.add_argument("--jobs", type=_jobs_value, default=None, metavar="N",
+                        help="runs trained at once, in worker processes, each with one torch "
+                        "thread; the results are the same (default: the CPU cores on the CPU, "
+                        "up to 8 on a GPU; 1: one after another in this process)")
     parser.add_argument("--synthetic", action="store_true",
                         help="train on a small synthetic data set instead of MNIST "
                         "(offline smoke test; the numbers mean nothing)")
+
+
+def _jobs_value(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use an integer >= 1 (1: one run at a time)")
+    return n
+
+
+def _jobs(args: argparse.Namespace, dev: torch.device, runs: int) -> int:
+    """How many runs train at once: ``--jobs``, or its default for ``dev`` (one under torchrun)."""
+    from gradscope.experiments import jobs, parallel
+
+    if parallel.world()[1] > 1:
+        if args.jobs not in (None, 1) and parallel.is_writer():
+            print(f"--jobs {args.jobs} ignored under torchrun: the ranks train each run "
+                  "together (data-parallel), one run after another", file=sys.stderr)
+        return 1
+    n = args.jobs if args.jobs is not None else jobs.default_jobs(dev, runs)
+    if min(n, runs) > 1:
+        print(f"{min(n, runs)} runs at once (--jobs {n}), in worker processes", file=sys.stderr)
+    return n
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -208,24 +237,34 @@ def _setup(args: argparse.Namespace) -> torch.device:
         if rank != 0:
             return dev
     if dev.type == "cpu":
-        print(f"device: cpu ({torch.get_num_threads()} threads)", file=sys.stderr)
+        from gradscope.experiments.jobs import RUN_THREADS, cores
+
+        print(f"device: cpu ({cores()} cores; {RUN_THREADS} torch thread per run)",
+              file=sys.stderr)
     else:
         print(f"device: {dev} ({torch.cuda.get_device_name(dev)})", file=sys.stderr)
     return dev
 
 
 def _run(args: argparse.Namespace, configs: list[Any], data: Any, out: Path,
-         dev: torch.device, title: str, on_result: Any) -> Optional[list[Any]]:
-    """Train ``configs`` with the command-line switches; ``None`` when interrupted (Ctrl-C)."""
+         dev: torch.device, title: str, on_result: Any) -> Union[list[Any], int]:
+    """Train ``configs`` with the command-line switches: their results, or the exit status
+    when interrupted (Ctrl-C: 130) or when some runs failed (1, said on stderr; the
+    others are kept)."""
     from gradscope.experiments.grid import run_grid
+    from gradscope.experiments.jobs import RunsFailed
 
     try:
         return run_grid(configs, data, results_dir=out, device=dev,
                         progress=not args.no_progress, rerun=args.rerun,
                         plots=not args.no_plots, title=title,
-                        dashboard_images=not args.no_dashboard_images, on_result=on_result)
+                        dashboard_images=not args.no_dashboard_images, on_result=on_result,
+                        jobs=_jobs(args, dev, len(configs)))
+    except RunsFailed as e:
+        print(f"{title}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        return None
+        return 130
 
 
 def _counter() -> tuple[list[bool], Any]:
@@ -267,8 +306,8 @@ def run(args: argparse.Namespace) -> int:
         results = _run(args, configs, data, out, dev, "gradscope compare", on_result)
     finally:
         parallel.stop()
-    if results is None:
-        return 130
+    if isinstance(results, int):
+        return results
     if not writer:
         return 0
     _print_table(results)
@@ -320,8 +359,8 @@ def run_preset(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     skipped, on_result = _counter()
     results = _run(args, configs, data, out, dev, f"gradscope preset {preset.name}", on_result)
-    if results is None:
-        return 130
+    if isinstance(results, int):
+        return results
     verdict = preset.verdict(results, out)
     write_summary(results, out, title=f"gradscope preset {preset.name}",
                   extra=f"{preset.describe()}\n\n```\n{verdict}\n```")

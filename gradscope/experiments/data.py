@@ -44,9 +44,10 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -299,16 +300,28 @@ def _fetch(root: Path, raw: Path, bad: dict[str, str], quiet: bool) -> Path:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The whole data set as tensors: inputs ``(N, 784)`` float32 in [0, 1], labels int64."""
+    """The whole data set as tensors: inputs ``(N, 784)`` float32 in [0, 1], labels int64.
+
+    ``recipe``, when set, makes the same data set again, bit for bit (MNIST from its
+    verified files): a pickled ``Dataset`` (sent to a worker process,
+    :mod:`gradscope.experiments.jobs`) is then its recipe, not its tensors.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    recipe: Optional[Callable[[], Dataset]] = field(default=None, compare=False, repr=False)
 
     def to(self, device: Union[str, torch.device]) -> Dataset:
-        """A copy on ``device``."""
-        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        """A copy on ``device`` (the same recipe)."""
+        return replace(self, **{k: getattr(self, k).to(device)
+                                for k in ("x_train", "y_train", "x_test", "y_test")})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.recipe is not None:
+            return (_made, (self.recipe,))
+        return (Dataset, (self.x_train, self.y_train, self.x_test, self.y_test))
 
     @property
     def in_features(self) -> int:
@@ -319,6 +332,11 @@ class Dataset:
     def classes(self) -> int:
         """Number of classes (``max label + 1``)."""
         return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+
+def _made(recipe: Callable[[], Dataset]) -> Dataset:
+    """The data set ``recipe`` makes (unpickling a :class:`Dataset` that has one)."""
+    return recipe()
 
 
 def load_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool = False) -> Dataset:
@@ -336,7 +354,7 @@ def load_mnist(data_dir: Union[str, os.PathLike, None] = None, *, quiet: bool = 
         ds = MNIST(root, train=train, download=False)
         x = ds.data.reshape(len(ds.data), -1).to(torch.float32).div_(255.0)
         out += [x, ds.targets.to(torch.int64)]
-    return Dataset(*out)
+    return Dataset(out[0], out[1], out[2], out[3], recipe=partial(load_mnist, data_dir, quiet=True))
 
 
 def synthetic_dataset(*, n_train: int = 512, n_test: int = 256, features: int = 64,
@@ -350,6 +368,9 @@ def synthetic_dataset(*, n_train: int = 512, n_test: int = 256, features: int = 
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.rand(n, features, generator=g) * (torch.rand(n, features, generator=g) < 0.3)
-        return (x - x.mean()) / x.std(), (x @ teacher).argmax(1)
+        # numpy's mean and std: the same bits whatever torch's thread count
+        a = x.numpy()
+        mean, std = float(a.mean(dtype=np.float64)), float(a.std(dtype=np.float64, ddof=1))
+        return (x - mean) / std, (x @ teacher).argmax(1)
 
     return Dataset(*draw(n_train), *draw(n_test))

@@ -1,9 +1,9 @@
 """A grid of runs: validated up front, resumable, summarised in one results directory.
 
 :func:`expand_grid` turns axes (lists of values) into :class:`RunConfig` s and
-reports *every* invalid value before anything trains. :func:`run_grid` trains
-them one by one, skipping configs whose ``runs/<name>/result.json`` already holds
-the same config, and writes into ``results_dir``:
+reports *every* invalid value before anything trains. :func:`run_grid` trains them
+in turn (or ``jobs`` at once: :mod:`gradscope.experiments.jobs`), skipping configs whose
+``runs/<name>/result.json`` holds the same config, and writes into ``results_dir``:
 
 * ``runs/<name>/``: one TensorBoard run per config (``tensorboard --logdir results_dir/runs``;
   the HParams tab compares the whole grid). Runs are named by the axes that vary
@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from gradscope.experiments import jobs as workers
 from gradscope.experiments import parallel
 from gradscope.experiments.data import Dataset
 from gradscope.experiments.train import RunConfig, RunResult, load_result, train_run
@@ -175,23 +176,32 @@ def run_grid(
     title: str = "gradscope compare",
     on_result: Optional[Callable[[RunResult, bool], None]] = None,
     dashboard_images: bool = True,
+    jobs: int = 1,
 ) -> list[RunResult]:
     """Train every config (skipping finished ones) and write the summary and plots.
 
     Args:
         configs: the runs, e.g. from :func:`expand_grid` or a preset.
-        data: the data set (moved to ``device`` once).
+        data: the data set (moved to ``device`` once, in each process that trains).
         results_dir: the output directory (created).
         device: where to train.
-        progress: tqdm bars (one over runs, one over the current run's steps).
+        progress: tqdm bars (over runs; with ``jobs=1`` also over the current run's steps).
         rerun: train finished configs again instead of skipping them.
         plots: write the PNG plots.
         title: heading of ``summary.md``.
-        on_result: called with ``(result, skipped)`` after each config.
+        on_result: called with ``(result, skipped)`` after each config (with ``jobs > 1``
+            the skipped ones first, then in the order runs finish).
         dashboard_images: draw the monitor's dashboard images in each TensorBoard run.
+        jobs: runs trained at once, in worker processes
+            (:mod:`gradscope.experiments.jobs`); ``1`` trains them one after another
+            in this process. Every run uses one torch thread: the results are the same.
+            With ``jobs > 1`` a script needs ``if __name__ == "__main__":`` (``spawn``).
 
     Returns:
         The results of the finished configs, in config order.
+
+    Raises:
+        RunsFailed: with ``jobs > 1``, some runs raised (the others are kept and summarised).
     """
     out = Path(results_dir)
     writer = parallel.is_writer()  # under torchrun, rank 0 alone touches files
@@ -201,40 +211,36 @@ def run_grid(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise GridError(f"configs share run names {dup}; remove the duplicates")
-    data = data.to(device)
-    results: list[RunResult] = []
+    found: dict[int, RunResult] = {}
     bar = None
     if progress and writer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(configs), desc="runs", position=0, dynamic_ncols=True)
+
+    def finished(i: int, result: RunResult, skipped: bool) -> None:
+        found[i] = result
+        if on_result is not None:
+            on_result(result, skipped)
+        if bar is not None:
+            bar.update(1)
+
     try:
-        for cfg, name in zip(configs, names):
-            run_dir = out / "runs" / name
-            done = None if rerun else load_result(run_dir)
-            skipped = done is not None and done.config == cfg
-            if skipped:
-                assert done is not None
-                result = done
-                result.name = name
-            else:
-                if writer and run_dir.exists():  # unfinished or stale: never trust it
-                    shutil.rmtree(run_dir)
-                result = train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
-                                   dashboard_images=dashboard_images, name=name,
-                                   grid=configs)
-            results.append(result)
-            if on_result is not None:
-                on_result(result, skipped)
-            if bar is not None:
-                bar.update(1)
+        if jobs <= 1:
+            with workers.one_thread():  # as in a worker: the same numbers whatever ``jobs``
+                _train_in_turn(configs, names, data.to(device), out, device, rerun, progress,
+                               dashboard_images, finished)
+        else:
+            _train_at_once(configs, names, data, out, torch.device(device), rerun, jobs,
+                           dashboard_images, finished)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(results)} of {len(configs)} runs finished and kept in {out}; "
+        print(f"\ninterrupted: {len(found)} of {len(configs)} runs finished and kept in {out}; "
               "rerun the same command to continue", file=sys.stderr)
         raise
     finally:
         if bar is not None:
             bar.close()
+        results = [found[i] for i in sorted(found)]
         if results and writer:
             write_summary(results, out, title=title)
             if plots:
@@ -242,6 +248,47 @@ def run_grid(
 
                 make_plots(results, out)
     return results
+
+
+def _done_before(cfg: RunConfig, name: str, run_dir: Path, rerun: bool) -> Optional[RunResult]:
+    """The run's result when it finished before with the same config (and not ``rerun``);
+    else ``None``, after clearing what an unfinished or stale run left."""
+    done = None if rerun else load_result(run_dir)
+    if done is not None and done.config == cfg:
+        done.name = name
+        return done
+    if parallel.is_writer() and run_dir.exists():  # unfinished or stale: never trust it
+        shutil.rmtree(run_dir)
+    return None
+
+
+def _train_in_turn(configs: Sequence[RunConfig], names: list[str], data: Dataset, out: Path,
+                   device: Union[str, torch.device], rerun: bool, progress: bool,
+                   dashboard_images: bool, finished: Callable[[int, RunResult, bool], None]
+                   ) -> None:
+    """``jobs=1``: each config in turn, in this process."""
+    for i, (cfg, name) in enumerate(zip(configs, names)):
+        run_dir = out / "runs" / name
+        done = _done_before(cfg, name, run_dir, rerun)
+        result = done or train_run(cfg, data, device=device, run_dir=run_dir, progress=progress,
+                                   dashboard_images=dashboard_images, name=name, grid=configs)
+        finished(i, result, done is not None)
+
+
+def _train_at_once(configs: Sequence[RunConfig], names: list[str], data: Dataset, out: Path,
+                   device: torch.device, rerun: bool, jobs: int, dashboard_images: bool,
+                   finished: Callable[[int, RunResult, bool], None]) -> None:
+    """``jobs > 1``: the finished configs first, then the others in worker processes."""
+    runs = [(i, c, n, out / "runs" / n) for i, (c, n) in enumerate(zip(configs, names))]
+    done = {i: _done_before(cfg, name, run_dir, rerun) for i, cfg, name, run_dir in runs}
+    for i, result in done.items():
+        if result is not None:
+            finished(i, result, True)
+    todo = [run for run in runs if done[run[0]] is None]
+    if todo:
+        workers.train_parallel(todo, data, device=device, jobs=jobs,
+                               dashboard_images=dashboard_images, grid=configs,
+                               on_done=lambda i, result: finished(i, result, False))
 
 
 # ---- summary ------------------------------------------------------------------

@@ -297,7 +297,7 @@ def train_run(
         progress: show a tqdm bar over steps.
         progress_position: the bar's line (nested under a grid's bar).
         dashboard_images: let the TensorBoard writer draw its dashboard images
-            (gradient flow, unit health; about a second per run on a CPU).
+            (gradient flow, unit health), once, when the run has finished.
         name: the run's name (progress bar, result); ``cfg.name`` by default.
         grid: the configs of the grid this run belongs to: their number sizes the
             per-layer custom-scalars charts (``TensorBoardWriter(runs=...)``), and
@@ -320,7 +320,8 @@ def train_run(
         from gradscope.writers import TensorBoardWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1)))
+        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1),
+                                       image_interval=math.inf))  # drawn once, after training
     n = len(data.x_train)
     losses = torch.zeros(cfg.steps, device=dev)
     accs = torch.zeros(cfg.steps, device=dev)

@@ -119,7 +119,7 @@ class TensorBoardWriter(Sink):
         images: write the gradient-flow and unit-health images at each flush.
         image_interval: seconds of wall time between two image flushes at least
             (drawing costs ~0.1-0.3 s on a CPU); the last state is always drawn at
-            :meth:`close`. ``0`` draws at every flush.
+            :meth:`close`. ``0`` draws at every flush, ``math.inf`` only at close.
         parameters: also write per-parameter scalars (``param/<metric>/<name>``);
             off by default: layers already aggregate their parameters, and this
             about doubles the number of values written.
@@ -184,7 +184,7 @@ class TensorBoardWriter(Sink):
         self.run_id = claim_run(self.logdir, logdir, resume=resume)
         self.images = images
         self.image_interval = float(image_interval)
-        self._last_image_time = -math.inf
+        self._last_image_time = -math.inf if image_interval < math.inf else 0.0  # inf: at close
         self._image_pending: Optional[tuple[History, int]] = None
         self.parameters = parameters
         self.image_steps = image_steps
