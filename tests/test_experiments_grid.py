@@ -274,7 +274,7 @@ def test_interrupt_keeps_finished_runs_and_rerun_continues(tmp_path, tiny_data, 
 
 def test_compare_cli_synthetic(tmp_path, capsys):
     rc = cli.main(["compare", "--synthetic", "--quick", "--device", "cpu", "--no-progress",
-                   "--activations", "relu", "sigmoid", "--inits", "he", "--batchnorm", "off",
+                   "--jobs", "1", "--activations", "relu", "sigmoid", "--inits", "he", "--batchnorm", "off",
                    "--steps", "8",
                    "--width", "8", "--eval-every", "4", "--results-dir", str(tmp_path)])
     assert rc == 0
