@@ -140,10 +140,13 @@ PRESETS: dict[str, Preset] = {
         "0.185-0.187, normalized 0.818-0.823"),
     "he2015": Preset(
         "he2015",
-        "a 30-layer ReLU net: Xavier init stalls or learns far slower than He init (std √(2/n))",
+        "a 30-layer ReLU net initialised with Xavier init \"completely stalls\" while He init "
+        "(std √(2/n), which keeps the activations' scale through depth) converges (their Fig. 3)",
         "paper: 30-layer ReLU conv net on ImageNet. Here: a 30×256 ReLU MLP on MNIST, SGD with "
         "momentum 0.9, lr 0.01, batch 64, 2000 steps. --quick: 30×128, 400 steps.",
-        _he_configs, verdicts.he2015),
+        _he_configs, verdicts.he2015,
+        "held for seeds 0-2: test accuracy He 0.42-0.74, Xavier 0.113 (stalled); activation "
+        "std layer 30 / layer 1 at step 0: Xavier 2^-15.1 to 2^-14.9, He 2^-1.3 to 2^0.2"),
     "ioffe2015": Preset(
         "ioffe2015",
         "3 hidden layers of 100 sigmoid units: BatchNorm trains faster and keeps the sigmoid "
@@ -172,14 +175,23 @@ PRESETS: dict[str, Preset] = {
         "test accuracy 0.70-0.86"),
     "rnn": Preset(
         "rnn",
-        "a plain tanh RNN's gradient vanishes back through time (‖∂L/∂h_0‖/‖∂L/∂h_T‖ collapses "
-        "by orders of magnitude on a long sequence) while LSTM and GRU keep it, and their "
-        "accuracy follows",
+        "back-propagated error signals in a plain (tanh) RNN vanish exponentially with the "
+        "time lag (Bengio et al. 1994; Hochreiter & Schmidhuber 1997): "
+        "‖∂L/∂h_0‖/‖∂L/∂h_T‖ collapses by orders of magnitude on a long sequence, while LSTM "
+        "and GRU keep it, and their accuracy follows. At --quick size this does NOT hold "
+        "robustly (below): with Adam the recurrent weights are rescaled within ~100 steps and "
+        "the ratio over the run depends on the seed",
         "sequential MNIST: rows (28 steps of 28 pixels) and pixels (the image pooled to 10×10, "
         "100 steps of one pixel); tanh RNN, LSTM (forget bias 1) and GRU, one layer of 64 units, "
         "Adam lr 2e-3, batch 64, 2000 steps; the ratio is read by gradscope's recurrent capture "
         "every 10th step and its median over the run is compared. --quick: 32 units, 300 steps.",
-        _rnn_configs, verdicts.rnn),
+        _rnn_configs, verdicts.rnn,
+        "did NOT hold for seeds 0 and 1, held for seed 2. On pixels the median ratio: RNN "
+        "4.7e-6 to 1.65 (seed 0: above 1, its gradient grew back through time), LSTM "
+        "0.068-0.30, GRU 1.7e-4 to 0.044 (it vanished too in seed 0); test accuracy RNN "
+        "0.26-0.36, LSTM 0.43-0.49, GRU 0.31-0.45 (GRU not 0.05 above the RNN in seed 0). "
+        "Only at the first sampled step does every seed show the story on rows: RNN 9.5e-9 to "
+        "2.7e-7, LSTM 8.5e-4 to 1.3e-3"),
     "optimizers": Preset(
         "optimizers",
         "in a deep sigmoid net plain SGD barely moves the first layers (their gradient is small) "
