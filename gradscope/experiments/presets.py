@@ -155,7 +155,10 @@ PRESETS: dict[str, Preset] = {
         "sigmoid. Here: the same net, N(0, 0.01²) init, SGD lr 0.1, 20,000 steps (shrunk ×2.5); "
         "the stability is read from the last sigmoid layer's mean output (a monotone image of "
         "its input) after the first 10% of training. --quick: 1500 steps.",
-        _ioffe_configs, verdicts.ioffe2015),
+        _ioffe_configs, verdicts.ioffe2015,
+        "held for seeds 0-2: with BN 90% train accuracy at step 513-640, test accuracy "
+        "0.915-0.932; without, never and 0.098-0.103; drift of the last sigmoid mean 0.002 vs "
+        "0.080-0.082"),
     "dying_relu": Preset(
         "dying_relu",
         "with a learning rate set too high a large share of a ReLU net's units die: they "

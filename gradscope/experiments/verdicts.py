@@ -198,15 +198,14 @@ def dying_relu(results: list[RunResult], rd: Path) -> Verdict:
             lines.append(f"{a} lr {lr:g}: final fraction of units {what} (mean over layers) "
                          f"{_fmt(d)}; test accuracy {r.test_acc:.3f}{diverged}")
     ref, high = DYING_LRS[0], DYING_LRS[-1]
-    relu, leaky = dead[("relu", high)], dead[("leaky_relu", high)]
-    killed = (relu is not None and relu >= DEAD_SHARE
-              and dead[("relu", ref)] is not None and dead[("relu", ref)] < DEAD_SHARE)
+    relu, leaky, usual = dead[("relu", high)], dead[("leaky_relu", high)], dead[("relu", ref)]
+    killed = relu is not None and relu >= DEAD_SHARE and usual is not None and usual < DEAD_SHARE
     acc = {a: _pick(results, activation=a, lr=high).test_acc for a in ("relu", "leaky_relu")}
     lines.append(f"LeakyReLU at lr {high:g} (reported, not judged): {_fmt(leaky)} of its units "
                  f"stuck, test accuracy {acc['leaky_relu']:.3f} vs ReLU's {acc['relu']:.3f}")
     lines.append(f"held = at lr {high:g} at least {DEAD_SHARE:.0%} of ReLU units are dead "
                  f"({_fmt(relu)}) and fewer than {DEAD_SHARE:.0%} at lr {ref:g} "
-                 f"({_fmt(dead[('relu', ref)])}): {killed}")
+                 f"({_fmt(usual)}): {killed}")
     return Verdict(killed, lines)
 
 
