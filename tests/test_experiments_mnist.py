@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gradscope.experiments.data import load_mnist
 from gradscope.experiments.train import RunConfig, train_run
@@ -51,3 +52,47 @@ def test_findings_are_calibrated_on_ci_sized_runs():
     assert len(failed) >= 3 and len(learned) >= 2, (failed, learned)  # both sides are tested
     assert all(failed.values()), failed
     assert not any(learned.values()), learned
+
+
+def _calibration_bench():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+    spec = importlib.util.spec_from_file_location("calibration_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return _calibration_bench()
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist(quiet=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit", "transformer"])
+def test_no_findings_on_healthy_models_at_ci_size(calibration, mnist, name):
+    """benchmarks/calibration.py at CI size (narrow models, 10 steps of 8 MNIST images at
+    32x32x3, each model's usual recipe): no finding, while every rule had its series."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread is ~10x faster on a shared CPU
+    try:
+        r = calibration.train(name, mnist, steps=calibration.CI_STEPS,
+                              batch=calibration.CI_BATCH, recipe=calibration.RECIPES[name],
+                              ci=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.findings == [], [f.message for f in r.findings]
+    h = r.history
+    assert all(len(h.series(n, "update_ratio")[0]) == calibration.CI_STEPS
+               for n in h.layers("layer") if "update_ratio" in h.metrics(n))
+    assert any("grad_norm" in h.metrics(n) for n in h.layers("layer"))
+    assert any("std" in h.metrics(n) for n in h.layers("activation"))

@@ -157,9 +157,24 @@ def test_update_ratios_grouped_per_direction() -> None:
     h = set_series(h, "fc1", "update_ratio", lambda s: 1e-6 if s >= 500 else 1e-3)
     h = set_series(h, "fc3", "update_ratio", lambda s: 0.5)
     found = analyze(h)
-    # same severity and first step: network order of the worst layer decides
-    assert rules(found) == [("update_ratio_low", "fc0", 0), ("update_ratio_high", "fc3", 0)]
+    # same severity and first step (the first after update_settle): network order decides
+    assert rules(found) == [("update_ratio_low", "fc0", 100), ("update_ratio_high", "fc3", 100)]
     assert "2 of 4 layers" in found[0].message and "fc1 (1.0e-06)" in found[0].message
+    assert rules(analyze(h, Thresholds(update_settle=0)))[1] == ("update_ratio_high", "fc3", 0)
+
+
+def test_update_ratio_is_judged_after_the_first_steps() -> None:
+    """A high ratio that holds only in the first update_settle steps (the start: a resnet18
+    conv1 before BatchNorm reads 0.62 at step 0) is no finding, one that lasts past it is."""
+    steps = list(range(0, 300, 10))
+    early = set_series(healthy(steps), "fc0", "update_ratio", lambda s: 0.6 if s < 80 else 1e-3)
+    assert analyze(early) == []
+    assert rules(analyze(early, Thresholds(update_settle=0))) == [("update_ratio_high", "fc0", 0)]
+    late = set_series(healthy(steps), "fc0", "update_ratio", lambda s: 0.6 if s < 150 else 1e-3)
+    found = analyze(late)
+    assert rules(found) == [("update_ratio_high", "fc0", 100)] and found[0].resolved
+    with pytest.raises(ValueError, match=r"update_settle=-1"):
+        Thresholds(update_settle=-1)
 
 
 def test_one_bad_record_is_not_a_finding() -> None:

@@ -92,7 +92,8 @@ def _growth(history: History, t: Thresholds, scan: Scan, layers: list[str]) -> l
 
 
 def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) -> list[Finding]:
-    """Layers whose per-step update is far from ~1e-3 of their weights (one finding per side)."""
+    """Layers whose per-step update is far from ~1e-3 of their weights (one finding per side),
+    judged from ``update_settle`` steps after each layer's first record on."""
     scan = scan if scan is not None else Scan()
     layers = [n for n in history.layers("layer") if _has(history, n, "update_ratio")]
     out = []
@@ -105,7 +106,8 @@ def _update_ratio(history: History, t: Thresholds, scan: Optional[Scan] = None) 
         bound = t.update_ratio_low if word == "below" else t.update_ratio_high
         hits = []
         for layer in layers:
-            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad, low=word == "below")
+            run = scan.tail(history, (rule, layer), layer, "update_ratio", bad,
+                            low=word == "below", settle=t.update_settle)
             out += _resolved(run, "warning", rule, layer,
                              f"update/weight ratio ‖Δw‖/‖w‖ {word} {bound:g}", remedy)
             if run.holds(t.window):

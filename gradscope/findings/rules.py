@@ -31,8 +31,9 @@ rule                      severity  fires when (default thresholds)
 ``activation_collapse``   warning   activation std at the deepest call-site < 0.01×
                                     the first call-site's
 ``activation_blowup``     warning   ... > 100× the first call-site's
-``update_ratio_low``      warning   a layer's ‖Δw‖/‖w‖ < 1e-5 (rule of thumb ~1e-3)
-``update_ratio_high``     warning   a layer's ‖Δw‖/‖w‖ > 1e-1
+``update_ratio_low``      warning   a layer's ‖Δw‖/‖w‖ < 1e-5 (rule of thumb ~1e-3),
+                                    judged from 100 steps after its first record on
+``update_ratio_high``     warning   a layer's ‖Δw‖/‖w‖ > 1e-1, from 100 steps on
 ``scaler_skipped``        info      a GradScaler skipped steps (inf/NaN gradients at
                                     the scale in force; the ``nonfinite`` rule ignores
                                     the gradients of those steps); a warning when it

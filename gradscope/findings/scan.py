@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple, Optional
@@ -74,8 +75,8 @@ class Episode(NamedTuple):
 class Run:
     """The trailing run of bad points of one (derived) series, as read so far."""
 
-    __slots__ = ("episodes", "first", "good", "last", "length", "low", "open", "start", "step",
-                 "value", "window", "worst")
+    __slots__ = ("episodes", "first", "good", "last", "length", "low", "open", "origin", "start",
+                 "step", "value", "window", "worst")
 
     def __init__(self, window: int = 1) -> None:
         self.window = window  # points in a row that open (bad) or close (good) an episode
@@ -90,6 +91,7 @@ class Run:
         self.value = math.nan  # the last value read
         self.step = -1  # and its step
         self.first: Optional[tuple[int, float]] = None  # the first finite point read
+        self.origin: Optional[int] = None  # the series' first step (its settling starts there)
 
     def feed(self, steps: Sequence[int], values: Sequence[float],
              bad: Callable[[float], bool]) -> None:
@@ -184,11 +186,22 @@ class Scan:
         return r
 
     def tail(self, history: History, key: Any, layer: str, metric: str,
-             bad: Callable[[float], bool], *, low: bool = False) -> Run:
-        """Read ``layer/metric``'s new points into the run of ``key`` and return it."""
+             bad: Callable[[float], bool], *, low: bool = False, settle: int = 0) -> Run:
+        """Read ``layer/metric``'s new points into the run of ``key`` and return it.
+
+        ``settle``: the points within this many steps of the series' first one are read
+        but not judged (neither bad nor good: no episode opens or closes there).
+        """
         r = self.run(key, low=low)
         steps, values = history.since(layer, metric, r.last)  # type: ignore[arg-type]
         self.reads += len(steps)
+        if settle and len(steps):
+            if r.origin is None:
+                r.origin = steps[0]
+            cut = bisect.bisect_left(steps, r.origin + settle)
+            if cut:
+                r.last = steps[cut - 1]
+                steps, values = steps[cut:], values[cut:]
         r.feed(steps, values, bad)
         return r
 

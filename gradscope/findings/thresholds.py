@@ -38,6 +38,16 @@ class Thresholds:
         update_ratio_low: ``update_ratio_low`` when a layer's ``‖Δw‖/‖w‖`` per step
             is below this (the common rule of thumb is about 1e-3).
         update_ratio_high: ``update_ratio_high`` when it is above this.
+        update_settle: the update-ratio rules judge a layer only from this many steps
+            after its first record on. In the first steps the ratio tells the start,
+            not the learning rate: the weights are their initialisation and the
+            gradients the run's largest, Adam's first steps are about ``lr`` per weight
+            whatever the gradient, momentum builds up over ``1/(1-β)`` steps, and a
+            weight followed by a normalisation is scale-invariant: its ratio is an
+            angle that shrinks as ``‖w‖`` grows. Healthy runs measured above 1e-1 there
+            and below it after: resnet18's ``conv1`` (0.62 at step 0, SGD lr 0.05,
+            momentum 0.9) and ``fc`` (to step 18), a 3×256 ReLU MLP's output layer at SGD
+            lr 0.5 (to step 35); ``0`` judges every step.
 
     Example:
         >>> Thresholds(dead_units=0.5).dead_units
@@ -59,10 +69,15 @@ class Thresholds:
     scale_blowup: float = 1e2
     update_ratio_low: float = 1e-5
     update_ratio_high: float = 1e-1
+    update_settle: int = 100
 
     def __post_init__(self) -> None:
         if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
             raise ValueError(f"Thresholds(window={self.window!r}): must be an int >= 1")
+        settle = self.update_settle
+        if not isinstance(settle, int) or isinstance(settle, bool) or settle < 0:
+            raise ValueError(f"Thresholds(update_settle={settle!r}): must be an int >= 0 "
+                             "(steps), e.g. 100")
         for name in ("saturation", "dead_units", "dead_growth"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 < v < 1:
