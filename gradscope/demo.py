@@ -94,7 +94,7 @@ def run_demo(
         t0 = time.perf_counter()
         correct = 0
         with gradscope.watch(model, optimizer=opt, flush_every=25, summary=not quiet,
-                             logdir=run_dir) as mon:
+                             logdir=run_dir, overwrite=True) as mon:
             for _step in range(steps):
                 x, y = _batch(teacher, gen)
                 opt.zero_grad()
@@ -139,7 +139,8 @@ def _table(h: History) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope demo``."""
     parser.add_argument("--logdir", default="runs/demo", metavar="DIR",
-                        help="where to write the two TensorBoard runs (default: runs/demo)")
+                        help="where to write the two TensorBoard runs; a rerun replaces them "
+                        "(default: runs/demo)")
     parser.add_argument("--steps", type=int, default=STEPS, metavar="N",
                         help=f"training steps per model, >= 1 (default: {STEPS})")
     parser.add_argument("--seed", type=int, default=SEED, metavar="INT",

@@ -22,8 +22,10 @@ def make_sinks(options: Options, model: nn.Module, optimizer: Optional[torch.opt
     sinks: list[Sink] = list(options.sinks)
     if options.logdir is not None:
         from gradscope.writers import TensorBoardWriter
+        from gradscope.writers.rundir import run_dir
 
-        tb = TensorBoardWriter(options.logdir, resume=options.resume,  # raises on a bad logdir
+        logdir = run_dir(options.logdir, overwrite=options.overwrite, resume=options.resume)
+        tb = TensorBoardWriter(logdir, resume=options.resume,  # raises on a bad logdir
                                thresholds=options.thresholds)
         sinks.append(tb)
         writer: Optional[Any] = tb

@@ -48,7 +48,8 @@ event files and what could not be written belong to
 
 **One run per directory.** The first event of the file is the run marker
 (:data:`gradscope.events.RUN_TAG`). A directory that already holds a gradscope
-run is refused, unless ``resume=True`` adds to that run on purpose.
+run is refused, unless ``resume=True`` adds to that run on purpose (``watch()`` picks
+``<logdir>-2`` for a rerun first: :mod:`gradscope.writers.rundir`).
 
 **Write errors** (a full disk) never stop training. TensorBoard's own writer
 thread dies at its first error and refuses every later write, so after an error
