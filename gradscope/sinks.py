@@ -11,6 +11,7 @@ from gradscope.findings import FindingsSink
 from gradscope.findings.remedies import RunFacts
 from gradscope.options import Options
 from gradscope.writers.base import Sink, SinkFanout
+from gradscope.writers.hparams import run_settings
 
 __all__ = ["make_sinks"]
 
@@ -32,6 +33,7 @@ def make_sinks(options: Options, model: nn.Module, optimizer: Optional[torch.opt
     else:
         writer = next((s for s in sinks if hasattr(s, "summary_writer")), None)
     fanout = SinkFanout(sinks)
+    fanout.emit("write_settings", run_settings(model, optimizer, every=options.every))
     thresholds = options.thresholds
     if thresholds is not None:
         where = f"; dashboard: tensorboard --logdir {writer.logdir}" \

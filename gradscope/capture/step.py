@@ -74,6 +74,8 @@ class StepHooks:
         self.modules.start_forward()
         self.recurrent.start_forward()
         state = ctx.state
+        if counted and state.batch is None:
+            state.batch = _batch_size(args)
         state.recording = counted and state.sampled
         state.checking = counted and not state.sampled and bool(ctx.options.check_nonfinite)
         announced = isinstance(module, _Mode)  # by an integration: no forward hook will end it
@@ -173,3 +175,9 @@ def training_mode(training: bool) -> nn.Module:
 class _Mode:
     def __init__(self, training: bool) -> None:
         self.training = training
+
+
+def _batch_size(args: Any) -> Optional[int]:
+    """The leading size of a forward's first tensor argument (the batch, usually), or ``None``."""
+    first = next(iter(tensors(args)), None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else None

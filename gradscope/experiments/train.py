@@ -320,7 +320,8 @@ def train_run(
         from gradscope.writers import TensorBoardWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1)))
+        sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1),
+                                       hparams=False))  # its own, below
     n = len(data.x_train)
     losses = torch.zeros(cfg.steps, device=dev)
     accs = torch.zeros(cfg.steps, device=dev)
