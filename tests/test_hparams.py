@@ -56,6 +56,8 @@ def test_a_watch_run_fills_the_hparams_table(tmp_path: Path) -> None:
     # both runs declare the same columns, whichever one TensorBoard picks
     assert metrics2 == metrics and exp2.hparam_infos == exp.hparam_infos
     assert {h.name for h in exp.hparam_infos} == set(hp) | {"beta1", "beta2"}
+    assert {h.name for h in exp.hparam_infos if h.differs} == {  # the table's first columns
+        "model", "optimizer", "lr", "batch_size", "activation_families"}
     assert (hp2["optimizer"], hp2["lr"], hp2["beta1"], hp2["beta2"], hp2["every"],
             hp2["activation_families"]) == ("Adam", 3e-4, 0.8, 0.99, "1", "tanh")
     assert "momentum" not in hp2

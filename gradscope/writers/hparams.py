@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
-__all__ = ["SETTINGS", "Value", "hparams_summaries", "run_settings"]
+__all__ = ["LEAD", "SETTINGS", "Value", "hparams_summaries", "run_settings"]
 
 #: What the HParams plugin takes as a setting's value.
 Value = Union[bool, int, float, str]
@@ -36,6 +36,9 @@ Value = Union[bool, int, float, str]
 SETTINGS: dict[str, Value] = {
     "model": "", "parameters": 0, "optimizer": "", "lr": 0.0, "momentum": 0.0, "beta1": 0.0,
     "beta2": 0.0, "weight_decay": 0.0, "batch_size": 0, "every": "", "activation_families": ""}
+#: The settings marked as differing between runs: TensorBoard lists them first and shows
+#: the first five as the table's columns.
+LEAD = frozenset({"model", "optimizer", "lr", "batch_size", "activation_families"})
 
 
 def run_settings(model: Any, optimizer: Any, *, every: Any) -> dict[str, Value]:

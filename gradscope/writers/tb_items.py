@@ -56,11 +56,11 @@ def add_histograms(summary_writer: Any, histograms: Sequence[Histogram]) -> None
 
 def write_hparams(summary_writer: Any, settings: dict[str, Any], families: set[str]) -> None:
     """The settings, the activation families seen, and the health series as metrics."""
-    from gradscope.writers.hparams import hparams_summaries
+    from gradscope.writers.hparams import LEAD, hparams_summaries
 
     settings = dict(settings, activation_families=",".join(sorted(families)))
     health = [scalar_tag("", m.name, "run") for m in by_kind("run")]
-    for summary in hparams_summaries(settings, health):
+    for summary in hparams_summaries(settings, health, differs=LEAD):
         summary_writer._get_file_writer().add_summary(summary)
 
 
