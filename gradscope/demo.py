@@ -95,7 +95,7 @@ def run_demo(
         t0 = time.perf_counter()
         correct = 0
         with gradscope.watch(model, optimizer=opt, flush_every=25, summary=not quiet,
-                             logdir=run_dir, overwrite=True) as mon:
+                             logdir=run_dir, overwrite=run_dir is not None) as mon:
             for _step in range(steps):
                 x, y = _batch(teacher, gen)
                 opt.zero_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,14 @@ def test_counts_in_messages_agree_with_their_noun() -> None:
         "**1 activation call-site** captured at step 0")
     assert [counted(n, "finding") for n in (0, 1, 2)] == ["0 findings", "1 finding",
                                                           "2 findings"]
+
+
+def test_demo_rerun_replaces_its_runs(tmp_path: Path) -> None:
+    """``gradscope demo`` twice into one directory: still one run per model there."""
+    from gradscope.demo import run_demo
+    from gradscope.events import runs_in
+
+    for _ in range(2):
+        run_demo(logdir=str(tmp_path), steps=2, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relu_he", "sigmoid_normal"]
+    assert all(len(runs_in(p)) == 1 for p in tmp_path.iterdir())
