@@ -77,6 +77,7 @@ def watch(
     sinks: Sequence[Any] = (),
     logdir: Union[str, os.PathLike, None] = None,
     resume: bool = False,
+    overwrite: bool = False,
     findings: Union[bool, Thresholds] = True,
     summary: bool = True,
     strict: bool = False,
@@ -153,12 +154,15 @@ def watch(
             ``write(records, history)`` method); a failing sink warns once and the
             others and training go on.
         logdir: write a TensorBoard run there (:attr:`Monitor.writer`); created and
-            checked for write access now. A directory that already holds a
-            gradscope run is refused (two runs would be merged in TensorBoard).
+            checked for write access now. When it already holds a gradscope run (a
+            rerun), this run writes to ``<logdir>-2`` (``-3``, ...) instead, said in
+            one line (two runs in one directory would be merged in TensorBoard).
         resume: add to the gradscope run already in ``logdir`` on purpose: the model
             must be the one that wrote it (same parameters, shapes and layer types;
             another is refused), and the run continues at the step after its last
             one (or at a later ``start_step``; never over its steps).
+        overwrite: replace the gradscope run already in ``logdir`` (its event files are
+            deleted) instead of writing to ``<logdir>-2``.
         findings: run the rules of :mod:`gradscope.findings` at each flush (for
             sinks that write findings) and at close: ``True``, ``False`` or a
             :class:`gradscope.findings.Thresholds`.
@@ -208,7 +212,8 @@ def watch(
                 record_eval=record_eval, include=include, histogram_every=histogram_every,
                 histogram_bins=histogram_bins, check_nonfinite=check_nonfinite,
                 retention=retention, start_step=start_step, sinks=sinks, logdir=logdir,
-                resume=resume, findings=findings, summary=summary, strict=strict, fused=fused,
+                resume=resume, overwrite=overwrite, findings=findings, summary=summary,
+                strict=strict, fused=fused,
                 sampled_eager=sampled_eager, scaler=scaler, combine_ranks=combine_ranks, **unknown)
     if definitions is not None:
         flat["definitions"] = definitions

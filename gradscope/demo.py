@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -94,7 +95,7 @@ def run_demo(
         t0 = time.perf_counter()
         correct = 0
         with gradscope.watch(model, optimizer=opt, flush_every=25, summary=not quiet,
-                             logdir=run_dir) as mon:
+                             logdir=run_dir, overwrite=run_dir is not None) as mon:
             for _step in range(steps):
                 x, y = _batch(teacher, gen)
                 opt.zero_grad()
@@ -116,30 +117,37 @@ def run_demo(
 
 
 def _table(h: History) -> str:
-    """Per-layer summary at the last step: activation call-sites, then layers."""
+    """Per-layer summary at the last step: activation call-sites, then layers; a value the
+    step does not have is ``-``, as in ``gradscope report``."""
     rows = ["  layer    saturation  dead_units  grad_out_rms  | layer  grad_norm  update_ratio"]
     acts, layers = h.layers("activation"), h.layers("layer")
     for i in range(max(len(acts), len(layers))):
         left = " " * 47
         if i < len(acts):
             a = acts[i]
-            sat = h.last("saturation").get(a, float("nan"))
-            dead = h.last("dead_units").get(a, float("nan"))
-            g = h.last("grad_out_rms").get(a, float("nan"))
-            left = f"  {a:<8} {sat:>10.2f}  {dead:>10.2f}  {g:>12.2e}   "
+            sat, dead, g = (_cell(h.last(m).get(a), f, w) for m, f, w in (
+                ("saturation", ".2f", 10), ("dead_units", ".2f", 10), ("grad_out_rms", ".2e", 12)))
+            left = f"  {a:<8} {sat}  {dead}  {g}   "
         right = ""
         if i < len(layers):
             la = layers[i]
-            right = (f"| {la:<6} {h.last('grad_norm', 'layer').get(la, float('nan')):>9.2e}  "
-                     f"{h.last('update_ratio', 'layer').get(la, float('nan')):>12.2e}")
+            right = (f"| {la:<6} {_cell(h.last('grad_norm', 'layer').get(la), '.2e', 9)}  "
+                     f"{_cell(h.last('update_ratio', 'layer').get(la), '.2e', 12)}")
         rows.append(left + right)
     return "\n".join(rows)
+
+
+def _cell(v: Optional[float], fmt: str, width: int) -> str:
+    """``v`` formatted and right-aligned in ``width``; ``-`` for a missing or NaN value."""
+    text = "-" if v is None or math.isnan(v) else format(v, fmt)
+    return f"{text:>{width}}"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradscope demo``."""
     parser.add_argument("--logdir", default="runs/demo", metavar="DIR",
-                        help="where to write the two TensorBoard runs (default: runs/demo)")
+                        help="where to write the two TensorBoard runs; a rerun replaces them "
+                        "(default: runs/demo)")
     parser.add_argument("--steps", type=int, default=STEPS, metavar="N",
                         help=f"training steps per model, >= 1 (default: {STEPS})")
     parser.add_argument("--seed", type=int, default=SEED, metavar="INT",

@@ -263,6 +263,6 @@ def claim_run(path: Path, logdir: Any, *, resume: bool = False) -> str:
             f"watch(logdir={str(logdir)!r}): this directory already holds a gradscope run "
             f"({files}); a second run there would be merged with it in TensorBoard. Pass a new "
             "directory (one per run, e.g. runs/exp2), delete the old run, or add to it on "
-            "purpose with watch(..., resume=True) (it continues at the run's next step) "
-            "(or TensorBoardWriter(logdir, resume=True))")
+            "purpose with TensorBoardWriter(logdir, resume=True) (it continues at the run's "
+            "next step); watch(logdir=...) writes a rerun to <logdir>-2 itself")
     return uuid.uuid4().hex[:12]

@@ -75,6 +75,7 @@ class Flush:
         self.params, self.compiled = params, compiled
         self.step_over = step_over
         self.last_flush_step = ctx.options.start_step
+        self.told_batch = False  # the sinks know the batch size (``write_settings``)
 
     # ---------------------------------------------------------- the step's end
     def end_step(self) -> None:
@@ -125,6 +126,9 @@ class Flush:
         for profile in queue.take_profiles():
             history.add_profile(*profile)
         hists, self.ctx.ready_histograms[:] = list(self.ctx.ready_histograms), []
+        if self.ctx.state.batch is not None and not self.told_batch:
+            self.told_batch = True
+            self.sinks.emit("write_settings", {"batch_size": self.ctx.state.batch})
         if records:
             self.sinks.emit("write", records, history)
         if hists:

@@ -312,8 +312,7 @@ class Monitor:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        return (f"Monitor({state}, step={self.step}, "
-                f"activation_sites={len(self._recorder.sites)}, "
+        return (f"Monitor({state}, step={self.step}, {_sites(self)}, "
                 f"parameters={len(self._params.refs)})")
 
     # -------------------------------------------------------------- hooks
@@ -363,6 +362,13 @@ def _checked(options: Options, model: nn.Module, optimizer: Any) -> Options:
         options.logdir, start_step=options.start_step,
         parameters=parameter_shapes(model, options.include_fn),
         modules={n: type(m).__name__ for n, m in model.named_modules()}))
+
+
+def _sites(mon: Monitor) -> str:
+    """The call-sites seen, or before the first forward (none seen) the modules hooked."""
+    seen, hooked = len(mon._recorder.sites), len(mon._modules.hooked)
+    return f"activation_sites={seen}" if seen or not hooked else \
+        f"activation_modules={hooked} (call-sites are found at the first forward)"
 
 
 def _weak(method: Any) -> Any:

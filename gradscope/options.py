@@ -5,7 +5,7 @@
 * what to record: ``activations``, ``backprop``, ``gradients``, ``update_ratio``,
   ``record_eval``, ``include``, ``histogram_every``, ``histogram_bins``,
   ``check_nonfinite``, ``retention``, ``start_step``;
-* outputs: ``sinks``, ``logdir``, ``resume``, ``findings``, ``summary``, ``strict``;
+* outputs: ``sinks``, ``logdir``, ``resume``, ``overwrite``, ``findings``, ``summary``, ``strict``;
 * how: ``fused`` (the Triton statistics kernels on CUDA), ``sampled_eager`` (a compiled model's
   sampled steps run eagerly);
 * training stack: ``scaler`` (a ``torch.amp.GradScaler``), ``combine_ranks``.
@@ -121,6 +121,7 @@ class Options:
     sinks: tuple[Sink, ...] = ()
     logdir: Union[str, os.PathLike, None] = None
     resume: bool = False
+    overwrite: bool = False
     findings: Union[bool, Thresholds] = True
     summary: bool = True
     strict: bool = False
@@ -145,7 +146,7 @@ class Options:
                             "output is not finite), 'all' (each activation output at its call) "
                             "or False")
         for name in ("activations", "backprop", "gradients", "update_ratio", "record_eval",
-                     "resume", "summary", "strict", "sampled_eager",
+                     "resume", "overwrite", "summary", "strict", "sampled_eager",
                      "combine_ranks"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -178,6 +179,12 @@ class Options:
         if self.resume and self.logdir is None:
             raise ValueError("watch(resume=True) continues the TensorBoard run in logdir=...; "
                              "pass logdir too")
+        if self.overwrite and self.logdir is None:
+            raise ValueError("watch(overwrite=True) replaces the TensorBoard run in logdir=...; "
+                             "pass logdir too")
+        if self.resume and self.overwrite:
+            raise ValueError("watch(resume=True, overwrite=True): resume continues the run in "
+                             "logdir, overwrite replaces it; pass one of them")
         if self.retention is not None and not isinstance(self.retention, Retention):
             raise TypeError(f"watch(retention={self.retention!r}): pass gradscope.Retention("
                             "recent=..., per_octave=...), or None to keep every point")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-__all__ = ["SCALER_SERIES", "Coverage", "Finding", "Record", "record"]
+__all__ = ["SCALER_SERIES", "Coverage", "Finding", "Record", "counted", "record"]
 
 #: The series of a GradScaler's per-step records (``skipped``, ``scale``): written by
 #: :mod:`gradscope.capture.scaler`, read by :mod:`gradscope.findings.amp`.
@@ -136,7 +136,7 @@ class Coverage:
 
     def line(self) -> str:
         """The one-line summary printed to stderr."""
-        parts = [f"gradscope: {self.captured} activation call-sites captured "
+        parts = [f"gradscope: {counted(self.captured, 'activation call-site')} captured "
                  f"({self.by_module} by module, {self.by_function} by function)"]
         if self.replayed:
             parts.append("recurrent gates replayed in: " + ", ".join(self.replayed))
@@ -152,7 +152,7 @@ class Coverage:
 
     def markdown(self) -> str:
         """The report as markdown (TensorBoard's ``gradscope/coverage`` text)."""
-        lines = [f"**{self.captured} activation call-sites** captured at step {self.step}: "
+        lines = [f"**{counted(self.captured, 'activation call-site')}** captured at step {self.step}: "
                  f"{self.by_module} by module hooks, {self.by_function} as functional calls.", ""]
         if self.replayed:
             lines += ["Recurrent gates replayed (fused kernels, recorded by the recurrent "
@@ -167,3 +167,8 @@ class Coverage:
             lines += ["`grad_in_*` not measured (the activation is not one autograd op): "
                       + ", ".join(f"`{n}`" for n in self.no_grad_in)]
         return "\n".join(lines).rstrip() + "\n"
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``counted(1, "finding")`` is ``"1 finding"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

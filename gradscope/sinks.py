@@ -11,6 +11,7 @@ from gradscope.findings import FindingsSink
 from gradscope.findings.remedies import RunFacts
 from gradscope.options import Options
 from gradscope.writers.base import Sink, SinkFanout
+from gradscope.writers.hparams import run_settings
 
 __all__ = ["make_sinks"]
 
@@ -22,14 +23,17 @@ def make_sinks(options: Options, model: nn.Module, optimizer: Optional[torch.opt
     sinks: list[Sink] = list(options.sinks)
     if options.logdir is not None:
         from gradscope.writers import TensorBoardWriter
+        from gradscope.writers.rundir import run_dir
 
-        tb = TensorBoardWriter(options.logdir, resume=options.resume,  # raises on a bad logdir
+        logdir = run_dir(options.logdir, overwrite=options.overwrite, resume=options.resume)
+        tb = TensorBoardWriter(logdir, resume=options.resume,  # raises on a bad logdir
                                thresholds=options.thresholds)
         sinks.append(tb)
         writer: Optional[Any] = tb
     else:
         writer = next((s for s in sinks if hasattr(s, "summary_writer")), None)
     fanout = SinkFanout(sinks)
+    fanout.emit("write_settings", run_settings(model, optimizer, every=options.every))
     thresholds = options.thresholds
     if thresholds is not None:
         where = f"; dashboard: tensorboard --logdir {writer.logdir}" \

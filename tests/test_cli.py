@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,42 @@ def test_watch_with_a_positional_optimizer_says_to_pass_it_by_name() -> None:
     # nothing was attached by the failed calls: a correct call works
     with gradscope.watch(model, optimizer=opt, summary=False) as mon:
         assert mon.options.every == 1
+
+
+def test_demo_table_writes_a_missing_value_as_report_does() -> None:
+    """Issue 25.7: ``gradscope demo``'s table prints ``-`` where a value is missing (as
+    ``gradscope report`` does), not ``nan``; the values it has are formatted."""
+    from gradscope.demo import _table
+    from gradscope.history import History, LayerInfo
+
+    h = History()
+    h.add_layer(LayerInfo("1", kind="activation", order=0, type="ReLU"))
+    h.add_layer(LayerInfo("0", kind="layer", order=0, type="Linear"))
+    h.add(3, "1", "saturation", 0.25)
+    h.add(3, "0", "grad_norm", 0.5)
+    (_, row) = _table(h).splitlines()
+    assert "nan" not in row
+    assert row.split() == ["1", "0.25", "-", "-", "|", "0", "5.00e-01", "-"]
+
+
+def test_counts_in_messages_agree_with_their_noun() -> None:
+    """Issue 25.7: "1 activation call-site", "1 finding"; plurals from 0 and 2."""
+    from gradscope.records import Coverage, counted
+
+    assert Coverage(step=0, by_module=1, by_function=0).line() == (
+        "gradscope: 1 activation call-site captured (1 by module, 0 by function)")
+    assert Coverage(step=0, by_module=1, by_function=0).markdown().startswith(
+        "**1 activation call-site** captured at step 0")
+    assert [counted(n, "finding") for n in (0, 1, 2)] == ["0 findings", "1 finding",
+                                                          "2 findings"]
+
+
+def test_demo_rerun_replaces_its_runs(tmp_path: Path) -> None:
+    """``gradscope demo`` twice into one directory: still one run per model there."""
+    from gradscope.demo import run_demo
+    from gradscope.events import runs_in
+
+    for _ in range(2):
+        run_demo(logdir=str(tmp_path), steps=2, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relu_he", "sigmoid_normal"]
+    assert all(len(runs_in(p)) == 1 for p in tmp_path.iterdir())

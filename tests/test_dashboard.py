@@ -21,7 +21,7 @@ from gradscope.experiments.data import synthetic_dataset
 from gradscope.experiments.grid import expand_grid, run_grid, run_names
 from gradscope.history import History, LayerInfo
 from gradscope.report import report
-from gradscope.writers.figures import gradient_flow_figure, unit_health_figure
+from gradscope.writers.figures import LABEL_CHARS, gradient_flow_figure, unit_health_figure
 from gradscope.writers.layout import (
     CHART_LINES,
     HEALTH_PREFIX,
@@ -200,7 +200,7 @@ def test_images_label_every_layer_legibly_at_100_layers(draw: Any) -> None:
         labelled += len(boxes)
         texts = [t.get_text() for t in ax.get_yticklabels()]
         # long names are cut in the middle, and stay distinct
-        assert all(len(t) <= 30 for t in texts) and any("…" in t for t in texts)
+        assert all(len(t) <= LABEL_CHARS for t in texts) and any("…" in t for t in texts)
         assert len(set(texts)) == len(texts)
     assert labelled == (100 + 60 if draw is gradient_flow_figure else 60)
 

@@ -162,7 +162,7 @@ def test_a_finding_that_held_mid_run_is_still_told_at_the_end(
     assert f.worst > 0.3 and 0 <= f.worst_step <= 12
     assert "act: steps 0–12 (resolved)" in f.message
     err = capsys.readouterr().err
-    assert "finding(s) over steps 0..29 (0 holding at the end, 1 resolved)" in err
+    assert "finding over steps 0..29 (0 holding at the end, 1 resolved)" in err
     assert "steps 0–12 (resolved)" in err
     last_step, last = mem.findings[-1]  # the sinks' last text tells the whole run
     assert last_step == 29 and [g.resolved for g in last if g.rule == "saturation"] == [True]

@@ -11,6 +11,7 @@ import gc
 import math
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 import gradscope
+from gradscope import lifecycle
 from gradscope.findings import analyze
 from gradscope.findings.sink import FindingsSink
 from gradscope.history import History, Retention
@@ -42,6 +44,30 @@ def test_a_model_watched_twice_is_refused() -> None:
         assert first.attached
     with gradscope.watch(model, summary=False):  # once closed, it can be watched again
         pass
+
+
+def test_a_refused_second_watch_leaves_no_trace(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 25.7: the refused monitor prints no summary and no warning, when collected or at
+    exit, and the error names the hooked modules before the first forward (not
+    ``activation_sites=0``)."""
+    model = _mlp()
+    first = gradscope.watch(model, logdir=tmp_path / "a")
+    model(torch.randn(2, 4)).sum().backward()
+    model(torch.randn(2, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match=r"activation_sites=2,"):
+            gradscope.watch(model, logdir=tmp_path / "b")
+        gc.collect()
+        lifecycle.close_open()  # what runs at exit: closes the first only
+    assert not first.attached and caught == []
+    err = capsys.readouterr().err
+    assert err.count("no findings") == 1 and str(tmp_path / "b") not in err
+    with gradscope.watch(model, summary=False) as mon:
+        assert "activation_modules=2 (call-sites are found at the first forward)" in repr(mon)
+        model(torch.randn(2, 4))
+        assert "activation_sites=2," in repr(mon)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -12,6 +12,7 @@ from torch import nn
 import gradscope
 from gradscope.findings import Finding, Thresholds, analyze, format_findings
 from gradscope.history import History, LayerInfo
+from gradscope.records import counted
 from gradscope.writers import MemoryWriter
 
 STEPS = list(range(0, 1000, 100))  # 10 recorded steps
@@ -243,7 +244,7 @@ def test_monitor_saturated_model_findings_summary_and_sinks(capsys: pytest.Captu
     assert {f.rule for f in found} >= {"saturation"}
     assert all(f.layer in mon.history.layers() for f in found if f.layer)
     err = capsys.readouterr().err
-    assert f"gradscope: {len(found)} finding(s)" in err and "saturation" in err
+    assert f"gradscope: {counted(len(found), 'finding')} over" in err and "saturation" in err
     assert [s for s, _ in mem.findings] == [4, 9, 11, 11]  # one update per flush, the final at close
     assert [f.rule for f in mem.findings[-1][1]] == [f.rule for f in found]
     # Stricter thresholds through monitor.findings() and watch(findings=...)

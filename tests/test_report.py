@@ -260,12 +260,10 @@ def test_two_runs_in_one_directory_are_never_merged(tmp_path: Path,
             for name, r in runs.items()} == {".#run1": [1.0], ".#run2": [2.0]}
 
 
-def test_watch_refuses_a_logdir_holding_a_run_and_resumes_on_purpose(
+def test_watch_resumes_a_run_on_purpose(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _ours(tmp_path, steps=4)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match=r"already holds a gradscope run.*resume=True"):
-        gradscope.watch(model, logdir=tmp_path)
     with gradscope.watch(model, logdir=tmp_path, resume=True, start_step=4, flush_every=2,
                          summary=False, histogram_every=None):
         for _ in range(4):

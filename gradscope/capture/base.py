@@ -89,6 +89,7 @@ class StepState:
     hist_step: int = -1  # the step ``hist_due`` was computed for
     hist_due: bool = False
     traced: bool = False  # a hook ran while torch.compile traced the model (and did nothing)
+    batch: Optional[int] = None  # leading size of the first training forward's first tensor
 
 
 @dataclass

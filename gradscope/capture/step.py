@@ -74,6 +74,8 @@ class StepHooks:
         self.modules.start_forward()
         self.recurrent.start_forward()
         state = ctx.state
+        if counted and state.batch is None:
+            state.batch = _batch_size(args)
         state.recording = counted and state.sampled
         state.checking = counted and not state.sampled and bool(ctx.options.check_nonfinite)
         announced = isinstance(module, _Mode)  # by an integration: no forward hook will end it
@@ -197,3 +199,9 @@ def read_gradients(args: tuple[Any, ...], kwargs: dict[str, Any], read: Callable
     if "closure" in kwargs:
         return args, {**kwargs, "closure": read_after}
     return (args[0], read_after, *args[2:]), kwargs
+
+
+def _batch_size(args: Any) -> Optional[int]:
+    """The leading size of a forward's first tensor argument (the batch, usually), or ``None``."""
+    first = next(iter(tensors(args)), None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else None

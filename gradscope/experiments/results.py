@@ -137,17 +137,10 @@ def _write_hparams(writer: Any, cfg: RunConfig, metrics: dict[str, float],
     The hparams in ``varying`` are marked as differing between runs: TensorBoard
     lists those first and shows the first five as table columns.
     """
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-    from torch.utils.tensorboard.summary import hparams
+    from gradscope.writers.hparams import hparams_summaries
 
     hp = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (bool, int, float, str))}
-    exp, ssi, sei = hparams(hp, metrics)
-    plugin = exp.value[0].metadata.plugin_data
-    data = HParamsPluginData.FromString(plugin.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in varying
-    plugin.content = data.SerializeToString()
-    for s in (exp, ssi, sei):
+    for s in hparams_summaries(hp, metrics, differs=varying, declared={}):
         writer.file_writer.add_summary(s)
     for k, v in metrics.items():
         writer.add_scalar(k, v, cfg.steps)

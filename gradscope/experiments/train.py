@@ -321,7 +321,8 @@ def train_run(
 
         out_dir.mkdir(parents=True, exist_ok=True)
         sinks.append(TensorBoardWriter(out_dir, images=dashboard_images, runs=max(len(grid), 1),
-                                       image_interval=math.inf))  # drawn once, after training
+                                       image_interval=math.inf,  # drawn once, after training
+                                       hparams=False))  # its own, below
     n = len(data.x_train)
     losses = torch.zeros(cfg.steps, device=dev)
     accs = torch.zeros(cfg.steps, device=dev)

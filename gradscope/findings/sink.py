@@ -37,6 +37,7 @@ from gradscope.findings.rules import analyze, format_findings
 from gradscope.findings.scan import Scan
 from gradscope.findings.thresholds import Finding, Thresholds
 from gradscope.history import History
+from gradscope.records import counted
 from gradscope.writers.base import Record, Sink
 
 __all__ = ["FindingsSink", "findings_of"]
@@ -116,7 +117,7 @@ class FindingsSink(Sink):
             else:
                 before = sum(f.resolved for f in found)
                 now = len(found) - before
-                print(f"gradscope: {len(found)} finding(s) over {span} ({now} holding at the "
+                print(f"gradscope: {counted(len(found), 'finding')} over {span} ({now} holding at the "
                       f"end, {before} resolved){self.where}\n"
                       f"{format_findings(found, limit=8)}", file=stream)
         except Exception as err:  # a summary must never break the user's program

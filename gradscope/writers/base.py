@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradscope.records import Coverage, Finding, Record, record
@@ -61,6 +61,11 @@ class Sink:
     def write_coverage(self, coverage: Coverage) -> None:
         """Called once, after the first monitored step, with the activation coverage (optional)."""
 
+    def write_settings(self, settings: Mapping[str, Any]) -> None:
+        """Called with settings of the run as the monitor learns them (optional): the model,
+        optimizer and ``every`` at ``watch()``, the batch size at the first flush after
+        the first training forward (:mod:`gradscope.writers.hparams`)."""
+
     def flush(self) -> None:
         """Push buffered output to its destination (optional)."""
 
@@ -84,7 +89,8 @@ def overrides(sink: Sink, method: str) -> bool:
 class _Duck(Sink):
     """A sink-like object that does not subclass :class:`Sink`: its methods, looked up once."""
 
-    _OPTIONAL = ("write_histograms", "write_findings", "write_coverage", "flush", "close")
+    _OPTIONAL = ("write_histograms", "write_findings", "write_coverage", "write_settings", "flush",
+                 "close")
 
     def __init__(self, obj: Any) -> None:
         self.obj = obj
@@ -108,6 +114,10 @@ class _Duck(Sink):
     def write_coverage(self, coverage: Coverage) -> None:
         if "write_coverage" in self._methods:
             self._methods["write_coverage"](coverage)
+
+    def write_settings(self, settings: Mapping[str, Any]) -> None:
+        if "write_settings" in self._methods:
+            self._methods["write_settings"](settings)
 
     def flush(self) -> None:
         if "flush" in self._methods:

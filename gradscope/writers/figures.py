@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["gradient_flow_figure", "gradient_flow_image", "panel_metric", "time_gradient_figure",
-           "time_gradient_image", "unit_health_figure", "unit_health_image"]
+__all__ = ["gradient_flow_figure", "gradient_flow_image", "panel_metric", "render", "short",
+           "time_gradient_figure", "time_gradient_image", "unit_health_figure",
+           "unit_health_image"]
 
 
 def _value(history: History, layer: str, metric: str, step: Optional[int]) -> float:
@@ -55,7 +56,7 @@ def _value(history: History, layer: str, metric: str, step: Optional[int]) -> fl
     return values[i] if i >= 0 else math.nan
 
 
-def _render(fig: Figure) -> np.ndarray:
+def render(fig: Figure) -> np.ndarray:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -66,7 +67,7 @@ def _render(fig: Figure) -> np.ndarray:
 #: Height of one layer's row in the images, inches (at 80 dpi: 12 px for 8-point labels).
 ROW_INCHES = 0.16
 #: Names longer than this are shortened (``…enseblock4.denselayer16.relu2``).
-LABEL_CHARS = 30
+LABEL_CHARS = 40
 
 
 def gradient_flow_image(history: History, step: Optional[int] = None) -> Optional[np.ndarray]:
@@ -77,7 +78,7 @@ def gradient_flow_image(history: History, step: Optional[int] = None) -> Optiona
         when neither gradient norms nor activation stds are recorded.
     """
     fig = gradient_flow_figure(history, step)
-    return None if fig is None else _render(fig)
+    return None if fig is None else render(fig)
 
 
 def gradient_flow_figure(history: History, step: Optional[int] = None) -> Optional[Figure]:
@@ -105,16 +106,19 @@ def gradient_flow_figure(history: History, step: Optional[int] = None) -> Option
             if per_site and per_site[0].name in history.metrics(n)]
     if not layers and not acts:
         return None
+    labels = _labels(history)
     rows = max(len(layers), len(acts), 12)
     fig = Figure(figsize=(10, 1.4 + ROW_INCHES * rows), dpi=80, layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     shown = "last step" if step is None else f"step {step}"
     for i, m in enumerate(per_layer):
-        _depth_plot(ax1, layers, [_value(history, n, m.name, step) for n in layers],
+        _depth_plot(ax1, [labels.get(n, n) for n in layers],
+                    [_value(history, n, m.name, step) for n in layers],
                     f"{m.label} per layer", f"C{3 + i}")
     if per_site:
         first = per_site[0]
-        _depth_plot(ax2, acts, [_value(history, n, first.name, step) for n in acts],
+        _depth_plot(ax2, [labels.get(n, n) for n in acts],
+                    [_value(history, n, first.name, step) for n in acts],
                     "activations and the gradient reaching them", "C0", label=first.label)
     for i, m in enumerate(per_site[1:]):
         values = [_value(history, n, m.name, step) for n in acts]
@@ -139,18 +143,36 @@ def _depth_plot(ax: Axes, names: list[str], values: list[float], title: str,
         return
     ax.plot(xs, ys, "o-", color=color, label=label, markersize=4)
     if any(math.isfinite(x) for x in xs):
-        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")  # at most 5 labelled decades, so that the labels never overlap
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=5))
+        finite = [x for x in xs if math.isfinite(x)]
+        narrow = max(finite) / min(finite) < NARROW  # no decade may fall inside: 2 and 5 too
+        ax.xaxis.set_minor_formatter(FuncFormatter(_two_five) if narrow else NullFormatter())
     for y, v in zip(ys, values):
         if not math.isfinite(v):
             ax.axhline(y, color="red", alpha=0.4)
     ax.set_yticks(ys)
-    ax.set_yticklabels(_short(names), fontsize=8)
+    ax.set_yticklabels(short(names, LABEL_CHARS), fontsize=8)
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _short(names: list[str], width: int = LABEL_CHARS) -> list[str]:
+#: Values spanning less than this factor get the 2s and 5s of the log axis labelled too.
+NARROW = 30.0
+
+
+def _two_five(x: float, _: object = None) -> str:
+    """A log axis' minor tick label: ``0.2``, ``5e-05`` for the 2s and 5s, else nothing."""
+    if x <= 0:
+        return ""
+    m = x / 10.0 ** math.floor(math.log10(x))
+    return f"{x:g}" if min(abs(m - 2), abs(m - 5)) < 1e-6 else ""
+
+
+def short(names: list[str], width: int = LABEL_CHARS) -> list[str]:
     """Names cut to ``width`` characters: their start goes (``…16.block3.linear``), or,
     when that makes two names alike, their middle (``encoder.l…block3.linear``)."""
     tails = [n if len(n) <= width else "…" + n[1 - width:] for n in names]
@@ -174,7 +196,7 @@ def unit_health_image(history: History, *, max_steps: int = 200) -> Optional[np.
         when no call-site has a dead-unit or saturation metric.
     """
     fig = unit_health_figure(history, max_steps=max_steps)
-    return None if fig is None else _render(fig)
+    return None if fig is None else render(fig)
 
 
 def unit_health_figure(history: History, *, max_steps: int = 200) -> Optional[Figure]:
@@ -186,8 +208,10 @@ def unit_health_figure(history: History, *, max_steps: int = 200) -> Optional[Fi
     ``dead_units_window`` (dead over the monitor's window) when recorded. The
     figure grows by :data:`ROW_INCHES` per row and leaves room for the longest name.
     """
+    from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
 
+    labels = _labels(history)
     panels: list[tuple[str, list[tuple[str, str]]]] = []
     acts = history.layers("activation")
     groups: dict[str, list[Metric]] = {}
@@ -225,17 +249,29 @@ def unit_health_figure(history: History, *, max_steps: int = 200) -> Optional[Fi
                 j = col.get(st)
                 if j is not None:
                     grid[i, j] = v
-        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="magma",
-                          vmin=0.0, vmax=1.0,
+        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="inferno",
+                          norm=PowerNorm(UNIT_GAMMA, vmin=0.0, vmax=1.0),
                           extent=(all_steps[0] - 0.5, all_steps[-1] + 0.5, len(rows) - 0.5, -0.5))
         ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels(_short([s for s, _ in rows]), fontsize=8)
+        ax.set_yticklabels(short([labels.get(s, s) for s, _ in rows]), fontsize=8)
         ax.set_title(title, fontsize=10)
     axes[-1].set_xlabel("step", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02, label="fraction of units")
     fig.suptitle("unit health: layers × steps (bright = dead / saturated)", fontsize=11)
     return fig
+
+
+#: The unit-health colour scale's exponent: a fraction ``f`` is drawn at ``f ** UNIT_GAMMA``
+#: of the scale, so 0.2-0.35 (a saturation finding) is clearly lit, not near-black.
+UNIT_GAMMA = 0.5
+
+
+def _labels(history: History) -> dict[str, str]:
+    """Readable labels of the history's layers (:func:`gradscope.writers.labels.layer_labels`)."""
+    from gradscope.writers.labels import layer_labels
+
+    return layer_labels(history.info(n) for n in history.layers())
 
 
 #: ``time_gradient_image``: relative norms below this are drawn as the floor colour.
@@ -247,7 +283,7 @@ def time_gradient_image(history: History, *, profile: str = "grad_h", max_panels
     """:func:`time_gradient_figure` as an ``(H, W, 3)`` ``uint8`` image (``None``: no profile)."""
     fig = time_gradient_figure(history, profile=profile, max_panels=max_panels,
                                max_steps=max_steps)
-    return None if fig is None else _render(fig)
+    return None if fig is None else render(fig)
 
 
 def time_gradient_figure(history: History, *, profile: str = "grad_h", max_panels: int = 6,

@@ -175,7 +175,9 @@ def check_logdir(logdir: Union[str, os.PathLike], *, argument: str = "logdir") -
 
 def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
                           chart_lines: int = CHART_LINES,
-                          thresholds: Optional[Thresholds] = None) -> dict[str, dict[str, list[Any]]]:
+                          thresholds: Optional[Thresholds] = None,
+                          labels: Optional[Mapping[str, str]] = None,
+                          ) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars layout: ``{category: {chart title: ["Multiline", [regex]]}}``.
 
     A ``Multiline`` chart draws one line per run shown and per tag its regex matches
@@ -199,6 +201,10 @@ def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
         chart_lines: the most lines a per-layer chart should draw.
         thresholds: the findings' thresholds shown in the run-level charts' titles
             (default: :class:`gradscope.findings.Thresholds`'s defaults).
+        labels: readable names of the layers (:mod:`gradscope.writers.labels`) for the
+            titles of one-layer charts (``dead_units · 1 · ReLU after Linear 784→256``);
+            the writer passes them for a single run only, since the layouts of runs
+            shown together merge by title.
     """
     if not isinstance(runs, int) or runs < 1 or not isinstance(chart_lines, int) or chart_lines < 1:
         raise ValueError(f"custom_scalars_layout(runs={runs!r}, chart_lines={chart_lines!r}): "
@@ -208,12 +214,12 @@ def custom_scalars_layout(series: Mapping[str, Sequence[str]], *, runs: int = 1,
         run_chart_title(m.name, thresholds): _chart([scalar_tag("", m.name, "run")])
         for m in metrics.by_kind("run")}}
     for m in metrics.health():
-        layout[health_title(m)] = _charts(m.name, series.get(m.name, ()), size)
+        layout[health_title(m)] = _charts(m.name, series.get(m.name, ()), size, labels)
     for section in metrics.SECTIONS[1:]:
         charts: dict[str, list[Any]] = {}
         for m in metrics.METRICS.values():
             if m.section == section and m.health is None:
-                charts.update(_charts(m.name, series.get(m.name, ()), size))
+                charts.update(_charts(m.name, series.get(m.name, ()), size, labels))
         if charts:
             layout[SECTION_TITLES[section]] = charts
     other: dict[str, list[Any]] = {}
@@ -235,8 +241,10 @@ def _chart(tags: Sequence[str]) -> list[Any]:
     return ["Multiline", ["^(?:" + "|".join(re.escape(t) for t in tags) + ")$"]]
 
 
-def _charts(metric: str, names: Sequence[str], size: int) -> dict[str, list[Any]]:
-    return {f"{metric} · {label}": _chart([scalar_tag(n, metric) for n in group])
+def _charts(metric: str, names: Sequence[str], size: int,
+            labels: Optional[Mapping[str, str]] = None) -> dict[str, list[Any]]:
+    named = labels or {}
+    return {f"{metric} · {named.get(label, label)}": _chart([scalar_tag(n, metric) for n in group])
             for label, group in group_layers(names, size)}
 
 

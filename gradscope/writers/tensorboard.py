@@ -48,7 +48,8 @@ event files and what could not be written belong to
 
 **One run per directory.** The first event of the file is the run marker
 (:data:`gradscope.events.RUN_TAG`). A directory that already holds a gradscope
-run is refused, unless ``resume=True`` adds to that run on purpose.
+run is refused, unless ``resume=True`` adds to that run on purpose (``watch()`` picks
+``<logdir>-2`` for a rerun first: :mod:`gradscope.writers.rundir`).
 
 **Write errors** (a full disk) never stop training. TensorBoard's own writer
 thread dies at its first error and refuses every later write, so after an error
@@ -72,7 +73,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
 from gradscope.events import claim_run
@@ -81,14 +82,13 @@ from gradscope.histograms import Histogram
 from gradscope.history import History, LayerInfo
 from gradscope.runlevel import run_records
 from gradscope.writers.base import Record, Sink
+from gradscope.writers.heatmaps import heatmap_data
+from gradscope.writers.labels import layer_labels
 from gradscope.writers.layout import (
     CHART_LINES,
     COVERAGE_TAG,
     FINDINGS_TAG,
-    GRADIENT_FLOW_TAG,
     LAYERS_TAG,
-    TIME_GRADIENT_TAG,
-    UNIT_HEALTH_TAG,
     check_logdir,
     custom_scalars_layout,
     findings_markdown,
@@ -96,6 +96,13 @@ from gradscope.writers.layout import (
     layout_summary,
     run_value,
     scalar_tag,
+)
+from gradscope.writers.tb_items import (
+    add_histograms,
+    check_arguments,
+    figure_images,
+    write_heatmaps,
+    write_hparams,
 )
 from gradscope.writers.worker import EventWorker
 
@@ -137,6 +144,10 @@ class TensorBoardWriter(Sink):
         resume: add to the gradscope run already in ``logdir`` (its run id is
             kept) instead of refusing the directory.
         thresholds: the findings' thresholds named in the run-health charts' titles.
+        hparams: at :meth:`close`, register the run's settings (:meth:`write_settings`:
+            model, optimizer, batch size, ``every``; :mod:`gradscope.writers.hparams`)
+            and its health series with the HParams tab; ``False`` when you write your
+            own hparams into this run (``gradscope compare`` does).
 
     Attributes:
         summary_writer: the underlying ``SummaryWriter``; add your own scalars
@@ -167,19 +178,10 @@ class TensorBoardWriter(Sink):
         chart_lines: int = CHART_LINES,
         resume: bool = False,
         thresholds: Optional[Thresholds] = None,
+        hparams: bool = True,
     ) -> None:
-        if not isinstance(flush_secs, int) or flush_secs < 1:
-            raise ValueError(f"TensorBoardWriter(flush_secs={flush_secs!r}): must be an int >= 1")
-        if not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"TensorBoardWriter(max_queue={max_queue!r}): must be an int >= 1")
-        if not isinstance(image_steps, int) or image_steps < 2:
-            raise ValueError(f"TensorBoardWriter(image_steps={image_steps!r}): must be an int >= 2")
-        for name, v in (("runs", runs), ("chart_lines", chart_lines)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TensorBoardWriter({name}={v!r}): must be an int >= 1")
-        if not isinstance(image_interval, (int, float)) or image_interval < 0:
-            raise ValueError(f"TensorBoardWriter(image_interval={image_interval!r}): must be "
-                             "a number of seconds >= 0 (0 draws at every flush)")
+        check_arguments(flush_secs=flush_secs, max_queue=max_queue, image_steps=image_steps, runs=runs,
+               chart_lines=chart_lines, image_interval=image_interval)
         self.logdir = check_logdir(logdir)
         self.run_id = claim_run(self.logdir, logdir, resume=resume)
         self.images = images
@@ -194,6 +196,10 @@ class TensorBoardWriter(Sink):
         self._series: dict[str, set[str]] = {}  # metric -> the series charted in the layout
         self._layers_written: tuple[str, ...] = ()
         self._findings_key: Optional[tuple[Any, ...]] = None
+        #: the HParams tab's settings (write_settings) and the activation families seen
+        self.hparams = hparams
+        self._settings: dict[str, Any] = {}
+        self._families: set[str] = set()
         self._closed = False
         #: the thread, the event files (reopened after an error) and the losses
         self._events = EventWorker(
@@ -211,6 +217,7 @@ class TensorBoardWriter(Sink):
         # Snapshot what the worker needs: the history changes at the next flush.
         names = history.layers()
         infos = {n: history.info(n) for n in names if _has_info(history, n)}
+        self._families |= {i.family for i in infos.values() if i.family}
         self._submit(self._write_scalars, list(records), names, infos, kind="scalars")
         if self.images:
             step = max(r[0] for r in records)
@@ -226,7 +233,7 @@ class TensorBoardWriter(Sink):
         """Write device-computed histograms with ``add_histogram_raw``."""
         if self._closed:
             return
-        self._submit(self._write_histograms, list(histograms), kind="histograms")
+        self._submit(add_histograms, self.summary_writer, list(histograms), kind="histograms")
 
     def write_findings(self, findings: Sequence[Any], step: int) -> None:
         """Write the findings as markdown text when they differ from the last ones written
@@ -247,6 +254,10 @@ class TensorBoardWriter(Sink):
         self._submit(self.summary_writer.add_text, COVERAGE_TAG, coverage.markdown(),
                      coverage.step)
 
+    def write_settings(self, settings: Mapping[str, Any]) -> None:
+        """Keep the run's settings for the HParams tab, written at :meth:`close`."""
+        self._settings.update(settings)
+
     def flush(self) -> None:
         """Wait for the background writes, then push buffered events to disk."""
         if self._closed:
@@ -260,6 +271,8 @@ class TensorBoardWriter(Sink):
         try:
             if self._image_pending is not None:
                 self._write_images(*self._image_pending)
+            if self.hparams and self._settings:
+                self._submit(write_hparams, self.summary_writer, self._settings, self._families)
         finally:
             self._closed = True
             self._events.close()
@@ -304,7 +317,8 @@ class TensorBoardWriter(Sink):
                     LAYERS_TAG, layers_text([infos[n] for n in names if n in infos]), step)
                 self._layers_written = tuple(names)
             kinds = {n: infos[n].kind for n in names if n in infos}
-            self._write_layout(records, kinds, {n: i for i, n in enumerate(names)})
+            self._write_layout(records, kinds, {n: i for i, n in enumerate(names)},
+                               layer_labels(infos.values()) if self.runs == 1 else None)
             add = self.summary_writer.add_scalar
             for step, tag, value in ordered:
                 add(tag, value, step)
@@ -313,7 +327,7 @@ class TensorBoardWriter(Sink):
             self.losses.handed([(step, tag) for step, tag, _ in ordered], done)
 
     def _write_layout(self, records: Sequence[Record], kinds: dict[str, str],
-                      rank: dict[str, int]) -> None:
+                      rank: dict[str, int], labels: Optional[dict[str, str]]) -> None:
         """(Re)write the custom-scalars layout when the records bring a new series."""
         new = False
         for _, layer, metric, _ in records:
@@ -327,32 +341,16 @@ class TensorBoardWriter(Sink):
             series = {m: sorted(have, key=lambda n: (rank.get(n, last), n))
                       for m, have in self._series.items()}
             layout = custom_scalars_layout(series, runs=self.runs, chart_lines=self.chart_lines,
-                                           thresholds=self.thresholds)
+                                           thresholds=self.thresholds, labels=labels)
             self.summary_writer._get_file_writer().add_summary(layout_summary(layout))
 
-    def _write_histograms(self, histograms: Sequence[Histogram]) -> None:
-        for h in histograms:
-            self.summary_writer.add_histogram_raw(
-                f"{h.group}/{h.name}", min=h.min, max=h.max, num=h.num, sum=h.sum,
-                sum_squares=h.sum_squares, bucket_limits=h.bucket_limits,
-                bucket_counts=h.bucket_counts, global_step=h.step)
-
     def _write_images(self, history: History, step: int) -> None:
-        from gradscope.writers import figures
-
         self._image_pending = None
         self._last_image_time = time.monotonic()
-        flow = figures.gradient_flow_image(history, step)
-        if flow is not None:
-            self._submit(self.summary_writer.add_image, GRADIENT_FLOW_TAG, flow, step, None, "HWC")
-        health = figures.unit_health_image(history, max_steps=self.image_steps)
-        if health is not None:
-            self._submit(self.summary_writer.add_image, UNIT_HEALTH_TAG, health, step, None, "HWC")
-        through_time = figures.time_gradient_image(history, max_steps=self.image_steps)
-        if through_time is not None:
-            self._submit(self.summary_writer.add_image, TIME_GRADIENT_TAG, through_time, step,
-                         None, "HWC")
-
+        for tag, image in figure_images(history, step, self.image_steps):
+            self._submit(self.summary_writer.add_image, tag, image, step, None, "HWC")
+        self._submit(write_heatmaps, self.summary_writer,  # drawn on the writer's thread
+                     heatmap_data(history, max_steps=self.image_steps), step)
 
 def _has_info(history: History, name: str) -> bool:
     try:
