@@ -203,7 +203,7 @@ def tp_place(model: nn.Module, rank: int) -> Optional[tuple[float, float]]:
         grid = p.device_mesh.mesh  # type: ignore[attr-defined]
         at = (grid == rank).nonzero()
         if len(at):
-            group = grid[tuple(at[0][:-1].tolist())].tolist()
+            group = grid[tuple(at[0][:-1].tolist())].tolist()  # ok-sync: a DeviceMesh is a CPU tensor; once, at watch()
             return float(min(group)), float(group.index(rank))
     return None
 
